@@ -1,0 +1,31 @@
+# The two commands a newcomer needs:
+#   make demo   -- the main job (installs on first use, then runs the demo)
+#   make test   -- the test suite on TensorFlow, JAX and PyTorch (installs on first use)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.keras_dmpo-installed
+
+.PHONY: install demo test data clean
+
+# Re-installs only when pyproject.toml changes; otherwise a no-op.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[all]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Fashion-MNIST offline: Debian's dataset-fashion-mnist package seeds Keras' cache.
+# Best effort: without apt (or root) Keras downloads the files itself.
+data:
+	@bash scripts/get_fashion_mnist.sh
+
+demo: $(STAMP) data
+	$(VENV)/bin/keras-dmpo demo $(ARGS)
+
+test: $(STAMP)
+	@bash scripts/test_all_backends.sh $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info dmpo-demo

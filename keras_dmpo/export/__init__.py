@@ -1,0 +1,1 @@
+"""Export: TFLite (LiteRT) stage graphs with a manifest, and ONNX."""

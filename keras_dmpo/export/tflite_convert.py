@@ -1,0 +1,102 @@
+"""Keras model -> TFLite flatbuffer with TFLITE_BUILTINS only.
+
+Runs on the TensorFlow backend only: the converter traces a TF SavedModel.
+(``from_concrete_functions`` without frozen variables gives NaN outputs, so we
+go through a SavedModel.) Restricting ``supported_ops`` to the builtins makes a
+graph that needs Flex (TF select) ops fail loudly instead of silently pulling
+in the Flex delegate, which LiteRT on Android does not ship by default.
+"""
+
+import os
+import tempfile
+
+import keras
+
+QUANTIZATIONS = (None, "dynamic", "float16", "int8")
+
+
+def check_tensorflow_backend(what):
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            f"{what} runs on the TensorFlow backend only (the TFLite converter "
+            f"traces TensorFlow graphs); the current backend is "
+            f"{keras.backend.backend()!r}. Use EarlyExitModel.export_tflite, "
+            "which converts in a TensorFlow subprocess from any backend."
+        )
+
+
+def convert_to_tflite(model, quantization=None, representative_data=None):
+    """Convert a Keras model to TFLite bytes, builtin ops only.
+
+    Args:
+        model: a built ``keras.Model`` (TensorFlow backend).
+        quantization: ``None`` (float32), ``"dynamic"`` (int8 weights),
+            ``"float16"`` (fp16 weights) or ``"int8"`` (full integer ops with
+            float input/output; needs ``representative_data``).
+        representative_data: for ``"int8"``: a callable returning an iterable of
+            input lists, or a sequence of input arrays (one sample batch each).
+
+    Returns:
+        The ``.tflite`` flatbuffer as ``bytes``.
+    """
+    check_tensorflow_backend("TFLite conversion")
+    import tensorflow as tf
+
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(
+            f"`quantization` must be one of {QUANTIZATIONS}; got {quantization!r}."
+        )
+    if quantization == "int8" and representative_data is None:
+        raise ValueError(
+            "`quantization='int8'` needs `representative_data` (a few hundred "
+            "typical input images) to calibrate activation ranges."
+        )
+    with tempfile.TemporaryDirectory() as saved_model_dir:
+        model.export(saved_model_dir, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantization is not None:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantization == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantization == "int8":
+            converter.representative_dataset = _as_representative_dataset(
+                representative_data
+            )
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+            ]
+        try:
+            return converter.convert()
+        except Exception as error:  # the converter raises ConverterError & co.
+            raise RuntimeError(
+                "TFLite conversion with TFLITE_BUILTINS only failed for model "
+                f"{model.name!r}; an op without a builtin kernel is likely "
+                f"(no Flex ops are allowed): {error}"
+            ) from error
+
+
+def _as_representative_dataset(data):
+    if callable(data):
+        return data
+
+    def generator():
+        for sample in data:
+            sample = sample if isinstance(sample, (list, tuple)) else [sample]
+            yield [keras.ops.convert_to_numpy(s).astype("float32") for s in sample]
+
+    return generator
+
+
+def write_bytes_atomically(path, payload):
+    """Write ``payload`` to ``path`` through a temporary file and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

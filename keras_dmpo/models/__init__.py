@@ -1,0 +1,1 @@
+"""Models: stage splitting of keras-hub ViTs and the DMPO classifier."""

@@ -1,0 +1,96 @@
+"""Shared checks every keras_dmpo layer goes through (cf. keras-hub's TestCase).
+
+``run_layer_checks`` verifies, for one layer configuration: the output shape,
+``get_config``/``from_config``, a ``.keras`` save/load round trip with equal
+outputs, and on the TensorFlow backend a TFLite conversion with TFLITE_BUILTINS
+only whose LiteRT output matches Keras.
+"""
+
+import os
+
+import keras
+import numpy as np
+
+
+def _as_list(x):
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _to_numpy_list(outputs):
+    if isinstance(outputs, dict):
+        outputs = [outputs[k] for k in sorted(outputs)]
+    return [keras.ops.convert_to_numpy(o) for o in _as_list(outputs)]
+
+
+def wrap_in_model(layer, input_data):
+    """A functional model around ``layer`` with inputs shaped like ``input_data``."""
+    inputs = [
+        keras.Input(shape=np.shape(x)[1:], name=f"input_{i}")
+        for i, x in enumerate(_as_list(input_data))
+    ]
+    outputs = layer(*inputs)
+    return keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs)
+
+
+def run_layer_checks(
+    layer_cls,
+    init_kwargs,
+    input_data,
+    expected_output_shape,
+    tmp_path,
+    tflite=True,
+    tflite_atol=1e-4,
+    custom_objects=None,
+):
+    """Run the common checks; returns the layer's output (numpy) for more checks."""
+    layer = layer_cls(**init_kwargs)
+    inputs = _as_list(input_data)
+    output = layer(*inputs)
+    outputs = _to_numpy_list(output)
+    expected = expected_output_shape
+    expected = expected if isinstance(expected, list) else [expected]
+    assert [tuple(o.shape) for o in outputs] == [tuple(e) for e in expected]
+    for o in outputs:
+        assert np.all(np.isfinite(o)), "non-finite output"
+
+    # get_config / from_config give an equivalent layer.
+    config = layer.get_config()
+    for key, value in init_kwargs.items():
+        if key in config and not isinstance(value, (keras.layers.Layer,)):
+            assert config[key] == value or (
+                isinstance(value, (list, tuple)) and list(config[key]) == list(value)
+            ), f"get_config()[{key!r}] = {config[key]!r}, expected {value!r}"
+    clone = layer_cls.from_config(config)
+    assert clone.get_config() == config
+
+    # .keras round trip: same outputs after reloading.
+    model = wrap_in_model(layer_cls(**init_kwargs), input_data)
+    reference = _to_numpy_list(model(input_data if len(inputs) > 1 else inputs[0]))
+    path = os.path.join(str(tmp_path), "layer.keras")
+    model.save(path)
+    restored = keras.models.load_model(path, custom_objects=custom_objects)
+    again = _to_numpy_list(restored(input_data if len(inputs) > 1 else inputs[0]))
+    for a, b in zip(reference, again):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
+
+    if tflite and keras.backend.backend() == "tensorflow":
+        check_tflite_parity(model, inputs, reference, atol=tflite_atol)
+    return outputs[0] if len(outputs) == 1 else outputs
+
+
+def check_tflite_parity(model, inputs, reference, atol=1e-4):
+    """Convert with TFLITE_BUILTINS only and compare LiteRT with Keras."""
+    from keras_dmpo.export.litert_run import make_interpreter, run_signature
+    from keras_dmpo.export.tflite_convert import convert_to_tflite
+
+    flatbuffer = convert_to_tflite(model)
+    interpreter = make_interpreter(model_content=flatbuffer)
+    out = run_signature(interpreter, [np.asarray(x) for x in inputs])
+    got = [out[k] for k in sorted(out)]
+    assert len(got) == len(reference)
+    # Output names are not ordered like Keras outputs: match by shape and value.
+    for ref in reference:
+        diffs = [
+            np.max(np.abs(g - ref)) for g in got if tuple(g.shape) == tuple(ref.shape)
+        ]
+        assert diffs and min(diffs) <= atol, f"LiteRT differs from Keras by {diffs}"
