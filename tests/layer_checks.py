@@ -1,8 +1,10 @@
 """Shared checks every keras_dmpo layer goes through (cf. keras-hub's TestCase).
 
 ``run_layer_checks`` verifies, for one layer configuration: the output shape,
+``compute_output_shape`` and the symbolic (functional) output shape,
 ``get_config``/``from_config``, a ``.keras`` save/load round trip with equal
-outputs, and on the TensorFlow backend a TFLite conversion with TFLITE_BUILTINS
+outputs (optionally after randomising every weight, so that zero-initialised
+branches are exercised too), and on the TensorFlow backend a TFLite conversion with TFLITE_BUILTINS
 only whose LiteRT output matches Keras.
 """
 
@@ -41,8 +43,15 @@ def run_layer_checks(
     tflite=True,
     tflite_atol=1e-4,
     custom_objects=None,
+    randomize_weights=False,
 ):
-    """Run the common checks; returns the layer's output (numpy) for more checks."""
+    """Run the common checks; returns the layer's output (numpy) for more checks.
+
+    ``randomize_weights=True`` overwrites every weight of the saved model with
+    small random values before the round trip and the TFLite comparison:
+    layers whose output branch starts at zero (adapters) would otherwise be
+    compared on an identity.
+    """
     layer = layer_cls(**init_kwargs)
     inputs = _as_list(input_data)
     output = layer(*inputs)
@@ -52,6 +61,7 @@ def run_layer_checks(
     assert [tuple(o.shape) for o in outputs] == [tuple(e) for e in expected]
     for o in outputs:
         assert np.all(np.isfinite(o)), "non-finite output"
+    _check_compute_output_shape(layer, inputs, expected)
 
     # get_config / from_config give an equivalent layer.
     config = layer.get_config()
@@ -65,6 +75,10 @@ def run_layer_checks(
 
     # .keras round trip: same outputs after reloading.
     model = wrap_in_model(layer_cls(**init_kwargs), input_data)
+    symbolic = [tuple(t.shape)[1:] for t in _as_list(model.outputs)]
+    assert symbolic == [tuple(e)[1:] for e in expected], symbolic
+    if randomize_weights:
+        _randomize(model)
     reference = _to_numpy_list(model(input_data if len(inputs) > 1 else inputs[0]))
     path = os.path.join(str(tmp_path), "layer.keras")
     model.save(path)
@@ -76,6 +90,24 @@ def run_layer_checks(
     if tflite and keras.backend.backend() == "tensorflow":
         check_tflite_parity(model, inputs, reference, atol=tflite_atol)
     return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _check_compute_output_shape(layer, inputs, expected):
+    try:
+        shape = layer.compute_output_shape(*[tuple(np.shape(x)) for x in inputs])
+    except NotImplementedError:
+        return
+    shapes = shape if isinstance(shape, list) else [shape]
+    assert [tuple(s) for s in shapes] == [tuple(e) for e in expected], shapes
+
+
+def _randomize(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for weight in model.weights:
+        value = rng.normal(0.0, 0.2, size=tuple(weight.shape))
+        if weight.name == "gamma":  # keep normalisation scales near 1
+            value = value + 1.0
+        weight.assign(value.astype(keras.backend.standardize_dtype(weight.dtype)))
 
 
 def check_tflite_parity(model, inputs, reference, atol=1e-4):
