@@ -1,0 +1,458 @@
+"""Real target data that works offline: Fashion-MNIST and scikit-learn digits.
+
+Both loaders return the same structure::
+
+    {
+        "train": (x, y),
+        "validation": (x, y),
+        "test": (x, y),
+        "class_names": [...],
+    }
+
+with float32 images in ``[0, 1]`` of shape ``(N, image_size, image_size,
+channels)`` and int32 labels. The validation split is taken from the training
+set, stratified by class, with a fixed seed.
+
+Fashion-MNIST goes through the ordinary ``keras.datasets.fashion_mnist``
+loader. Keras keeps its downloads in ``$KERAS_HOME/datasets/fashion-mnist/``
+(default ``~/.keras``); when those files are missing and the Debian package
+``dataset-fashion-mnist`` is installed (``/usr/share/datasets/fashion-mnist/``),
+they are copied from there first, so the same Keras call works without a
+network. Otherwise Keras downloads them.
+
+Resizing is done with numpy (a separable triangle filter, antialiased when
+shrinking), so this module works the same on every Keras backend.
+"""
+
+import os
+import shutil
+
+import numpy as np
+
+FASHION_MNIST_CLASS_NAMES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+DIGITS_CLASS_NAMES = [str(i) for i in range(10)]
+
+FASHION_MNIST_FILES = (
+    "train-labels-idx1-ubyte.gz",
+    "train-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+)
+# Where Debian's ``dataset-fashion-mnist`` package puts the four files.
+DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+MIN_IMAGE_SIZE = 8
+
+
+def keras_cache_dir():
+    """The directory Keras' ``get_file`` uses for its downloads.
+
+    ``$KERAS_HOME`` if set, else ``~/.keras``; like Keras, falls back to
+    ``/tmp/.keras`` when that directory is not writable.
+    """
+    if "KERAS_HOME" in os.environ:
+        base = os.environ["KERAS_HOME"]
+    else:
+        home = os.path.expanduser("~")
+        if not os.access(home, os.W_OK):
+            home = "/tmp"
+        base = os.path.join(home, ".keras")
+    base = os.path.expanduser(base)
+    if os.path.isdir(base) and not os.access(base, os.W_OK):
+        base = os.path.join("/tmp", ".keras")
+    return base
+
+
+def fashion_mnist_cache_dir(cache_dir=None):
+    """``<keras cache>/datasets/fashion-mnist``, where Keras looks for the files."""
+    return os.path.join(cache_dir or keras_cache_dir(), "datasets", "fashion-mnist")
+
+
+def seed_fashion_mnist_cache(cache_dir=None, source_dir=None):
+    """Copy Debian's Fashion-MNIST files into Keras' cache when it lacks them.
+
+    Args:
+        cache_dir: the Keras cache directory (``$KERAS_HOME``); defaults to the
+            one Keras uses.
+        source_dir: where the four ``*-idx*-ubyte.gz`` files are; defaults to
+            ``DEBIAN_FASHION_MNIST_DIR``.
+
+    Returns:
+        The list of files copied (empty when the cache was already complete or
+        the source directory does not have all four files).
+    """
+    source_dir = source_dir or DEBIAN_FASHION_MNIST_DIR
+    target_dir = fashion_mnist_cache_dir(cache_dir)
+    missing = [
+        name
+        for name in FASHION_MNIST_FILES
+        if not os.path.isfile(os.path.join(target_dir, name))
+    ]
+    if not missing:
+        return []
+    if not all(
+        os.path.isfile(os.path.join(source_dir, name)) for name in missing
+    ):
+        return []
+    os.makedirs(target_dir, exist_ok=True)
+    copied = []
+    for name in missing:
+        target = os.path.join(target_dir, name)
+        # Copy to a temporary name first so an interrupted copy never leaves a
+        # truncated file under the name Keras trusts.
+        shutil.copyfile(os.path.join(source_dir, name), target + ".part")
+        os.replace(target + ".part", target)
+        copied.append(target)
+    return copied
+
+
+def _read_fashion_mnist(cache_dir=None):
+    import keras
+
+    target_dir = fashion_mnist_cache_dir(cache_dir)
+    was_cached = all(
+        os.path.isfile(os.path.join(target_dir, name))
+        for name in FASHION_MNIST_FILES
+    )
+    try:
+        (x_train, y_train), (x_test, y_test) = (
+            keras.datasets.fashion_mnist.load_data()
+        )
+    except Exception as error:  # noqa: BLE001 - re-raised with advice below.
+        if was_cached:
+            raise ValueError(
+                "The Fashion-MNIST files in Keras' cache "
+                f"({target_dir}) are corrupt or truncated ({type(error).__name__}: "
+                f"{error}). Delete them and run again: they are re-copied from "
+                "the Debian package `dataset-fashion-mnist` when it is installed, "
+                "else downloaded by Keras."
+            ) from None
+        raise ValueError(
+            "Could not get Fashion-MNIST: Keras' cache "
+            f"({target_dir}) does not have the files and the download failed "
+            f"({type(error).__name__}: {error}). Either connect to the internet "
+            "(Keras downloads the data), or install the Debian package: "
+            "`apt-get install dataset-fashion-mnist` (it puts the files in "
+            f"{DEBIAN_FASHION_MNIST_DIR}, which keras_dmpo copies into the cache)."
+        ) from None
+    if (
+        x_train.shape != (60000, 28, 28)
+        or y_train.shape != (60000,)
+        or x_test.shape != (10000, 28, 28)
+        or y_test.shape != (10000,)
+    ):
+        raise ValueError(
+            f"The Fashion-MNIST files in {target_dir} have unexpected sizes "
+            f"(train {x_train.shape}/{y_train.shape}, test {x_test.shape}/"
+            f"{y_test.shape}); delete them and run again."
+        )
+    return (x_train, y_train), (x_test, y_test)
+
+
+def resize_images(images, image_size):
+    """Resize a batch of square images with numpy.
+
+    A separable triangle (bilinear) filter whose support widens when
+    shrinking, so downscaling is antialiased.
+
+    Args:
+        images: array of shape ``(N, H, W)`` or ``(N, H, W, C)``.
+        image_size: the output height and width.
+
+    Returns:
+        float32 array of shape ``(N, image_size, image_size[, C])``.
+    """
+    images = np.asarray(images, dtype="float32")
+    height, width = images.shape[1:3]
+    if (height, width) == (image_size, image_size):
+        return images
+    rows = _resize_matrix(height, image_size)
+    cols = _resize_matrix(width, image_size)
+    if images.ndim == 3:
+        return np.einsum("ih,nhw,jw->nij", rows, images, cols, optimize=True)
+    return np.einsum("ih,nhwc,jw->nijc", rows, images, cols, optimize=True)
+
+
+def _resize_matrix(size_in, size_out):
+    scale = size_in / size_out
+    support = max(scale, 1.0)
+    centers = (np.arange(size_out) + 0.5) * scale - 0.5
+    weights = np.maximum(
+        0.0, 1.0 - np.abs(np.arange(size_in)[None, :] - centers[:, None]) / support
+    )
+    return (weights / weights.sum(axis=1, keepdims=True)).astype("float32")
+
+
+def _check_int(name, value, minimum, maximum=None, allow_none=False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"`{name}` must be an integer; got {value!r}.")
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = "" if maximum is None else f" and <= {maximum}"
+        raise ValueError(f"`{name}` must be >= {minimum}{upper}; got {value}.")
+
+
+def _check_image_args(image_size, channels):
+    _check_int("image_size", image_size, MIN_IMAGE_SIZE)
+    if channels not in (1, 3) or isinstance(channels, bool):
+        raise ValueError(f"`channels` must be 1 or 3; got {channels!r}.")
+
+
+def _select_classes(x, y, class_names, classes):
+    """Keep the samples of ``classes`` and renumber their labels 0..n-1."""
+    if classes is None:
+        return x, y, list(class_names)
+    classes = list(classes)
+    indices = []
+    for c in classes:
+        if isinstance(c, str):
+            if c not in class_names:
+                raise ValueError(
+                    f"`classes`: unknown class name {c!r}; known: {class_names}."
+                )
+            c = class_names.index(c)
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)):
+            raise ValueError(f"`classes` must hold ints or names; got {c!r}.")
+        if not 0 <= c < len(class_names):
+            raise ValueError(
+                f"`classes`: {c} is outside [0, {len(class_names) - 1}]."
+            )
+        indices.append(int(c))
+    if not indices or len(set(indices)) != len(indices):
+        raise ValueError(
+            f"`classes` must be a non-empty list without repeats; got {classes}."
+        )
+    lookup = np.full(len(class_names), -1, dtype="int64")
+    lookup[indices] = np.arange(len(indices))
+    new_y = lookup[y]
+    keep = new_y >= 0
+    return x[keep], new_y[keep], [class_names[i] for i in indices]
+
+
+def _stratified_take(y, size, seed, argument):
+    """Split indices into (taken, rest), ``size`` taken stratified by label."""
+    n = len(y)
+    if size == 0:
+        return np.zeros(0, dtype="int64"), np.arange(n)
+    if size == n:
+        return np.random.default_rng(seed).permutation(n), np.zeros(0, "int64")
+    if size > n:
+        raise ValueError(
+            f"`{argument}`={size} does not fit: only {n} samples are available."
+        )
+    num_classes = len(np.unique(y))
+    if size < num_classes or n - size < num_classes:
+        raise ValueError(
+            f"`{argument}`={size} does not fit a stratified split of {n} samples "
+            f"over {num_classes} classes (each side needs at least one per class)."
+        )
+    from sklearn.model_selection import train_test_split
+
+    taken, rest = train_test_split(
+        np.arange(n), train_size=size, stratify=y, random_state=seed
+    )
+    return np.sort(taken), np.sort(rest)
+
+
+def _to_float_images(x, image_size, channels, max_value):
+    x = np.asarray(x, dtype="float32") / float(max_value)
+    x = resize_images(x, image_size)
+    x = np.clip(x, 0.0, 1.0)[..., None]
+    if channels == 3:
+        x = np.repeat(x, 3, axis=-1)
+    return np.ascontiguousarray(x, dtype="float32")
+
+
+def _make_splits(
+    x_pool, y_pool, x_test, y_test, class_names, image_size, channels,
+    validation_size, train_size, test_size, seed, max_value,
+):
+    _check_int("validation_size", validation_size, 0)
+    _check_int("train_size", train_size, 1, allow_none=True)
+    _check_int("test_size", test_size, 1, allow_none=True)
+    if validation_size >= len(y_pool):
+        raise ValueError(
+            f"`validation_size`={validation_size} does not fit: the training set "
+            f"has {len(y_pool)} samples and needs some left for training."
+        )
+    val_idx, train_idx = _stratified_take(
+        y_pool, validation_size, seed, "validation_size"
+    )
+    if train_size is not None:
+        if train_size > len(train_idx):
+            raise ValueError(
+                f"`train_size`={train_size} does not fit: {len(train_idx)} "
+                f"training samples are left after a validation split of "
+                f"{validation_size}."
+            )
+        take, _ = _stratified_take(
+            y_pool[train_idx], train_size, seed + 1, "train_size"
+        )
+        train_idx = train_idx[take]
+    if test_size is not None:
+        if test_size > len(y_test):
+            raise ValueError(
+                f"`test_size`={test_size} does not fit: the test set has "
+                f"{len(y_test)} samples."
+            )
+        take, _ = _stratified_take(y_test, test_size, seed + 2, "test_size")
+        x_test, y_test = x_test[take], y_test[take]
+
+    def convert(x, y):
+        return (
+            _to_float_images(x, image_size, channels, max_value),
+            np.asarray(y, dtype="int32"),
+        )
+
+    return {
+        "train": convert(x_pool[train_idx], y_pool[train_idx]),
+        "validation": convert(x_pool[val_idx], y_pool[val_idx]),
+        "test": convert(x_test, y_test),
+        "class_names": list(class_names),
+    }
+
+
+def load_fashion_mnist(
+    image_size=28,
+    channels=3,
+    validation_size=5000,
+    seed=0,
+    train_size=None,
+    test_size=None,
+    classes=None,
+):
+    """Load Fashion-MNIST (Zalando Research, MIT licence) as float images.
+
+    60,000 training and 10,000 test images of 28x28 grayscale clothing, 10
+    classes. Goes through ``keras.datasets.fashion_mnist.load_data()``; when
+    Keras' cache lacks the files and the Debian package
+    ``dataset-fashion-mnist`` is installed, its files are copied into the
+    cache first, so no network is needed.
+
+    Args:
+        image_size: output height and width (>= 8); 28 keeps the originals.
+        channels: 1, or 3 (grayscale repeated, as RGB presets expect).
+        validation_size: number of training images held out (stratified) as
+            the validation split.
+        seed: seed of the validation split and the subsets.
+        train_size: if set, a stratified subset of this many training images
+            (taken after the validation split).
+        test_size: if set, a stratified subset of this many test images.
+        classes: optional list of class indices or names to keep; labels are
+            renumbered ``0..len(classes)-1`` in the given order and
+            ``class_names`` follows.
+
+    Returns:
+        A dict with ``"train"``, ``"validation"`` and ``"test"`` ``(x, y)``
+        tuples (float32 images in ``[0, 1]``, int32 labels) and
+        ``"class_names"``.
+
+    Example:
+
+    >>> data = load_fashion_mnist(validation_size=5000)  # doctest: +SKIP
+    >>> data["train"][0].shape  # doctest: +SKIP
+    (55000, 28, 28, 3)
+    """
+    _check_image_args(image_size, channels)
+    _check_int("seed", seed, 0)
+    seed_fashion_mnist_cache()
+    (x_train, y_train), (x_test, y_test) = _read_fashion_mnist()
+    x_train, y_train, names = _select_classes(
+        x_train, y_train.astype("int64"), FASHION_MNIST_CLASS_NAMES, classes
+    )
+    x_test, y_test, _ = _select_classes(
+        x_test, y_test.astype("int64"), FASHION_MNIST_CLASS_NAMES, classes
+    )
+    return _make_splits(
+        x_train, y_train, x_test, y_test, names, image_size, channels,
+        validation_size, train_size, test_size, seed, max_value=255.0,
+    )
+
+
+def load_digits(
+    image_size=28,
+    channels=3,
+    validation_size=360,
+    test_size=360,
+    seed=0,
+    train_size=None,
+    classes=None,
+):
+    """Load scikit-learn's handwritten digits (UCI, CC BY 4.0) as float images.
+
+    1,797 images of 8x8 pixels with values 0..16, 10 classes; shipped inside
+    scikit-learn, so always available offline. The data set has no fixed test
+    split: the test and validation splits are both taken from it, stratified,
+    with ``seed``.
+
+    Args:
+        image_size: output height and width (>= 8); images are upscaled with a
+            bilinear filter.
+        channels: 1, or 3 (grayscale repeated).
+        validation_size: number of images in the validation split.
+        test_size: number of images in the test split.
+        seed: seed of the splits.
+        train_size: if set, a stratified subset of this many training images.
+        classes: optional list of class indices or names to keep (labels
+            renumbered in the given order).
+
+    Returns:
+        A dict with ``"train"``, ``"validation"`` and ``"test"`` ``(x, y)``
+        tuples (float32 images in ``[0, 1]``, int32 labels) and
+        ``"class_names"``.
+
+    Example:
+
+    >>> data = load_digits(image_size=28)
+    >>> data["test"][0].shape
+    (360, 28, 28, 3)
+    """
+    from sklearn import datasets as sk_datasets
+
+    _check_image_args(image_size, channels)
+    _check_int("seed", seed, 0)
+    _check_int("test_size", test_size, 1)
+    digits = sk_datasets.load_digits()
+    x = digits.images.astype("float32")
+    y = digits.target.astype("int64")
+    x, y, names = _select_classes(x, y, DIGITS_CLASS_NAMES, classes)
+    if test_size >= len(y):
+        raise ValueError(
+            f"`test_size`={test_size} does not fit: digits has {len(y)} images "
+            "and needs some left for training."
+        )
+    test_idx, pool_idx = _stratified_take(y, test_size, seed + 3, "test_size")
+    return _make_splits(
+        x[pool_idx], y[pool_idx], x[test_idx], y[test_idx], names, image_size,
+        channels, validation_size, train_size, None, seed, max_value=16.0,
+    )
+
+
+_LOADERS = {"fashion_mnist": load_fashion_mnist, "digits": load_digits}
+
+
+def load_dataset(name, **kwargs):
+    """Load a data set by name: ``"fashion_mnist"`` or ``"digits"``.
+
+    Args:
+        name: the data set's name (``-`` and ``_`` are interchangeable).
+        **kwargs: passed to its loader.
+    """
+    key = str(name).lower().replace("-", "_")
+    if key not in _LOADERS:
+        raise ValueError(
+            f"Unknown data set `name`={name!r}; known: {sorted(_LOADERS)}."
+        )
+    return _LOADERS[key](**kwargs)
