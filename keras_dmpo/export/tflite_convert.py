@@ -33,11 +33,20 @@ def convert_to_tflite(model, quantization=None, representative_data=None):
         quantization: ``None`` (float32), ``"dynamic"`` (int8 weights),
             ``"float16"`` (fp16 weights) or ``"int8"`` (full integer ops with
             float input/output; needs ``representative_data``).
-        representative_data: for ``"int8"``: a callable returning an iterable of
-            input lists, or a sequence of input arrays (one sample batch each).
+        representative_data: for ``"int8"``: an array of samples
+            ``(N, ...)`` of a single-input model, a callable returning an
+            iterable of input lists, or a sequence of input arrays (one sample
+            batch each).
 
     Returns:
         The ``.tflite`` flatbuffer as ``bytes``.
+
+    Raises:
+        RuntimeError: when conversion fails or the result uses any non-builtin
+            (Flex or custom) op.
+
+    Example:
+    >>> flatbuffer = convert_to_tflite(model, quantization="float16")
     """
     check_tensorflow_backend("TFLite conversion")
     import tensorflow as tf
@@ -67,18 +76,63 @@ def convert_to_tflite(model, quantization=None, representative_data=None):
                 tf.lite.OpsSet.TFLITE_BUILTINS_INT8
             ]
         try:
-            return converter.convert()
+            flatbuffer = converter.convert()
         except Exception as error:  # the converter raises ConverterError & co.
             raise RuntimeError(
                 "TFLite conversion with TFLITE_BUILTINS only failed for model "
                 f"{model.name!r}; an op without a builtin kernel is likely "
                 f"(no Flex ops are allowed): {error}"
             ) from error
+    check_builtin_ops(flatbuffer, what=f"model {model.name!r}")
+    return flatbuffer
+
+
+def non_builtin_ops(flatbuffer):
+    """Names of the custom (incl. Flex) operators a TFLite flatbuffer uses.
+
+    Reads the flatbuffer's operator codes: every op that is not a LiteRT
+    builtin is stored as ``CUSTOM`` with a ``custom_code`` (``"FlexErfc"``,
+    ...). Interpreter op details cannot be used for this because the XNNPACK
+    delegate replaces the ops it takes by ``DELEGATE`` nodes.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
+    names = []
+    for code in model.operatorCodes or []:
+        # Newer schemas moved builtin codes > 127 to ``builtinCode``; take
+        # the larger of the two fields, as the TFLite tooling does.
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            custom = code.customCode
+            names.append(custom.decode() if isinstance(custom, bytes) else str(custom))
+    return sorted(set(names))
+
+
+def check_builtin_ops(flatbuffer, what="model"):
+    """Raise ``RuntimeError`` if the flatbuffer uses any non-builtin op."""
+    custom = non_builtin_ops(flatbuffer)
+    if custom:
+        raise RuntimeError(
+            f"The TFLite {what} uses non-builtin ops {custom}: LiteRT on Android "
+            "would need the Flex delegate or custom kernels. Only TFLITE_BUILTINS "
+            "are allowed."
+        )
 
 
 def _as_representative_dataset(data):
     if callable(data):
         return data
+    if hasattr(data, "shape") and hasattr(data, "dtype"):
+        # One array of samples for a single-input model: feed batches of one
+        # (iterating the array itself would drop the batch dimension).
+        array = keras.ops.convert_to_numpy(data).astype("float32")
+
+        def array_generator():
+            for i in range(array.shape[0]):
+                yield [array[i : i + 1]]
+
+        return array_generator
 
     def generator():
         for sample in data:

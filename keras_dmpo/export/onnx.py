@@ -1,0 +1,211 @@
+"""Export early-exit stage graphs as ONNX files with a manifest.
+
+Route: TensorFlow backend -> ``tf.function`` -> tf2onnx (``from_function``,
+which freezes the variables), with two fixes measured on keras 3.15 /
+keras-hub 0.32 / tf2onnx 1.17 / onnxruntime 1.32:
+
+- Exact GELU lowers to TF's ``Erfc``, which tf2onnx emits unchanged and
+  onnxruntime rejects ("No Op registered for Erfc"). A custom tf2onnx handler
+  rewrites it as ``1 - Erf(x)`` (ONNX has ``Erf`` since opset 9).
+- keras-hub's position embedding captures a constant position-ids tensor; a
+  captured non-variable tensor becomes an extra graph input
+  (``.../position_embedding/.../x:0``) that nobody feeds. It is removed when
+  unused, else turned into an initializer holding the captured value.
+
+The manifest has the TFLite schema with ``"format": "onnx"`` and
+``quantization: null``; stage files are ``stage_k.onnx``.
+"""
+
+import hashlib
+import os
+
+import numpy as np
+
+from keras_dmpo.export import manifest as manifest_lib
+from keras_dmpo.export.tflite_convert import check_tensorflow_backend
+
+CREATED_BY = "keras_dmpo.export.onnx.export_onnx_stage_graphs"
+DEFAULT_OPSET = 17
+
+
+def export_onnx_stage_graphs(
+    directory,
+    stage_models,
+    *,
+    exits,
+    thresholds,
+    criterion,
+    flops_per_exit,
+    full_model_flops,
+    image_shape,
+    preprocessing,
+    class_names=None,
+    monolithic_model=None,
+    overwrite=False,
+    extra_metadata=None,
+    opset=DEFAULT_OPSET,
+):
+    """Write ``stage_k.onnx`` (and ``monolithic.onnx``) plus ``manifest.json``.
+
+    Arguments are those of ``keras_dmpo.export.tflite.export_stage_graphs``
+    (without quantization), plus ``opset`` (ONNX opset, default 17). The
+    batch dimension stays dynamic. Written atomically like the TFLite export.
+
+    Returns:
+        The manifest (dict) that was written.
+
+    Example:
+    >>> manifest = export_onnx_stage_graphs(
+    ...     "out_onnx/", [stage_1, stage_2], exits=[2, 4],
+    ...     thresholds=[0.9, 0.0], criterion="confidence",
+    ...     flops_per_exit=[4e6, 8e6], full_model_flops=7.9e6,
+    ...     image_shape=(32, 32, 3), preprocessing={"scale": 1 / 255})
+    >>> import onnxruntime
+    >>> session = onnxruntime.InferenceSession("out_onnx/stage_1.onnx")
+    """
+    stage_models = manifest_lib.check_stage_models(stage_models)
+    checked = manifest_lib.check_common_arguments(
+        len(stage_models),
+        exits=exits,
+        thresholds=thresholds,
+        criterion=criterion,
+        flops_per_exit=flops_per_exit,
+        full_model_flops=full_model_flops,
+        image_shape=image_shape,
+        preprocessing=preprocessing,
+        class_names=class_names,
+        extra_metadata=extra_metadata,
+    )
+    manifest_lib.check_output_directory(directory, overwrite)
+    check_tensorflow_backend("export_onnx_stage_graphs")
+
+    with manifest_lib.staging_directory(directory, overwrite) as staging:
+        entries = []
+        for k, model in enumerate(stage_models):
+            file_entry = _convert_and_write(model, staging, f"stage_{k + 1}.onnx", opset)
+            entries.append(manifest_lib.stage_entry(k, checked, file_entry))
+        probabilities = [o for o in entries[-1]["outputs"] if o["name"] == "probabilities"]
+        if not probabilities:
+            raise RuntimeError(f"The last stage has no 'probabilities' output: {entries[-1]}.")
+        manifest = manifest_lib.base_manifest(
+            "onnx",
+            checked,
+            quantization=None,
+            num_classes=probabilities[0]["shape"][-1],
+            created_by=CREATED_BY,
+        )
+        manifest["opset"] = int(opset)
+        manifest["stages"] = entries
+        if monolithic_model is not None:
+            entry = _convert_and_write(monolithic_model, staging, "monolithic.onnx", opset)
+            entry["flops"] = checked["full_model_flops"]
+            manifest["monolithic"] = entry
+        manifest_lib.write_manifest(staging, manifest)
+    return manifest
+
+
+def convert_to_onnx(model, opset=DEFAULT_OPSET):
+    """Convert a single-input Keras model (TensorFlow backend) to an ONNX proto.
+
+    Input and output names are the Keras input name and the output dict keys.
+    """
+    check_tensorflow_backend("ONNX conversion")
+    import tensorflow as tf
+    import tf2onnx
+
+    if len(model.inputs) != 1:
+        raise ValueError(f"Expected a single-input model; {model.name!r} has {len(model.inputs)}.")
+    symbolic = model.inputs[0]
+    spec = (tf.TensorSpec(symbolic.shape, symbolic.dtype, name=symbolic.name),)
+
+    @tf.function(input_signature=spec)
+    def serve(x):
+        return model(x, training=False)
+
+    proto, _ = tf2onnx.convert.from_function(
+        serve,
+        input_signature=spec,
+        opset=opset,
+        custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])},
+    )
+    _freeze_captured_inputs(proto, serve.get_concrete_function(), keep={symbolic.name})
+    _check_supported(proto, model.name)
+    return proto
+
+
+def _erfc_as_one_minus_erf(ctx, node, name, args):
+    # erfc(x) = 1 - erf(x); the node keeps its output name, so consumers stay.
+    from tf2onnx import utils
+
+    x = node.input[0]
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(x))
+    erf = ctx.make_node("Erf", [x])
+    one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
+    node.type = "Sub"
+    ctx.replace_inputs(node, [one.output[0], erf.output[0]])
+    return node
+
+
+def _freeze_captured_inputs(proto, concrete_function, keep):
+    """Turn graph inputs that are captured TF tensors into constants."""
+    import tensorflow as tf
+    from onnx import numpy_helper
+
+    captured = {
+        internal.name: external
+        for external, internal in zip(
+            concrete_function.captured_inputs, concrete_function.graph.internal_captures
+        )
+        if internal.dtype != tf.resource
+    }
+    used = {name for node in proto.graph.node for name in node.input}
+    for graph_input in list(proto.graph.input):
+        if graph_input.name in keep:
+            continue
+        if graph_input.name not in captured:
+            raise RuntimeError(
+                f"ONNX graph has an unexpected input {graph_input.name!r} that is "
+                "neither the model input nor a captured tensor."
+            )
+        proto.graph.input.remove(graph_input)
+        if graph_input.name in used:
+            value = np.asarray(captured[graph_input.name].numpy())
+            proto.graph.initializer.append(numpy_helper.from_array(value, graph_input.name))
+
+
+def _check_supported(proto, name):
+    unsupported = sorted({n.op_type for n in proto.graph.node if n.op_type == "Erfc"})
+    if unsupported:
+        raise RuntimeError(f"ONNX graph of {name!r} still has ops {unsupported}.")
+
+
+def _convert_and_write(model, staging, file_name, opset):
+    proto = convert_to_onnx(model, opset=opset)
+    payload = proto.SerializeToString()
+    with open(os.path.join(staging, file_name), "wb") as handle:
+        handle.write(payload)
+    entry = {
+        "file": file_name,
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "size_bytes": len(payload),
+    }
+    entry.update(_graph_io(proto))
+    return entry
+
+
+def _graph_io(proto):
+    from onnx import helper
+
+    def specs(values):
+        out = []
+        for value in values:
+            tensor_type = value.type.tensor_type
+            shape = [
+                int(d.dim_value) if d.HasField("dim_value") else -1
+                for d in tensor_type.shape.dim
+            ]
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
+            out.append({"name": value.name, "shape": shape, "dtype": dtype})
+        return sorted(out, key=lambda s: s["name"])
+
+    return {"inputs": specs(proto.graph.input), "outputs": specs(proto.graph.output)}
