@@ -1,0 +1,298 @@
+"""Analytic FLOPs (keras_dmpo.inference.flops) against XLA's measured count.
+
+Measured = ``flops + transcendentals`` of
+``jax.jit(f).lower(...).compile().cost_analysis()`` for ONE image, with the
+weights passed as arguments (``stateless_call``) so XLA cannot fold them.
+XLA counts a dot as 2*M*N*K (a multiply-add = 2 FLOPs, our convention) and
+reports exp/rsqrt/erf apart as "transcendentals": we add them, since the
+analytic counter costs every elementwise op 1 FLOP.
+
+What is measured at each scale:
+- ``vit_block``: one keras-hub ``ViTEncoderBlock`` (random weights).
+- ``vit_backbone``: a whole keras-hub ``ViTBackbone``.
+- ``*_ref``: small jax.numpy references written here, independent of the
+  keras_dmpo layers (covariance head with Newton-Schulz, adapters, head).
+- ``layers.*``: the keras_dmpo layers themselves, when importable.
+
+Run (JAX backend is forced):
+    .venv/bin/python benchmarks/flops_check.py              # demo + vit_b16
+    .venv/bin/python benchmarks/flops_check.py --scale tiny --json
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ["KERAS_BACKEND"] = "jax"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SCALES = {
+    # tests/conftest.py's tiny ViT.
+    "tiny": dict(image_shape=(32, 32, 3), patch_size=8, num_layers=4, num_heads=2,
+                 hidden_dim=32, mlp_dim=64, num_classes=10, covariance_dim=16,
+                 iterations=5, bottleneck=8),
+    # keras_dmpo.demo's ViT.
+    "demo": dict(image_shape=(28, 28, 3), patch_size=4, num_layers=8, num_heads=4,
+                 hidden_dim=128, mlp_dim=256, num_classes=10, covariance_dim=32,
+                 iterations=5, bottleneck=16),
+    # ViT-B/16 at 224 (random weights), 1000 classes.
+    "vit_b16": dict(image_shape=(224, 224, 3), patch_size=16, num_layers=12,
+                    num_heads=12, hidden_dim=768, mlp_dim=3072, num_classes=1000,
+                    covariance_dim=64, iterations=5, bottleneck=64),
+}
+
+
+def measured_flops(fn, *args):
+    """``flops + transcendentals`` of the XLA-compiled ``fn(*args)``."""
+    import jax
+
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older jax returned one dict per device
+        cost = cost[0]
+    return float(cost.get("flops", 0.0)) + float(cost.get("transcendentals", 0.0))
+
+
+def measure_layer(layer, *inputs):
+    """Measured FLOPs of a built Keras layer, weights passed as arguments."""
+    trainable = [v.value for v in layer.trainable_variables]
+    non_trainable = [v.value for v in layer.non_trainable_variables]
+
+    def fn(trainable, non_trainable, *inputs):
+        outputs, _ = layer.stateless_call(trainable, non_trainable, *inputs)
+        return outputs
+
+    return measured_flops(fn, trainable, non_trainable, *inputs)
+
+
+# --- jax.numpy references (independent of keras_dmpo.layers) ---------------
+
+
+def _ln(x, gamma, beta, eps=1e-6):
+    import jax.numpy as jnp
+
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return (x - mean) / jnp.sqrt(var + eps) * gamma + beta
+
+
+def covariance_head_ref(tokens, w, iterations):
+    """LN, reduce, centre, cov, trace-normalised coupled NS, triangle, Dense;
+    fused (mean) with LN + Dense on the class token."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    x = _ln(tokens, w["g"], w["b"])[:, 1:, :] @ w["reduce"] + w["reduce_b"]
+    n, d = x.shape[1], x.shape[2]
+    x = x - jnp.mean(x, axis=1, keepdims=True)
+    cov = jnp.einsum("bnd,bne->bde", x, x) / n
+    eye = jnp.eye(d, dtype=x.dtype)
+    cov = cov + 1e-5 * eye
+    trace = jnp.sum(cov * eye, axis=(1, 2), keepdims=True)
+    # XLA's CPU fusion would otherwise recompute the covariance matmul inside
+    # both operands of the first Newton-Schulz product (a compiler choice that
+    # cost_analysis counts twice): materialise it once.
+    a, trace = jax.lax.optimization_barrier((cov / trace, trace))
+    # Coupled Newton-Schulz (T = (3I - ZY)/2, Y <- YT, Z <- TZ), with the
+    # first step taken at Z = I and the last step's unused Z update dropped.
+    t = 0.5 * (3.0 * eye - a)
+    y, z = a @ t, t
+    for step in range(1, iterations):
+        t = 0.5 * (3.0 * eye - z @ y)
+        y = y @ t
+        if step < iterations - 1:
+            z = t @ z
+    root = y * jnp.sqrt(trace)
+    # Upper triangle as a gather of constant flat indices. (Fancy indexing
+    # root[:, rows, cols] lets XLA fuse, and count again, the last matmul.)
+    rows, cols = np.triu_indices(d)
+    features = jnp.take(root.reshape(-1, d * d), jnp.asarray(rows * d + cols), axis=1)
+    cov_logits = features @ w["cls"] + w["cls_b"]
+    cls = _ln(tokens[:, 0, :], w["g2"], w["b2"])
+    lin_logits = cls @ w["lin"] + w["lin_b"]
+    return 0.5 * (cov_logits + lin_logits)
+
+
+def covariance_ref_weights(hidden_dim, covariance_dim, num_classes):
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    d, p = covariance_dim, covariance_dim * (covariance_dim + 1) // 2
+
+    def rand(*shape):
+        return jnp.asarray(rng.normal(size=shape).astype("float32") * 0.05)
+
+    return {
+        "g": rand(hidden_dim), "b": rand(hidden_dim),
+        "reduce": rand(hidden_dim, d), "reduce_b": rand(d),
+        "cls": rand(p, num_classes), "cls_b": rand(num_classes),
+        "g2": rand(hidden_dim), "b2": rand(hidden_dim),
+        "lin": rand(hidden_dim, num_classes), "lin_b": rand(num_classes),
+    }
+
+
+def adapter_ref(tokens, w, grid=None):
+    """Parallel adapter (grid None) or bypass (depthwise 3x3 on the grid)."""
+    import jax
+    import jax.numpy as jnp
+
+    hidden = tokens @ w["down"] + w["down_b"]
+    if grid is None:
+        hidden = jax.nn.gelu(hidden, approximate=False)
+    else:
+        # GELU per slice: one GELU feeding both slices is recomputed in each
+        # consumer fusion by XLA's CPU compiler (counted twice).
+        b = hidden.shape[-1]
+        class_token = jax.nn.gelu(hidden[:, :1, :], approximate=False)
+        patches = jax.nn.gelu(hidden[:, 1:, :], approximate=False)
+        patches = patches.reshape(-1, grid, grid, b)
+        patches = jax.lax.conv_general_dilated(
+            patches, w["dw"], (1, 1), "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=b,
+        ) + w["dw_b"]
+        hidden = jnp.concatenate([class_token, patches.reshape(-1, grid * grid, b)], 1)
+    return tokens + 0.1 * (hidden @ w["up"] + w["up_b"])
+
+
+def adapter_ref_weights(hidden_dim, bottleneck):
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+
+    def rand(*shape):
+        return jnp.asarray(rng.normal(size=shape).astype("float32") * 0.05)
+
+    return {
+        "down": rand(hidden_dim, bottleneck), "down_b": rand(bottleneck),
+        "up": rand(bottleneck, hidden_dim), "up_b": rand(hidden_dim),
+        "dw": rand(3, 3, 1, bottleneck), "dw_b": rand(bottleneck),
+    }
+
+
+def linear_head_ref(tokens, w):
+    return _ln(tokens[:, 0, :], w["g2"], w["b2"]) @ w["lin"] + w["lin_b"]
+
+
+# --- the check --------------------------------------------------------------
+
+
+def check_scale(name, include_layers=True, lean=False):
+    """Rows ``{"scale", "what", "analytic", "measured", "diff_percent"}``.
+
+    ``lean``: only the block, the backbone and the covariance head reference
+    (what tests/test_flops.py checks; fewer XLA compilations).
+    """
+    import jax.numpy as jnp
+    import keras
+    import keras_hub
+    import numpy as np
+
+    from keras_dmpo.inference import flops as F
+
+    s = SCALES[name]
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=s["image_shape"], patch_size=s["patch_size"],
+        num_layers=s["num_layers"], num_heads=s["num_heads"],
+        hidden_dim=s["hidden_dim"], mlp_dim=s["mlp_dim"],
+    )
+    t = F.vit_num_tokens(s["image_shape"], s["patch_size"])
+    d, c, cd, it, b = (s["hidden_dim"], s["num_classes"], s["covariance_dim"],
+                      s["iterations"], s["bottleneck"])
+    grid = int(round((t - 1) ** 0.5))
+    tokens = jnp.asarray(np.random.default_rng(0).normal(size=(1, t, d)).astype("float32"))
+    images = jnp.asarray(
+        np.random.default_rng(0).uniform(size=(1,) + tuple(s["image_shape"])).astype("float32")
+    )
+    block_flops = F.vit_block_flops(t, d, s["mlp_dim"], s["num_heads"])
+    rows = []
+
+    def row(what, analytic, measured):
+        rows.append({
+            "scale": name, "what": what, "analytic": int(analytic),
+            "measured": int(measured),
+            "diff_percent": 100.0 * (analytic - measured) / measured,
+        })
+
+    block = backbone.get_layer("vit_encoder").encoder_layers[0]
+    row("vit_block", block_flops, measure_layer(block, tokens))
+    backbone_analytic = (
+        F.vit_embedding_flops(s["image_shape"], s["patch_size"], d)
+        + s["num_layers"] * block_flops
+        + F.layer_norm_flops(t, d)
+    )
+    row("vit_backbone", backbone_analytic, measure_layer(backbone, images))
+
+    cw = covariance_ref_weights(d, cd, c)
+    row(f"covariance_head_ref(d={cd},it={it})",
+        F.covariance_head_flops(t, d, cd, it, c),
+        measured_flops(lambda x, w: covariance_head_ref(x, w, it), tokens, cw))
+    if lean:
+        return rows
+    aw = adapter_ref_weights(d, b)
+    row(f"parallel_adapter_ref(b={b})", F.parallel_adapter_flops(t, d, b),
+        measured_flops(lambda x, w: adapter_ref(x, w), tokens, aw))
+    row(f"bypass_adapter_ref(b={b})", F.bypass_adapter_flops(t, d, b),
+        measured_flops(lambda x, w: adapter_ref(x, w, grid), tokens, aw))
+    row("linear_head_ref", F.linear_head_flops(d, c),
+        measured_flops(linear_head_ref, tokens, cw))
+
+    if include_layers:
+        try:
+            from keras_dmpo.layers.bypass import BypassAdapter
+            from keras_dmpo.layers.exit_heads import CovarianceExitHead, LinearExitHead
+            from keras_dmpo.layers.parallel_adapter import ParallelAdapter
+        except ImportError as error:  # layers not there yet: skip these rows
+            print(f"keras_dmpo layers not measured: {error}", file=sys.stderr)
+        else:
+            head = CovarianceExitHead(c, covariance_dim=cd, iterations=it)
+            head.build(tokens.shape)
+            row(f"layers.CovarianceExitHead(d={cd},it={it})",
+                F.covariance_head_flops(t, d, cd, it, c), measure_layer(head, tokens))
+            head = LinearExitHead(c)
+            head.build(tokens.shape)
+            row("layers.LinearExitHead", F.linear_head_flops(d, c), measure_layer(head, tokens))
+            adapter = ParallelAdapter(b)
+            adapter.build(tokens.shape, tokens.shape)
+            row(f"layers.ParallelAdapter(b={b})", F.parallel_adapter_flops(t, d, b),
+                measure_layer(adapter, tokens, tokens))
+            bypass = BypassAdapter(b)
+            bypass.build(tokens.shape)
+            row(f"layers.BypassAdapter(b={b})", F.bypass_adapter_flops(t, d, b),
+                measure_layer(bypass, tokens))
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", action="append", choices=sorted(SCALES),
+                        help="scales to check (repeatable); default demo and vit_b16")
+    parser.add_argument("--no-layers", action="store_true",
+                        help="skip the keras_dmpo layers rows")
+    parser.add_argument("--json", action="store_true", help="print JSON rows only")
+    parser.add_argument("--lean", action="store_true",
+                        help="only the block, backbone and covariance head reference")
+    args = parser.parse_args(argv)
+    rows = []
+    for scale in args.scale or ["demo", "vit_b16"]:
+        start = time.perf_counter()
+        rows += check_scale(scale, include_layers=not args.no_layers, lean=args.lean)
+        if not args.json:
+            print(f"# {scale}: measured in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    if args.json:
+        print(json.dumps(rows))
+        return
+    print("| scale | what | analytic FLOPs | measured FLOPs | analytic - measured |")
+    print("|---|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['scale']} | {r['what']} | {r['analytic']:,} | {r['measured']:,} | "
+              f"{r['diff_percent']:+.2f}% |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Inference: analytic FLOPs (``flops``) and exit-threshold calibration (``calibration``)."""

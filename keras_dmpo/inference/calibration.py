@@ -1,0 +1,455 @@
+"""Exit scores, exit rules and threshold calibration for a FLOPs budget (numpy).
+
+A sample leaves at the first exit ``k`` whose score is ``>= thresholds[k]``;
+the last exit always answers (its threshold is stored as 0.0 and ignored).
+Scores are in [0, 1] for both criteria, so thresholds are too.
+
+``calibrate_thresholds`` starts from MSDNet's geometric exit proportions
+(Huang et al., 2018) and improves them by a deterministic coordinate search.
+Thresholds are always placed at midpoints between observed scores, so a tiny
+numerical difference (Keras vs LiteRT, ~1e-6) cannot flip a validation
+sample's exit.
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+
+CRITERIA = ("confidence", "entropy")
+# Relative slack when comparing FLOPs with the budget (float rounding only).
+_BUDGET_RTOL = 1e-9
+
+
+def exit_scores(probabilities, criterion="confidence"):
+    """Per-exit confidence scores in [0, 1].
+
+    Args:
+        probabilities: ``(K, N, C)`` softmax outputs of the K exits.
+        criterion: ``"confidence"`` (max probability) or ``"entropy"``
+            (``1 - H / ln C``, H the entropy in nats; 1 for ``C == 1``).
+
+    Returns:
+        ``(K, N)`` float64 scores.
+    """
+    if criterion not in CRITERIA:
+        raise ValueError(
+            f"Unknown `criterion` {criterion!r}; expected one of {CRITERIA}."
+        )
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 3:
+        raise ValueError(
+            "`probabilities` must have shape (num_exits, num_samples, "
+            f"num_classes); got shape {probabilities.shape}."
+        )
+    if criterion == "confidence":
+        scores = probabilities.max(axis=-1)
+    else:
+        num_classes = probabilities.shape[-1]
+        if num_classes < 2:
+            return np.ones(probabilities.shape[:2])
+        p = np.clip(probabilities, 0.0, 1.0)
+        # 0 * log 0 = 0: use log(1) where p == 0.
+        entropy = -np.sum(p * np.log(np.where(p > 0, p, 1.0)), axis=-1)
+        scores = 1.0 - entropy / math.log(num_classes)
+    return np.clip(scores, 0.0, 1.0)
+
+
+def _check_scores(scores):
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[0] == 0 or scores.shape[1] == 0:
+        raise ValueError(
+            "`scores` must be a non-empty (num_exits, num_samples) array; got "
+            f"shape {scores.shape}."
+        )
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("`scores` contains NaN or infinite values.")
+    return scores
+
+
+def check_thresholds(thresholds, num_exits):
+    """Validate thresholds: ``num_exits`` finite values in [0, 1].
+
+    Returns:
+        float64 array of length ``num_exits``.
+    """
+    try:
+        values = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`thresholds` must be {num_exits} numbers in [0, 1]; got {thresholds!r}."
+        ) from None
+    if values.size != num_exits:
+        raise ValueError(
+            f"`thresholds` has {values.size} values; expected {num_exits} "
+            f"(one per exit, the last one ignored). Got {thresholds!r}."
+        )
+    bad = [float(v) for v in values if not 0.0 <= v <= 1.0]  # NaN fails too
+    if bad:
+        raise ValueError(
+            f"`thresholds` must be in [0, 1] (scores are); got {bad} in "
+            f"{values.tolist()}."
+        )
+    return values
+
+
+def apply_thresholds(scores, thresholds):
+    """Exit index per sample: the first ``k`` with ``score >= threshold_k``.
+
+    Args:
+        scores: ``(K, N)`` scores.
+        thresholds: ``K`` values in [0, 1]; the last one is ignored (the last
+            exit always answers).
+
+    Returns:
+        ``(N,)`` int64 0-based exit indices.
+    """
+    scores = _check_scores(scores)
+    thresholds = check_thresholds(thresholds, scores.shape[0])
+    passed = scores >= thresholds[:, None]
+    passed[-1] = True
+    return np.argmax(passed, axis=0).astype(np.int64)
+
+
+def expected_flops(exit_index, flops_per_exit):
+    """Mean FLOPs per sample for the given exit indices."""
+    flops = np.asarray(flops_per_exit, dtype=np.float64)
+    return float(np.mean(flops[np.asarray(exit_index)]))
+
+
+def exit_accuracy(exit_index, correct):
+    """Accuracy when sample ``n`` answers at ``exit_index[n]``.
+
+    Args:
+        exit_index: ``(N,)`` 0-based exit indices.
+        correct: ``(K, N)`` bool, whether exit k is right on sample n.
+    """
+    correct = np.asarray(correct, dtype=bool)
+    exit_index = np.asarray(exit_index)
+    return float(np.mean(correct[exit_index, np.arange(exit_index.size)]))
+
+
+def exit_fractions(exit_index, num_exits):
+    """Fraction of samples answered at each exit."""
+    counts = np.bincount(np.asarray(exit_index), minlength=num_exits)
+    return (counts / max(1, counts.sum())).tolist()
+
+
+@dataclasses.dataclass
+class CalibrationResult:
+    """Calibrated thresholds and what they give on the validation data.
+
+    Attributes:
+        thresholds: K floats; the last is 0.0 (ignored, the last exit answers).
+        expected_flops: mean FLOPs per sample on the validation data.
+        expected_fraction: ``expected_flops / full_model_flops`` (None if the
+            full model's FLOPs were not given).
+        validation_accuracy: accuracy on the validation data.
+        exit_fractions: K fractions of samples answered at each exit.
+        budget: the FLOPs budget (absolute, per sample).
+        full_model_flops: "100%", or None.
+        num_samples: validation samples used.
+    """
+
+    thresholds: list
+    expected_flops: float
+    expected_fraction: object
+    validation_accuracy: float
+    exit_fractions: list
+    budget: float
+    full_model_flops: object = None
+    num_samples: int = 0
+
+    def to_dict(self):
+        """JSON-safe dict (floats, ints, lists, None)."""
+        return {
+            "thresholds": [float(t) for t in self.thresholds],
+            "expected_flops": float(self.expected_flops),
+            "expected_fraction": None
+            if self.expected_fraction is None
+            else float(self.expected_fraction),
+            "validation_accuracy": float(self.validation_accuracy),
+            "exit_fractions": [float(f) for f in self.exit_fractions],
+            "budget": float(self.budget),
+            "full_model_flops": None
+            if self.full_model_flops is None
+            else float(self.full_model_flops),
+            "num_samples": int(self.num_samples),
+        }
+
+    @classmethod
+    def from_dict(cls, data):
+        """Inverse of ``to_dict``; unknown keys raise ``ValueError``."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - fields
+        if unknown:
+            raise ValueError(
+                f"Unknown CalibrationResult keys {sorted(unknown)}; expected {sorted(fields)}."
+            )
+        return cls(**dict(data))
+
+
+def _candidates(values, max_candidates):
+    """Thresholds between observed scores of one exit, sorted ascending.
+
+    All midpoints between consecutive distinct values, subsampled to at most
+    ``max_candidates`` at evenly spaced ranks, plus the two ends: one below
+    every score (everyone exits) and one above (nobody exits). The ends are
+    ``min/2`` and ``(max+1)/2``; they equal an observed score only when that
+    score is exactly 0 or 1 (thresholds must stay in [0, 1]).
+    """
+    distinct = np.unique(values)
+    midpoints = (distinct[:-1] + distinct[1:]) / 2.0
+    if midpoints.size > max_candidates:
+        ranks = np.linspace(0, midpoints.size - 1, max_candidates).round().astype(int)
+        midpoints = midpoints[np.unique(ranks)]
+    low = distinct[0] / 2.0
+    high = (distinct[-1] + 1.0) / 2.0
+    return np.unique(np.concatenate([[low], midpoints, [high]]))
+
+
+def _snap(threshold, values):
+    """Move ``threshold`` to the midpoint between the observed scores around it."""
+    distinct = np.unique(values)
+    above = np.searchsorted(distinct, threshold, side="left")
+    if above == 0:
+        return distinct[0] / 2.0
+    if above == distinct.size:
+        return (distinct[-1] + 1.0) / 2.0
+    return (distinct[above - 1] + distinct[above]) / 2.0
+
+
+def _evaluate(scores, correct, flops, thresholds):
+    exits = np.argmax(
+        np.concatenate([scores[:-1] >= thresholds[:-1, None], np.ones((1, scores.shape[1]), bool)]),
+        axis=0,
+    )
+    columns = np.arange(scores.shape[1])
+    return int(correct[exits, columns].sum()), float(flops[exits].sum()), exits
+
+
+def geometric_thresholds(scores, flops_per_exit, budget_flops):
+    """MSDNet's start: exit proportions ``q_k ∝ q^k`` with expected cost = budget.
+
+    ``q`` is found by bisection. Exit k then takes the best-scoring
+    survivors until the cumulative exit count reaches ``ceil(N * sum q_j)``
+    (rounding up keeps the cost within the budget), with the threshold at a
+    midpoint between observed scores.
+
+    Returns:
+        K thresholds (the last 0.0).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    flops = np.asarray(flops_per_exit, dtype=np.float64)
+    num_exits, num_samples = scores.shape
+    powers = np.arange(num_exits, dtype=np.float64)
+
+    def proportions(log_q):
+        weights = np.exp(powers * log_q - np.max(powers * log_q))
+        return weights / weights.sum()
+
+    low, high = -60.0, 60.0  # log q: all at exit 1 .. all at exit K
+    for _ in range(200):
+        middle = (low + high) / 2.0
+        if proportions(middle) @ flops > budget_flops:
+            high = middle
+        else:
+            low = middle
+    cumulative = np.cumsum(proportions(low))
+    thresholds = np.zeros(num_exits)
+    alive = np.ones(num_samples, bool)
+    exited = 0
+    for k in range(num_exits - 1):
+        target = min(num_samples, math.ceil(cumulative[k] * num_samples - 1e-9))
+        need = target - exited
+        survivors = scores[k, alive]
+        if survivors.size == 0 or need <= 0:  # nobody leaves here
+            threshold = np.nextafter(survivors.max() if survivors.size else 1.0, 2.0)
+        elif need >= survivors.size:  # everyone left leaves here
+            threshold = survivors.min()
+        else:  # the `need` best leave (and anyone tied with the last of them)
+            threshold = np.sort(survivors)[::-1][need - 1]
+        # Same survivors pass (>= is kept), but at a midpoint between scores.
+        threshold = min(1.0, _snap(threshold, scores[k]))
+        thresholds[k] = threshold
+        leaving = alive & (scores[k] >= threshold)
+        exited += int(leaving.sum())
+        alive &= ~leaving
+    return thresholds
+
+
+def _coordinate_search(scores, correct, flops, budget_total, thresholds, candidates, max_sweeps):
+    """Improve thresholds one exit at a time while the budget holds.
+
+    Objective: most correct samples, then fewest FLOPs. For exit k, the
+    samples that reach it and their fate if they do not leave there are fixed
+    by the other thresholds, so every candidate is scored at once with
+    cumulative sums over the survivors sorted by score.
+    """
+    num_exits, num_samples = scores.shape
+    columns = np.arange(num_samples)
+    best_correct, best_flops, _ = _evaluate(scores, correct, flops, thresholds)
+    for _ in range(max_sweeps):
+        improved = False
+        for k in range(num_exits - 1):
+            passed = scores[:-1] >= thresholds[:-1, None]
+            before = passed[:k].any(axis=0)
+            # Where a sample goes if it does not leave at k.
+            later = np.concatenate([passed[k + 1:], np.ones((1, num_samples), bool)])
+            fallback = k + 1 + np.argmax(later, axis=0)
+            fixed = before
+            first = np.argmax(np.concatenate([passed, np.ones((1, num_samples), bool)]), axis=0)
+            fixed_correct = int(correct[first[fixed], columns[fixed]].sum())
+            fixed_flops = float(flops[first[fixed]].sum())
+            reach = ~before
+            s = scores[k, reach]
+            stay_correct = correct[fallback[reach], columns[reach]].astype(np.int64)
+            stay_flops = flops[fallback[reach]]
+            leave_correct = correct[k, columns[reach]].astype(np.int64)
+            order = np.argsort(-s, kind="stable")
+            s_sorted = s[order]
+            # Prefix sums over survivors by decreasing score: the first m leave.
+            gain_correct = np.concatenate([[0], np.cumsum(leave_correct[order] - stay_correct[order])])
+            gain_flops = np.concatenate([[0.0], np.cumsum(flops[k] - stay_flops[order])])
+            base_correct = fixed_correct + int(stay_correct.sum())
+            base_flops = fixed_flops + float(stay_flops.sum())
+            cand = candidates[k]
+            leaving = np.searchsorted(-s_sorted, -cand, side="right")  # count s >= c
+            totals_correct = base_correct + gain_correct[leaving]
+            totals_flops = base_flops + gain_flops[leaving]
+            feasible = totals_flops <= budget_total
+            if not feasible.any():
+                continue
+            # Best: most correct, then fewest FLOPs, then the lowest candidate.
+            key_correct = np.where(feasible, totals_correct, -1)
+            top = key_correct.max()
+            pick = np.flatnonzero(key_correct == top)
+            pick = pick[np.argmin(totals_flops[pick])]  # first (lowest) on ties
+            if (top, -totals_flops[pick]) > (best_correct, -best_flops + 1e-6 * abs(best_flops)):
+                thresholds = thresholds.copy()
+                thresholds[k] = cand[pick]
+                best_correct, best_flops = int(top), float(totals_flops[pick])
+                improved = True
+        if not improved:
+            break
+    return thresholds, best_correct, best_flops
+
+
+def calibrate_thresholds(
+    scores,
+    correct,
+    flops_per_exit,
+    budget_flops,
+    full_model_flops=None,
+    max_candidates=96,
+    max_sweeps=10,
+):
+    """Thresholds that maximise validation accuracy with mean FLOPs <= budget.
+
+    1. Start: MSDNet's geometric exit proportions (``geometric_thresholds``),
+       and also each single exit affordable within the budget (everyone
+       leaves there).
+    2. From each start, a deterministic coordinate search: for each early
+       exit in turn, try every candidate threshold (midpoints between the
+       sorted observed scores of that exit, subsampled to ``max_candidates``
+       evenly spaced ranks, plus "everyone" and "nobody" leaves), keep the
+       one with the most correct answers (ties: fewer FLOPs) among those
+       within the budget; sweep until nothing improves (``max_sweeps`` at
+       most).
+    3. Return the best result over the starts.
+
+    Args:
+        scores: ``(K, N)`` validation scores in [0, 1] (``exit_scores``).
+        correct: ``(K, N)`` bool, whether exit k's prediction is right.
+        flops_per_exit: ``K`` cumulative FLOPs per sample, non-decreasing.
+        budget_flops: mean FLOPs per sample allowed (absolute), in
+            ``[flops_per_exit[0], max(flops_per_exit[-1], full_model_flops)]``.
+        full_model_flops: optional, "100%", for ``expected_fraction`` and
+            the valid budget range.
+        max_candidates: candidate thresholds per exit.
+        max_sweeps: coordinate-search sweeps at most.
+
+    Returns:
+        ``CalibrationResult``; its last threshold is 0.0 (ignored).
+
+    Raises:
+        ValueError: empty or mismatched data, NaN scores, bad FLOPs, or a
+            budget outside the valid range (naming ``flops_budget``).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.size == 0:
+        raise ValueError(
+            "`scores` must be a non-empty (num_exits, num_samples) array; got "
+            f"shape {scores.shape}. Calibration needs validation data."
+        )
+    scores = _check_scores(scores)
+    correct = np.asarray(correct)
+    if correct.shape != scores.shape:
+        raise ValueError(
+            f"`correct` has shape {correct.shape}; expected the shape of "
+            f"`scores`, {scores.shape}."
+        )
+    correct = correct.astype(bool)
+    num_exits, num_samples = scores.shape
+    flops = np.asarray(flops_per_exit, dtype=np.float64).reshape(-1)
+    if flops.size != num_exits or not np.all(np.isfinite(flops)) or np.any(flops <= 0):
+        raise ValueError(
+            f"`flops_per_exit` must be {num_exits} positive numbers (one per "
+            f"exit); got {list(flops_per_exit)!r}."
+        )
+    if np.any(np.diff(flops) < 0):
+        raise ValueError(
+            f"`flops_per_exit` must be cumulative (non-decreasing); got {flops.tolist()}."
+        )
+    upper = flops[-1] if full_model_flops is None else max(flops[-1], float(full_model_flops))
+    budget = float(budget_flops)
+    slack = _BUDGET_RTOL * upper
+    if not (flops[0] - slack <= budget <= upper + slack):  # also rejects NaN
+        fraction = ""
+        if full_model_flops is not None:
+            fraction = (
+                f" (as a fraction of the full model: got {budget / full_model_flops:.4g}, "
+                f"valid [{flops[0] / full_model_flops:.4g}, {upper / full_model_flops:.4g}])"
+            )
+        raise ValueError(
+            f"`flops_budget` (budget_flops={budget_flops!r} FLOPs per sample) is "
+            f"outside the valid range [{flops[0]:.6g}, {upper:.6g}]: from the "
+            f"first exit's cost to the {'full model' if full_model_flops else 'last exit'}"
+            f"{fraction}."
+        )
+    budget_total = budget * num_samples * (1 + _BUDGET_RTOL)
+
+    candidates = [_candidates(scores[k], max_candidates) for k in range(num_exits)]
+    starts = [geometric_thresholds(scores, flops, budget)]
+    for k in range(num_exits):
+        if flops[k] <= budget * (1 + _BUDGET_RTOL):
+            single = np.array([c[-1] for c in candidates])  # nobody leaves
+            single[k] = candidates[k][0]  # everyone leaves at k
+            starts.append(single)
+    best = None
+    for start in starts:
+        start = start.copy()
+        start[-1] = 0.0
+        _, start_flops, _ = _evaluate(scores, correct, flops, start)
+        if start_flops > budget_total:
+            continue
+        thresholds, n_correct, total_flops = _coordinate_search(
+            scores, correct, flops, budget_total, start, candidates, max_sweeps
+        )
+        key = (n_correct, -total_flops)
+        if best is None or key > best[0]:
+            best = (key, thresholds)
+    thresholds = best[1]
+    thresholds[-1] = 0.0
+    _, total_flops, exits = _evaluate(scores, correct, flops, thresholds)
+    mean_flops = total_flops / num_samples
+    return CalibrationResult(
+        thresholds=[float(t) for t in thresholds],
+        expected_flops=mean_flops,
+        expected_fraction=None if full_model_flops is None else mean_flops / float(full_model_flops),
+        validation_accuracy=exit_accuracy(exits, correct),
+        exit_fractions=exit_fractions(exits, num_exits),
+        budget=budget,
+        full_model_flops=None if full_model_flops is None else float(full_model_flops),
+        num_samples=num_samples,
+    )

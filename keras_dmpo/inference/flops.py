@@ -1,0 +1,486 @@
+"""Analytic FLOPs of a DMPO early-exit ViT, per image.
+
+Convention: **one multiply-add is 2 FLOPs**. A matmul of ``(M, K) @ (K, N)``
+costs ``2 * M * N * K``; a convolution costs 2 FLOPs per (output element,
+kernel tap) pair. This is also how XLA's ``cost_analysis()`` counts a dot
+(checked: a 64x32 @ 32x16 matmul reports 65,536 = 2*64*32*16 FLOPs).
+
+Elementwise work is counted too, at the per-element costs below, because at
+small widths it is not negligible (the exact GELU alone is ~5% of a 128-wide
+block). Every arithmetic op on one element is 1 FLOP, transcendental or not
+(``exp``, ``rsqrt`` and a division count 1 each):
+
+- bias add, residual add, scalar scale: 1 per output element.
+- LayerNorm over rows of width ``D``: 7 per element (mean, subtract, square,
+  variance sum, normalise, gamma, beta) + 4 per row (two divisions by ``D``,
+  epsilon, rsqrt). See ``layer_norm_flops``.
+- softmax: 5 per element (max, subtract, exp, sum, divide).
+- GELU (exact, erf form, Keras' default): ``GELU_FLOPS`` = 65 per element.
+  Erf has no hardware instruction; XLA evaluates ``jax.nn.gelu``'s erfc as a
+  rational polynomial: its ``cost_analysis`` reports 64 FLOPs + 1
+  transcendental per element, which we take as the cost.
+- Reshapes, slices, concatenations, gathers and dropout (inference) are free.
+
+Not counted: the position-id lookup (a gather), the tile of the class token.
+The depthwise convolution of the bypass counts only taps that fall inside the
+patch grid ("same" padding taps on the zero border are skipped, as XLA does).
+
+All functions return Python ints (FLOPs for ONE image) and import nothing
+framework-specific, so the counter can be used on a phone-side machine too.
+"""
+
+import dataclasses
+
+# Per-element costs (FLOPs), see the module docstring.
+BIAS_FLOPS = 1
+LAYER_NORM_FLOPS_PER_ELEMENT = 7
+LAYER_NORM_FLOPS_PER_ROW = 4
+SOFTMAX_FLOPS = 5
+GELU_FLOPS = 65
+
+HEAD_KINDS = ("linear", "covariance")
+FUSIONS = ("mean", "sum", "covariance_only")
+
+
+def _pair(value, name):
+    if isinstance(value, int):
+        return int(value), int(value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 2:
+        raise ValueError(f"`{name}` must be an int or a pair; got {value!r}.")
+    return value
+
+
+def dense_flops(rows, in_dim, out_dim, use_bias=True):
+    """FLOPs of a Dense layer applied to ``rows`` vectors: ``2*rows*in*out`` + bias."""
+    return 2 * rows * in_dim * out_dim + (BIAS_FLOPS * rows * out_dim if use_bias else 0)
+
+
+def layer_norm_flops(num_tokens, dim):
+    """FLOPs of a LayerNorm over ``num_tokens`` rows of width ``dim``.
+
+    Args:
+        num_tokens: number of normalised rows (tokens).
+        dim: width of each row.
+    """
+    return num_tokens * (LAYER_NORM_FLOPS_PER_ELEMENT * dim + LAYER_NORM_FLOPS_PER_ROW)
+
+
+def gelu_flops(num_elements):
+    """FLOPs of an exact GELU on ``num_elements`` values (``GELU_FLOPS`` each)."""
+    return GELU_FLOPS * num_elements
+
+
+def vit_num_tokens(image_shape, patch_size):
+    """Class token plus the patch grid of a ViT."""
+    ph, pw = _pair(patch_size, "patch_size")
+    return 1 + (int(image_shape[0]) // ph) * (int(image_shape[1]) // pw)
+
+
+def vit_embedding_flops(image_shape, patch_size, hidden_dim, num_channels=None):
+    """FLOPs of keras-hub's ``ViTPatchingAndEmbedding``.
+
+    Patch convolution (kernel = stride = patch size, with bias) plus the
+    position-embedding add on every token (class token included). The class
+    token concatenation and the position-id lookup are free.
+
+    Args:
+        image_shape: ``(height, width)`` or ``(height, width, channels)``.
+        patch_size: int or ``(ph, pw)``.
+        hidden_dim: token width ``D``.
+        num_channels: input channels; defaults to ``image_shape[2]`` when
+            given there, else 3.
+    """
+    ph, pw = _pair(patch_size, "patch_size")
+    if num_channels is None:
+        num_channels = int(image_shape[2]) if len(image_shape) > 2 else 3
+    num_patches = (int(image_shape[0]) // ph) * (int(image_shape[1]) // pw)
+    conv = dense_flops(num_patches, ph * pw * num_channels, hidden_dim)
+    position_add = (num_patches + 1) * hidden_dim
+    return conv + position_add
+
+
+def attention_flops(num_tokens, hidden_dim, num_heads):
+    """FLOPs of Keras' ``MultiHeadAttention`` (self-attention, with biases).
+
+    Q, K, V projections; query scaling by ``1/sqrt(key_dim)``; scores
+    ``Q K^T``; softmax; ``A V``; output projection. ``key_dim`` is
+    ``hidden_dim // num_heads`` as in keras-hub's ViT.
+    """
+    t, d, h = num_tokens, hidden_dim, num_heads
+    key_dim = d // h
+    inner = h * key_dim
+    projections = 3 * dense_flops(t, d, inner)
+    query_scale = t * inner
+    scores = 2 * h * t * t * key_dim
+    softmax = SOFTMAX_FLOPS * h * t * t
+    weighted_values = 2 * h * t * t * key_dim
+    output = dense_flops(t, inner, d)
+    return projections + query_scale + scores + softmax + weighted_values + output
+
+
+def vit_block_flops(num_tokens, hidden_dim, mlp_dim, num_heads):
+    """FLOPs of one keras-hub ``ViTEncoderBlock`` (pre-norm transformer block).
+
+    ``x = x + MHA(LN(x)); x = x + Dense(GELU(Dense(LN(x))))``.
+
+    Args:
+        num_tokens: tokens per image ``T`` (class token included).
+        hidden_dim: token width ``D``.
+        mlp_dim: hidden width of the MLP.
+        num_heads: attention heads.
+    """
+    t, d, m = num_tokens, hidden_dim, mlp_dim
+    attention = layer_norm_flops(t, d) + attention_flops(t, d, num_heads) + t * d
+    mlp = (
+        layer_norm_flops(t, d)
+        + dense_flops(t, d, m)
+        + gelu_flops(t * m)
+        + dense_flops(t, m, d)
+        + t * d  # residual
+    )
+    return attention + mlp
+
+
+def parallel_adapter_flops(num_tokens, hidden_dim, bottleneck_dim):
+    """FLOPs of a trunk ``ParallelAdapter``: ``out + s * Up(GELU(Down(x)))``.
+
+    Args:
+        num_tokens: tokens per image.
+        hidden_dim: token width ``D``.
+        bottleneck_dim: adapter width ``b``; 0 or None means no adapter (0).
+    """
+    if not bottleneck_dim:
+        return 0
+    t, d, b = num_tokens, hidden_dim, bottleneck_dim
+    return (
+        dense_flops(t, d, b)
+        + gelu_flops(t * b)
+        + dense_flops(t, b, d)
+        + 2 * t * d  # scale and add
+    )
+
+
+def _same_conv_taps(size, kernel_size):
+    """In-grid (output, tap) pairs of a 1-D "same" convolution."""
+    before = (kernel_size - 1) // 2
+    return sum(
+        sum(1 for j in range(kernel_size) if 0 <= i + j - before < size)
+        for i in range(size)
+    )
+
+
+def bypass_adapter_flops(num_tokens, hidden_dim, bottleneck_dim, kernel_size=3):
+    """FLOPs of a ``BypassAdapter``: ``x + s * Up(DWConv(GELU(Down(x))))``.
+
+    Down and GELU on all tokens; the depthwise ``kernel_size`` x
+    ``kernel_size`` convolution (with bias, "same" padding) on the
+    ``g x g`` patch tokens only (the class token skips it); Up on all
+    tokens; scale and residual add.
+
+    Args:
+        num_tokens: tokens per image, ``1 + g*g``.
+        hidden_dim: token width ``D``.
+        bottleneck_dim: bypass width ``b``; 0 or None means no bypass (0).
+        kernel_size: side of the depthwise convolution.
+    """
+    if not bottleneck_dim:
+        return 0
+    t, d, b = num_tokens, hidden_dim, bottleneck_dim
+    grid = int(round((t - 1) ** 0.5))
+    if grid * grid != t - 1:
+        raise ValueError(
+            f"`num_tokens` must be 1 + g*g (class token + square grid); got {t}."
+        )
+    taps = _same_conv_taps(grid, kernel_size) ** 2
+    conv = 2 * b * taps + BIAS_FLOPS * grid * grid * b
+    return (
+        dense_flops(t, d, b)
+        + gelu_flops(t * b)
+        + conv
+        + dense_flops(t, b, d)
+        + 2 * t * d  # scale and add
+    )
+
+
+def linear_head_flops(
+    hidden_dim, num_classes, use_layer_norm=True, num_tokens=None, pooling="class_token"
+):
+    """FLOPs of a ``LinearExitHead``: pool, (LayerNorm,) Dense.
+
+    Assumption (matches ``keras_dmpo.layers.LinearExitHead``): the head pools
+    first, then normalises the pooled ``(batch, D)`` vector, so the LayerNorm
+    costs one row whatever the pooling.
+
+    Args:
+        hidden_dim: token width ``D``.
+        num_classes: number of logits ``C``.
+        use_layer_norm: whether the head has its own LayerNorm (False for the
+            last exit, which reads the backbone's final LayerNorm output).
+        num_tokens: tokens per image; needed only for ``pooling="mean"``.
+        pooling: ``"class_token"`` (free) or ``"mean"`` over the patch tokens.
+    """
+    flops = 0
+    if pooling == "mean":
+        if num_tokens is None:
+            raise ValueError('`num_tokens` is required for pooling="mean".')
+        flops += (num_tokens - 1) * hidden_dim  # sum (T-2 adds) + one division
+    elif pooling != "class_token":
+        raise ValueError(
+            f'`pooling` must be "class_token" or "mean"; got {pooling!r}.'
+        )
+    if use_layer_norm:
+        flops += layer_norm_flops(1, hidden_dim)
+    return flops + dense_flops(1, hidden_dim, num_classes)
+
+
+def newton_schulz_matmuls(iterations):
+    """Matmuls of the folded coupled Newton-Schulz iteration.
+
+    ``Y0 = A, Z0 = I; T = (3I - Z Y)/2; Y <- Y T; Z <- T Z``: 3 matmuls per
+    iteration, but the first (``Z = I``: ``Y1 = A T1``, ``Z1 = T1``) needs 1
+    and the last needs 2 (its ``Z`` update is unused), as in
+    ``keras_dmpo.layers.covariance_pooling.newton_schulz_sqrt``: ``3n - 3``
+    matmuls for ``n >= 2`` iterations, 1 for ``n = 1``.
+    """
+    return 1 if iterations == 1 else 3 * iterations - 3
+
+
+def covariance_pooling_flops(num_tokens, hidden_dim, covariance_dim, iterations):
+    """FLOPs of ``CovariancePooling`` (no classifier). See ``covariance_head_flops``."""
+    t, d_in, d = num_tokens, hidden_dim, covariance_dim
+    n = t - 1  # patch tokens
+    flops = layer_norm_flops(t, d_in)  # the layer normalises every token
+    flops += dense_flops(n, d_in, d)  # reduce D -> d on patch tokens
+    flops += n * d + d + n * d  # mean (sum + divide), centring
+    flops += 2 * n * d * d + d * d  # X^T X and division by N
+    flops += d * d  # + epsilon * I
+    flops += 2 * d * d + d * d  # trace (mask multiply + sum), divide by trace
+    flops += newton_schulz_matmuls(iterations) * 2 * d**3
+    flops += iterations * 2 * d * d  # T = 0.5 * (3I - .) every iteration
+    flops += 1 + d * d  # sqrt(trace), rescale
+    return flops  # the upper-triangle gather is free
+
+
+def covariance_head_flops(
+    num_tokens, hidden_dim, covariance_dim, iterations, num_classes, fusion="mean"
+):
+    """FLOPs of a ``CovarianceExitHead`` (covariance branch + fused linear head).
+
+    Covariance branch: LayerNorm on all ``T`` tokens (the layer normalises
+    before slicing), Dense ``D -> d`` on the ``T-1`` patch tokens, centring,
+    ``X^T X / N`` (``2 (T-1) d^2``), ``+ eps I``, trace normalisation,
+    Newton-Schulz (``newton_schulz_matmuls(iterations)`` matmuls of
+    ``2 d^3`` plus ``2 d^2`` elementwise per iteration), ``* sqrt(trace)``, the
+    upper triangle, Dense ``d(d+1)/2 -> C``. With ``fusion`` ``"mean"`` or
+    ``"sum"`` a ``LinearExitHead`` (LayerNorm + Dense on the class token) is
+    added and the logits combined (``C`` or ``2C`` FLOPs).
+
+    Args:
+        num_tokens: tokens per image ``T`` (class token included).
+        hidden_dim: token width ``D``.
+        covariance_dim: reduced dimension ``d``.
+        iterations: Newton-Schulz iterations.
+        num_classes: number of logits ``C``.
+        fusion: ``"mean"``, ``"sum"`` or ``"covariance_only"``.
+    """
+    if fusion not in FUSIONS:
+        raise ValueError(f"`fusion` must be one of {FUSIONS}; got {fusion!r}.")
+    d = covariance_dim
+    flops = covariance_pooling_flops(num_tokens, hidden_dim, d, iterations)
+    flops += dense_flops(1, d * (d + 1) // 2, num_classes)
+    if fusion != "covariance_only":
+        flops += linear_head_flops(hidden_dim, num_classes, use_layer_norm=True)
+        flops += num_classes * (2 if fusion == "mean" else 1)
+    return flops
+
+
+@dataclasses.dataclass(frozen=True)
+class ExitCostConfig:
+    """What the FLOPs of a DMPO early-exit ViT depend on.
+
+    Args:
+        image_shape: ``(height, width, channels)``.
+        patch_size: int or pair.
+        num_layers, hidden_dim, mlp_dim, num_heads: the ViT's config.
+        num_classes: number of logits.
+        exits: increasing 1-based block numbers, the last one ``num_layers``.
+        head_kinds: per exit ``"linear"`` or ``"covariance"``; a single string
+            applies to every exit but the last, which is always a linear head
+            on the final LayerNorm.
+        bypass: per exit bool; a single bool applies to every exit but the
+            last (which has no bypass).
+        bypass_bottleneck: bypass width.
+        adapter_bottleneck: trunk parallel adapter width per block; 0/None:
+            no adapters.
+        covariance_dim, iterations: covariance head parameters.
+        covariance_fusion: ``"mean"``, ``"sum"`` or ``"covariance_only"``.
+        last_head_layer_norm: whether the last linear head has its own
+            LayerNorm on top of the backbone's final one (default False).
+        bypass_kernel_size: side of the bypass depthwise convolution.
+    """
+
+    image_shape: tuple
+    patch_size: object
+    num_layers: int
+    hidden_dim: int
+    mlp_dim: int
+    num_heads: int
+    num_classes: int
+    exits: tuple
+    head_kinds: object = "linear"
+    bypass: object = False
+    bypass_bottleneck: int = 0
+    adapter_bottleneck: int = 0
+    covariance_dim: int = 32
+    iterations: int = 5
+    covariance_fusion: str = "mean"
+    last_head_layer_norm: bool = False
+    bypass_kernel_size: int = 3
+
+    @classmethod
+    def from_stages(cls, stages, num_classes, **kwargs):
+        """Build from a ``ViTStages``-like object (duck-typed attributes)."""
+        return cls(
+            image_shape=tuple(stages.image_shape),
+            patch_size=tuple(stages.patch_size),
+            num_layers=stages.num_layers,
+            hidden_dim=stages.hidden_dim,
+            mlp_dim=stages.mlp_dim,
+            num_heads=stages.num_heads,
+            num_classes=num_classes,
+            exits=tuple(stages.exits),
+            **kwargs,
+        )
+
+    @property
+    def num_tokens(self):
+        return vit_num_tokens(self.image_shape, self.patch_size)
+
+    def per_exit(self):
+        """``(head_kinds, bypass)`` as validated tuples of length K."""
+        exits = tuple(int(e) for e in self.exits)
+        k = len(exits)
+        if not k or list(exits) != sorted(set(exits)) or exits[0] < 1:
+            raise ValueError(f"`exits` must be increasing 1-based ints; got {self.exits!r}.")
+        if exits[-1] != self.num_layers:
+            raise ValueError(
+                f"The last exit must be block num_layers={self.num_layers}; "
+                f"got exits={exits}."
+            )
+        # A single value applies to the early exits; the last exit is always a
+        # linear head on the final LayerNorm, without bypass.
+        kinds = self.head_kinds
+        if isinstance(kinds, str):
+            kinds = (kinds,) * (k - 1) + ("linear",)
+        kinds = tuple(kinds)
+        bypass = self.bypass
+        if isinstance(bypass, bool):
+            bypass = (bypass,) * (k - 1) + (False,)
+        bypass = tuple(bool(b) for b in bypass)
+        for name, values in (("head_kinds", kinds), ("bypass", bypass)):
+            if len(values) != k:
+                raise ValueError(
+                    f"`{name}` has {len(values)} entries; expected one per exit "
+                    f"({k}: exits={exits})."
+                )
+        for kind in kinds:
+            if kind not in HEAD_KINDS:
+                raise ValueError(f"`head_kinds` entries must be in {HEAD_KINDS}; got {kind!r}.")
+        if kinds[-1] != "linear":
+            raise ValueError(
+                "The last exit's head is the backbone's final LayerNorm + a linear "
+                f"head; got head_kinds[-1]={kinds[-1]!r}."
+            )
+        return kinds, bypass
+
+
+@dataclasses.dataclass(frozen=True)
+class ExitFlops:
+    """FLOPs per image of a DMPO early-exit model (all lists have one per exit).
+
+    Attributes:
+        stage_flops: incremental cost of stage k: its blocks (+ adapters),
+            its bypass and its head (stage 1 also the embedding; the last
+            stage also the final LayerNorm).
+        flops_per_exit: cumulative cost of answering at exit k.
+        full_model_flops: the same backbone (adapters included) with the
+            final LayerNorm and only the last linear head: "100%".
+        head_flops: cost of each exit's predictor (bypass excluded).
+        bypass_flops: cost of each exit's bypass (0 when none).
+    """
+
+    stage_flops: list
+    flops_per_exit: list
+    full_model_flops: int
+    head_flops: list
+    bypass_flops: list
+
+    @property
+    def fractions(self):
+        """``flops_per_exit / full_model_flops``."""
+        return [f / self.full_model_flops for f in self.flops_per_exit]
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def dmpo_flops_per_exit(config):
+    """Per-exit FLOPs of a DMPO model; see ``ExitFlops``.
+
+    Args:
+        config: an ``ExitCostConfig``.
+
+    Returns:
+        ``ExitFlops`` with ``stage_flops``, ``flops_per_exit`` (cumulative:
+        embedding, blocks up to exit k, every head and bypass on the way,
+        exit k's own included), ``full_model_flops`` and ``head_flops``.
+    """
+    kinds, bypass = config.per_exit()
+    t, d = config.num_tokens, config.hidden_dim
+    block = vit_block_flops(t, d, config.mlp_dim, config.num_heads)
+    block += parallel_adapter_flops(t, d, config.adapter_bottleneck)
+    embedding = vit_embedding_flops(config.image_shape, config.patch_size, d)
+    final_norm = layer_norm_flops(t, d)
+    last_head = linear_head_flops(d, config.num_classes, config.last_head_layer_norm)
+
+    head_flops, bypass_flops, stage_flops = [], [], []
+    previous = 0
+    num_exits = len(config.exits)
+    for k, exit_block in enumerate(config.exits):
+        if k == num_exits - 1:
+            head = last_head
+        elif kinds[k] == "covariance":
+            head = covariance_head_flops(
+                t, d, config.covariance_dim, config.iterations,
+                config.num_classes, config.covariance_fusion,
+            )
+        else:
+            head = linear_head_flops(d, config.num_classes, use_layer_norm=True)
+        side = (
+            bypass_adapter_flops(t, d, config.bypass_bottleneck, config.bypass_kernel_size)
+            if bypass[k]
+            else 0
+        )
+        stage = (exit_block - previous) * block + head + side
+        if k == 0:
+            stage += embedding
+        if k == num_exits - 1:
+            stage += final_norm
+        head_flops.append(head)
+        bypass_flops.append(side)
+        stage_flops.append(stage)
+        previous = exit_block
+
+    cumulative, total = [], 0
+    for stage in stage_flops:
+        total += stage
+        cumulative.append(total)
+    full = embedding + config.num_layers * block + final_norm + last_head
+    return ExitFlops(
+        stage_flops=stage_flops,
+        flops_per_exit=cumulative,
+        full_model_flops=full,
+        head_flops=head_flops,
+        bypass_flops=bypass_flops,
+    )
