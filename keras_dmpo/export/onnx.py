@@ -13,7 +13,9 @@ keras-hub 0.32 / tf2onnx 1.17 / onnxruntime 1.32:
   unused, else turned into an initializer holding the captured value.
 
 The manifest has the TFLite schema with ``"format": "onnx"`` and
-``quantization: null``; stage files are ``stage_k.onnx``.
+``quantization: null``; stage files are ``stage_k.onnx``. One naming
+difference: ONNX forbids an input and an output of the same name, so the
+tokens output is called ``"next_tokens"`` (input ``"tokens"`` as in TFLite).
 """
 
 import hashlib
@@ -26,6 +28,8 @@ from keras_dmpo.export.tflite_convert import check_tensorflow_backend
 
 CREATED_BY = "keras_dmpo.export.onnx.export_onnx_stage_graphs"
 DEFAULT_OPSET = 17
+# Name of the tokens output in the ONNX graphs (see convert_to_onnx).
+TOKEN_OUTPUT = "next_tokens"
 
 
 def export_onnx_stage_graphs(
@@ -107,7 +111,8 @@ def export_onnx_stage_graphs(
 def convert_to_onnx(model, opset=DEFAULT_OPSET):
     """Convert a single-input Keras model (TensorFlow backend) to an ONNX proto.
 
-    Input and output names are the Keras input name and the output dict keys.
+    Input and output names are the Keras input name and the output dict keys,
+    except that a ``"tokens"`` output is named ``"next_tokens"``.
     """
     check_tensorflow_backend("ONNX conversion")
     import tensorflow as tf
@@ -120,7 +125,12 @@ def convert_to_onnx(model, opset=DEFAULT_OPSET):
 
     @tf.function(input_signature=spec)
     def serve(x):
-        return model(x, training=False)
+        outputs = model(x, training=False)
+        if not isinstance(outputs, dict):
+            return outputs
+        # ONNX names must be unique across inputs and outputs, and a middle
+        # stage maps "tokens" to "tokens": its output becomes "next_tokens".
+        return {TOKEN_OUTPUT if k == "tokens" else k: v for k, v in outputs.items()}
 
     proto, _ = tf2onnx.convert.from_function(
         serve,

@@ -1,0 +1,208 @@
+"""StagedRuntime (keras_dmpo.litert) against the Keras stage models.
+
+The float32 export is made once per process (in a TensorFlow subprocess on
+JAX/torch), so these tests run on every backend.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from export_checks import float_export
+from keras_dmpo.litert import StagedRuntime
+from keras_dmpo.litert import assign_exits
+from keras_dmpo.litert import exit_scores
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return float_export(tmp_path_factory)
+
+
+def _reference(reference, thresholds, criterion="confidence"):
+    probabilities = [reference[f"exit_{k}"] for k in (1, 2, 3)]
+    exit_index = assign_exits(probabilities, thresholds, criterion)
+    chosen = np.stack(probabilities)[exit_index, np.arange(len(exit_index))]
+    return exit_index, chosen
+
+
+@pytest.mark.parametrize("batch_size", [None, 1, 5])
+def test_matches_keras_early_exit(exported, batch_size):
+    directory, reference = exported
+    runtime = StagedRuntime(directory)
+    out = runtime.predict(reference["images"], batch_size=batch_size)
+    exit_index, probabilities = _reference(reference, runtime.thresholds)
+    # The thresholds were chosen so that every exit answers some images.
+    assert sorted(set(exit_index.tolist())) == [0, 1, 2]
+    np.testing.assert_array_equal(out["exit_index"], exit_index)
+    diff = np.abs(out["probabilities"] - probabilities).max()
+    print(f"LiteRT vs Keras max |diff| (batch_size={batch_size}): {diff:.2e}")
+    assert diff <= 1e-4
+    np.testing.assert_array_equal(out["labels"], probabilities.argmax(-1))
+    np.testing.assert_array_equal(out["flops"], runtime.flops_per_exit[exit_index])
+    assert out["probabilities"].shape == (len(exit_index), 5)
+
+
+def test_monolithic_and_float_input(exported):
+    directory, reference = exported
+    runtime = StagedRuntime(directory)
+    mono = runtime.predict_monolithic(reference["images"])
+    assert np.abs(mono["probabilities"] - reference["monolithic"]).max() <= 1e-4
+    # Float pixels in the raw range give the same answer as uint8 ones.
+    as_float = runtime.predict(reference["images"].astype("float64"))
+    as_uint8 = runtime.predict(reference["images"])
+    np.testing.assert_allclose(as_float["probabilities"], as_uint8["probabilities"], atol=1e-6)
+
+
+def test_stages_load_lazily_and_thresholds_override(exported):
+    directory, reference = exported
+    runtime = StagedRuntime(directory, thresholds=[0.0, 0.0, 0.0])
+    assert not any(stage.loaded for stage in runtime._stages)
+    out = runtime.predict(reference["images"][:3])
+    np.testing.assert_array_equal(out["exit_index"], [0, 0, 0])
+    # Everything left at stage 1: the deeper stages were never loaded.
+    assert [stage.loaded for stage in runtime._stages] == [True, False, False]
+    runtime.thresholds = [1.0, 1.0, 1.0]
+    out = runtime.predict(reference["images"][:3], batch_size=1)
+    # Scores of 1.0 exactly are rare; the last exit answers the rest.
+    assert (out["exit_index"] == 2).sum() >= 2
+    with pytest.raises(ValueError, match=r"`thresholds` must have one value per exit \(3\)"):
+        runtime.thresholds = [0.5]
+    with pytest.raises(ValueError, match=r"`thresholds` must lie in \[0, 1\].*nan"):
+        runtime.thresholds = [float("nan"), 0.5, 0.0]
+
+
+def test_entropy_criterion(exported, tmp_path):
+    directory, reference = exported
+    copy = str(tmp_path / "entropy")
+    shutil.copytree(directory, copy)
+    manifest_path = os.path.join(copy, "manifest.json")
+    with open(manifest_path) as handle:
+        manifest = json.load(handle)
+    manifest["criterion"] = "entropy"
+    with open(manifest_path, "w") as handle:
+        json.dump(manifest, handle)
+    scores = exit_scores(reference["exit_1"], "entropy")
+    assert np.all((scores >= 0) & (scores <= 1 + 1e-12))
+    ordered = np.sort(scores)
+    thresholds = [float(ordered[len(ordered) // 2 : len(ordered) // 2 + 2].mean()), 0.5, 0.0]
+    runtime = StagedRuntime(copy, thresholds=thresholds)
+    out = runtime.predict(reference["images"], batch_size=4)
+    exit_index, probabilities = _reference(reference, thresholds, "entropy")
+    np.testing.assert_array_equal(out["exit_index"], exit_index)
+    assert np.abs(out["probabilities"] - probabilities).max() <= 1e-4
+    # Uniform -> 0, one-hot -> 1.
+    np.testing.assert_allclose(exit_scores(np.array([[0.25] * 4, [1, 0, 0, 0]]), "entropy"), [0, 1])
+
+
+def test_stage_latency(exported):
+    directory, _ = exported
+    timings = StagedRuntime(directory, num_threads=1).stage_latency(repeats=3, warmup=1)
+    assert sorted(timings) == ["monolithic", "stage_1", "stage_2", "stage_3"]
+    assert all(t > 0 for t in timings.values())
+
+
+# -- bad input ---------------------------------------------------------------
+
+
+@pytest.fixture
+def broken(exported, tmp_path):
+    """A private copy of the export to damage."""
+    copy = str(tmp_path / "copy")
+    shutil.copytree(exported[0], copy)
+    return copy
+
+
+def _edit_manifest(directory, **changes):
+    path = os.path.join(directory, "manifest.json")
+    with open(path) as handle:
+        manifest = json.load(handle)
+    manifest.update(changes)
+    with open(path, "w") as handle:
+        json.dump(manifest, handle)
+
+
+def test_missing_directory_and_manifest(broken, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        StagedRuntime(str(tmp_path / "nowhere"))
+    os.remove(os.path.join(broken, "manifest.json"))
+    with pytest.raises(FileNotFoundError, match=r"No manifest.json in .*copy"):
+        StagedRuntime(broken)
+
+
+def test_corrupt_manifest(broken):
+    with open(os.path.join(broken, "manifest.json"), "w") as handle:
+        handle.write('{"format_version": 1, "stages": [')
+    with pytest.raises(ValueError, match="not valid JSON"):
+        StagedRuntime(broken)
+
+
+def test_unknown_format_version(broken):
+    _edit_manifest(broken, format_version=99)
+    with pytest.raises(ValueError, match=r"format_version=99.*supports format_version \[1\]"):
+        StagedRuntime(broken)
+
+
+def test_missing_stage_file(broken):
+    os.remove(os.path.join(broken, "stage_2.tflite"))
+    with pytest.raises(FileNotFoundError, match="'stage_2.tflite'.*missing"):
+        StagedRuntime(broken)
+
+
+def test_wrong_hash(broken):
+    path = os.path.join(broken, "stage_3.tflite")
+    with open(path, "r+b") as handle:
+        handle.seek(100)
+        byte = handle.read(1)
+        handle.seek(100)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ValueError, match="sha256 mismatch for 'stage_3.tflite'"):
+        StagedRuntime(broken)
+    StagedRuntime(broken, verify_hashes=False)  # the check can be turned off
+
+
+def test_wrong_image_shape_and_dtype(exported):
+    directory, reference = exported
+    runtime = StagedRuntime(directory)
+    images = reference["images"]
+    with pytest.raises(ValueError, match=r"shape \(N, 32, 32, 3\).*got \(32, 32, 3\)"):
+        runtime.predict(images[0])
+    with pytest.raises(ValueError, match=r"shape \(N, 32, 32, 3\).*got \(24, 28, 28, 3\)"):
+        runtime.predict(images[:, :28, :28])
+    with pytest.raises(ValueError, match=r"dtype must be one of \['float32', 'float64', 'uint8'\]; got int32"):
+        runtime.predict(images.astype("int32"))
+
+
+def test_uint8_refused_for_unit_range(broken, exported):
+    preprocessing = dict(json.load(open(os.path.join(broken, "manifest.json")))["preprocessing"])
+    preprocessing.update(input_range=[0.0, 1.0], scale=1.0)
+    _edit_manifest(broken, preprocessing=preprocessing)
+    runtime = StagedRuntime(broken)
+    with pytest.raises(ValueError, match=r"uint8 is accepted only when .*\[0, 255\]"):
+        runtime.predict(exported[1]["images"])
+
+
+def test_import_is_light_and_predicts_without_keras(exported):
+    """`import keras_dmpo.litert` and a prediction never load Keras or TF."""
+    directory, reference = exported
+    code = (
+        "import sys, numpy as np\n"
+        "import keras_dmpo.litert as litert\n"
+        f"out = litert.StagedRuntime({directory!r}).predict(np.zeros((2, 32, 32, 3), 'uint8'))\n"
+        "assert out['probabilities'].shape == (2, 5)\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('keras', 'keras_hub', 'tensorflow', 'tf_keras', 'jax', 'torch'))\n"
+        "print(heavy)\n"
+        "assert not heavy, heavy\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+        env=dict(os.environ, PYTHONPATH=root),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
