@@ -1,0 +1,471 @@
+"""DMPOClassifier: a frozen keras-hub ViT with DMPO multi-stage predictors."""
+
+import warnings
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_dmpo.layers import (
+    BypassAdapter,
+    CovarianceExitHead,
+    LinearExitHead,
+    ParallelAdapter,
+)
+from keras_dmpo.models.vit_stages import ViTStages, load_vit_backbone
+
+PEFT_METHODS = ("adapter", "lora", None)
+
+
+def resolve_covariance_exits(covariance_exits, exits, num_layers):
+    """0-based positions in ``exits`` that get a covariance head.
+
+    ``"early"``: exits in the first half of the depth (block <= num_layers / 2);
+    ``"all"``; ``"none"``/``None``; or a list of 1-based exit *block numbers*
+    that must appear in ``exits``.
+    """
+    if covariance_exits in (None, "none"):
+        return ()
+    if covariance_exits == "early":
+        return tuple(i for i, e in enumerate(exits) if e <= num_layers / 2 and i < len(exits) - 1)
+    if covariance_exits == "all":
+        return tuple(range(len(exits)))
+    if isinstance(covariance_exits, str):
+        raise ValueError(
+            "`covariance_exits` must be 'early', 'all', 'none' or a list of exit "
+            f"block numbers; got {covariance_exits!r}."
+        )
+    positions = []
+    for block in covariance_exits:
+        if block not in exits:
+            raise ValueError(
+                f"`covariance_exits` contains block {block}, which is not an "
+                f"exit; exits are {list(exits)}."
+            )
+        positions.append(exits.index(block))
+    return tuple(sorted(positions))
+
+
+@keras.saving.register_keras_serializable(package="keras_dmpo")
+class DMPOClassifier(keras.Model):
+    """Early-exit image classifier tuned with DMPO on a frozen keras-hub ViT.
+
+    The backbone is frozen. Each block gets a trainable ``ParallelAdapter``
+    (or LoRA through keras-hub's ``enable_lora``); each exit gets a predictor
+    that reads the tokens after its block. Early predictors read them through
+    a ``BypassAdapter`` (so their features do not have to be the trunk's) and
+    use a second-order ``CovarianceExitHead``; the deep ones a
+    ``LinearExitHead``. The outputs are the logits of every exit, a dict
+    ``{"exit_1": ..., "exit_K": ...}``.
+
+    Training minimises ``sum_k w_k * CE(y, logits_k)`` where ``w`` is the
+    model-owned, non-trainable variable ``exit_loss_weights``, which a
+    ``PhaseCallback`` switches during ``fit`` (phase 1 deep-weighted, phase 2
+    early-weighted, optional self-distillation from the last exit).
+
+    Plain multi-exit tuning is the same class with the DMPO parts off:
+    ``use_bypass=False, covariance_exits="none"`` and uniform weights.
+
+    Args:
+        backbone: a ``keras_hub.models.ViTBackbone`` (or a keras-hub ViT image
+            classifier; its backbone is used). It is frozen.
+        num_classes: int >= 2.
+        exits: increasing 1-based block numbers; the last block is added when
+            missing. ``None``: every block for <= 8 blocks, else ~8 evenly
+            spaced ones.
+        covariance_exits: ``"early"`` (exits in the first half of the depth,
+            default), ``"all"``, ``"none"`` or a list of exit block numbers.
+        use_bypass: bypass adapters on every exit but the last.
+        peft: trunk tuning: ``"adapter"`` (parallel adapters, default),
+            ``"lora"`` (keras-hub ``enable_lora``) or ``None`` (heads only).
+        adapter_dim: bottleneck of the trunk adapters.
+        adapter_scale: their output scale.
+        lora_rank: rank for ``peft="lora"``.
+        bypass_dim: bottleneck of the bypass adapters.
+        covariance_dim: reduced dimension ``d`` of the covariance heads.
+        covariance_iterations: Newton-Schulz iterations.
+        head_dropout: dropout before each classifier.
+        label_smoothing: label smoothing of the cross-entropy.
+        loss_weights: initial per-exit loss weights (default uniform ones);
+            a ``PhaseCallback`` overrides them during ``fit``.
+
+    Example:
+    >>> model = DMPOClassifier.from_preset("dmpo_vit_tiny", num_classes=10)
+    >>> model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    >>> model.fit(x, y, epochs=4, callbacks=[PhaseCallback(PhaseSchedule())])
+    >>> logits = model.predict(x)   # {"exit_1": (N, 10), ..., "exit_K": ...}
+    """
+
+    def __init__(
+        self,
+        backbone,
+        num_classes,
+        exits=None,
+        covariance_exits="early",
+        use_bypass=True,
+        peft="adapter",
+        adapter_dim=16,
+        adapter_scale=0.1,
+        lora_rank=8,
+        bypass_dim=16,
+        covariance_dim=32,
+        covariance_iterations=5,
+        head_dropout=0.0,
+        label_smoothing=0.0,
+        loss_weights=None,
+        **kwargs,
+    ):
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+            raise ValueError(f"`num_classes` must be an integer >= 2; got {num_classes!r}.")
+        if peft not in PEFT_METHODS:
+            raise ValueError(f"`peft` must be one of {PEFT_METHODS}; got {peft!r}.")
+        if not 0.0 <= float(label_smoothing) < 1.0:
+            raise ValueError(f"`label_smoothing` must be in [0, 1); got {label_smoothing!r}.")
+        stages = ViTStages(backbone, exits)
+        backbone = stages.backbone
+        num_exits = len(stages.exits)
+        covariance_positions = resolve_covariance_exits(
+            covariance_exits, stages.exits, stages.num_layers
+        )
+        if covariance_positions and covariance_dim > stages.hidden_dim:
+            raise ValueError(
+                f"`covariance_dim`={covariance_dim} is larger than the backbone "
+                f"width {stages.hidden_dim}."
+            )
+        self._freeze_backbone(backbone, peft, lora_rank)
+
+        # === Layers ===
+        trunk_adapters = []
+        if peft == "adapter":
+            trunk_adapters = [
+                ParallelAdapter(adapter_dim, scale=adapter_scale, name=f"block_{i + 1}_adapter")
+                for i in range(stages.num_layers)
+            ]
+        bypasses = [
+            BypassAdapter(bypass_dim, name=f"exit_{k + 1}_bypass")
+            if use_bypass and k < num_exits - 1
+            else None
+            for k in range(num_exits)
+        ]
+        heads = []
+        for k in range(num_exits):
+            if k in covariance_positions:
+                head = CovarianceExitHead(
+                    num_classes,
+                    covariance_dim=covariance_dim,
+                    iterations=covariance_iterations,
+                    dropout=head_dropout,
+                    name=f"exit_{k + 1}_head",
+                )
+            else:
+                # The last exit's tokens already went through the backbone's
+                # final LayerNorm.
+                head = LinearExitHead(
+                    num_classes,
+                    use_layer_norm=k < num_exits - 1,
+                    dropout=head_dropout,
+                    name=f"exit_{k + 1}_head",
+                )
+            heads.append(head)
+
+        # === Functional model ===
+        images = keras.Input(shape=stages.image_shape, name="images")
+        self._stages = stages
+        self.trunk_adapters = trunk_adapters
+        self.exit_heads = heads
+        self.exit_bypasses = [b for b in bypasses if b is not None]
+        self._bypass_by_exit = bypasses
+        tokens = stages.embed(images)
+        outputs = {}
+        for k in range(num_exits):
+            tokens, logits = self._run_stage(k, tokens)
+            outputs[f"exit_{k + 1}"] = logits
+        super().__init__(inputs=images, outputs=outputs, **kwargs)
+
+        # === Config ===
+        self.backbone = backbone
+        self.num_classes = int(num_classes)
+        self.exits = stages.exits
+        self.covariance_exits = covariance_exits
+        self.covariance_positions = covariance_positions
+        self.use_bypass = bool(use_bypass)
+        self.peft = peft
+        self.adapter_dim = adapter_dim
+        self.adapter_scale = adapter_scale
+        self.lora_rank = lora_rank
+        self.bypass_dim = bypass_dim
+        self.covariance_dim = covariance_dim
+        self.covariance_iterations = covariance_iterations
+        self.head_dropout = head_dropout
+        self.label_smoothing = float(label_smoothing)
+        initial = (
+            np.ones(num_exits, "float32")
+            if loss_weights is None
+            else validate_loss_weights(loss_weights, num_exits, "loss_weights")
+        )
+        self.initial_loss_weights = [float(w) for w in initial]
+        # Model-owned and non-trainable: a callback can change it between
+        # steps on every backend without a retrace (DESIGN.md §3).
+        self.exit_loss_weights = keras.Variable(
+            initial, trainable=False, name="exit_loss_weights", dtype="float32"
+        )
+        self.distill_weight = keras.Variable(0.0, trainable=False, name="distill_weight", dtype="float32")
+        self.distill_temperature = keras.Variable(1.0, trainable=False, name="distill_temperature", dtype="float32")
+        self.exit_loss_trackers = [
+            keras.metrics.Mean(name=f"exit_{k + 1}_loss") for k in range(num_exits)
+        ]
+        self.exit_accuracies = [
+            keras.metrics.CategoricalAccuracy(name=f"exit_{k + 1}_accuracy")
+            for k in range(num_exits)
+        ]
+        self._warned_no_phase_callback = False
+
+    # --- construction helpers -------------------------------------------
+    @staticmethod
+    def _freeze_backbone(backbone, peft, lora_rank):
+        if peft == "lora":
+            lora_layers = [
+                layer for layer in backbone._flatten_layers(include_self=False)
+                if getattr(layer, "lora_enabled", False)
+            ]
+            if lora_layers:  # rebuilt from a config that already has LoRA
+                for layer in backbone._flatten_layers(include_self=False):
+                    layer.trainable = False
+                for layer in lora_layers:
+                    layer.trainable = True
+            else:
+                backbone.enable_lora(lora_rank)
+        else:
+            backbone.trainable = False
+
+    def _run_stage(self, k, tokens, training=None):
+        """Stage ``k`` (0-based): its blocks (with adapters) and its predictor.
+
+        Returns ``(trunk_tokens, logits)``. The trunk tokens go on to the next
+        stage unchanged; only the predictor sees the bypass's output.
+        """
+        stages = self._stages
+        adapters = self.trunk_adapters
+
+        def adapted_block(index, block, x):
+            y = block(x, training=training)
+            return adapters[index](x, y, training=training) if adapters else y
+
+        tokens = stages.run_blocks(tokens, stages.stage_blocks[k], adapted_block, training)
+        features = tokens
+        if k == len(stages.exits) - 1:
+            features = stages.final_norm(features)
+        bypass = self._bypass_by_exit[k]
+        if bypass is not None:
+            features = bypass(features, training=training)
+        return tokens, self.exit_heads[k](features, training=training)
+
+    def build_stage_models(self, probabilities=True):
+        """One functional model per stage, sharing this model's layers.
+
+        Stage 1 maps ``images`` to ``{"tokens", "probabilities"}``; middle
+        stages map ``tokens`` to ``{"tokens", "probabilities"}``; the last maps
+        ``tokens`` to ``{"probabilities"}``. With ``probabilities=False`` the
+        heads' logits are returned under ``"logits"``. Used for batched early
+        exit and for the TFLite stage graphs.
+        """
+        stages = self._stages
+        key = "probabilities" if probabilities else "logits"
+        models = []
+        num_exits = len(stages.exits)
+        for k in range(num_exits):
+            if k == 0:
+                inputs = keras.Input(shape=stages.image_shape, name="images")
+                tokens = stages.embed(inputs)
+            else:
+                inputs = keras.Input(shape=(stages.num_tokens, stages.hidden_dim), name="tokens")
+                tokens = inputs
+            tokens, logits = self._run_stage(k, tokens)
+            if probabilities:
+                logits = keras.layers.Softmax(dtype="float32", name=f"stage_{k + 1}_softmax")(logits)
+            outputs = {key: logits}
+            if k < num_exits - 1:
+                outputs["tokens"] = tokens
+            models.append(keras.Model(inputs, outputs, name=f"stage_{k + 1}"))
+        return models
+
+    # --- public properties ------------------------------------------------
+    @property
+    def num_exits(self):
+        return len(self.exits)
+
+    @property
+    def stages(self):
+        """The ``ViTStages`` split of the backbone."""
+        return self._stages
+
+    @property
+    def image_shape(self):
+        return self._stages.image_shape
+
+    # --- training ---------------------------------------------------------
+    def compile(self, optimizer="adamw", loss=None, metrics=None, **kwargs):
+        """Compile with DMPO's loss; ``loss`` and ``metrics`` are not needed.
+
+        The loss is always the weighted sum of the per-exit cross-entropies;
+        per-exit losses and accuracies are logged as ``exit_k_loss`` and
+        ``exit_k_accuracy``. Extra ``metrics`` are passed to Keras as usual.
+        """
+        if loss is not None:
+            raise ValueError(
+                "DMPOClassifier computes its own loss (weighted per-exit "
+                f"cross-entropy); do not pass `loss` (got {loss!r})."
+            )
+        super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+
+    def _one_hot(self, y):
+        y = ops.convert_to_tensor(y)
+        if len(y.shape) >= 2 and y.shape[-1] == self.num_classes and self.num_classes > 1:
+            return ops.cast(y, "float32")
+        y = ops.reshape(y, (-1,))
+        return ops.one_hot(ops.cast(y, "int32"), self.num_classes, dtype="float32")
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        targets = self._one_hot(y)
+        if self.label_smoothing:
+            targets = targets * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_classes
+        logits = [ops.cast(y_pred[f"exit_{k + 1}"], "float32") for k in range(self.num_exits)]
+        weights = ops.convert_to_tensor(self.exit_loss_weights)
+        if sample_weight is not None:
+            sample_weight = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+        total = 0.0
+        for k, exit_logits in enumerate(logits):
+            per_sample = keras.losses.categorical_crossentropy(targets, exit_logits, from_logits=True)
+            exit_loss = _weighted_mean(per_sample, sample_weight)
+            self.exit_loss_trackers[k].update_state(exit_loss)
+            total = total + weights[k] * exit_loss
+        # Phase-2 self-distillation: early exits also match the last exit's
+        # softened distribution (teacher gradient stopped).
+        temperature = ops.convert_to_tensor(self.distill_temperature)
+        teacher = ops.stop_gradient(ops.softmax(logits[-1] / temperature, axis=-1))
+        distill = 0.0
+        for k, exit_logits in enumerate(logits[:-1]):
+            log_student = ops.log_softmax(exit_logits / temperature, axis=-1)
+            kl = ops.sum(teacher * (ops.log(teacher + 1e-8) - log_student), axis=-1)
+            distill = distill + weights[k] * _weighted_mean(kl, sample_weight)
+        total = total + ops.convert_to_tensor(self.distill_weight) * temperature**2 * distill
+        for loss in self.losses:
+            total = total + ops.cast(ops.sum(loss), "float32")
+        return total
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        targets = self._one_hot(y)
+        for k in range(self.num_exits):
+            self.exit_accuracies[k].update_state(
+                targets, y_pred[f"exit_{k + 1}"], sample_weight=sample_weight
+            )
+        # The current loss weights are logged by PhaseCallback: under JAX the
+        # variables are not readable here during fit.
+        return super().compute_metrics(x, y, y_pred, sample_weight)
+
+    def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
+        from keras_dmpo.training.phase_schedule import PhaseCallback
+
+        self._check_inputs(x, y)
+        if not any(isinstance(c, PhaseCallback) for c in (callbacks or [])):
+            if not self._warned_no_phase_callback:
+                warnings.warn(
+                    "DMPOClassifier.fit without a PhaseCallback: the per-exit loss "
+                    f"weights stay fixed at {np.round(self.get_loss_weights(), 3).tolist()}. "
+                    "Pass callbacks=[keras_dmpo.PhaseCallback(keras_dmpo.PhaseSchedule())] "
+                    "for DMPO's two-phase training.",
+                    stacklevel=2,
+                )
+                self._warned_no_phase_callback = True
+        return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        self._check_inputs(x, y)
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        self._check_inputs(x, None)
+        return super().predict(x, *args, **kwargs)
+
+    def get_loss_weights(self):
+        return keras.ops.convert_to_numpy(self.exit_loss_weights).astype("float64")
+
+    def set_loss_weights(self, weights, distill_weight=None, distill_temperature=None):
+        """Assign the per-exit loss weights (and optionally distillation)."""
+        weights = validate_loss_weights(weights, self.num_exits, "weights")
+        if keras.backend.backend() == "jax" and hasattr(self, "jax_state_sync"):
+            # Inside fit, JAX keeps the variables in a state tree; push it to
+            # the variables first so the next step reads the new values.
+            self.jax_state_sync()
+        self.exit_loss_weights.assign(weights)
+        if distill_weight is not None:
+            self.distill_weight.assign(float(distill_weight))
+        if distill_temperature is not None:
+            self.distill_temperature.assign(float(distill_temperature))
+
+    # --- input checks -----------------------------------------------------
+    def _check_inputs(self, x, y):
+        from keras_dmpo.inputs import check_images, check_labels, first_batch
+
+        batch = first_batch(x, y)
+        if batch is None:
+            return
+        images, labels = batch
+        check_images(images, self.image_shape, "x")
+        if labels is not None:
+            check_labels(labels, self.num_classes, "y")
+
+    # --- presets and serialisation ---------------------------------------
+    @classmethod
+    def from_preset(cls, preset, num_classes, exits=None, **kwargs):
+        """Build from a keras-hub ViT preset name, a local preset directory,
+        or a keras_dmpo short name (``keras_dmpo.presets``)."""
+        return cls(backbone=load_vit_backbone(preset), num_classes=num_classes, exits=exits, **kwargs)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "backbone": keras.layers.serialize(self.backbone),
+            "num_classes": self.num_classes,
+            "exits": list(self.exits),
+            "covariance_exits": self.covariance_exits,
+            "use_bypass": self.use_bypass,
+            "peft": self.peft,
+            "adapter_dim": self.adapter_dim,
+            "adapter_scale": self.adapter_scale,
+            "lora_rank": self.lora_rank,
+            "bypass_dim": self.bypass_dim,
+            "covariance_dim": self.covariance_dim,
+            "covariance_iterations": self.covariance_iterations,
+            "head_dropout": self.head_dropout,
+            "label_smoothing": self.label_smoothing,
+            "loss_weights": self.initial_loss_weights,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.layers.deserialize(config["backbone"])
+        return cls(**config)
+
+
+def _weighted_mean(values, sample_weight):
+    if sample_weight is None:
+        return ops.mean(values)
+    return ops.sum(values * sample_weight) / ops.maximum(ops.sum(sample_weight), 1e-12)
+
+
+def validate_loss_weights(weights, num_exits, argument):
+    """Per-exit loss weights: ``num_exits`` finite, non-negative, not all zero."""
+    array = np.asarray(weights, dtype="float64").reshape(-1)
+    if array.shape[0] != num_exits:
+        raise ValueError(
+            f"`{argument}` must have one weight per exit ({num_exits}); got "
+            f"{array.shape[0]}: {list(np.round(array, 4))}."
+        )
+    if not np.all(np.isfinite(array)) or np.any(array < 0):
+        raise ValueError(f"`{argument}` must be finite and non-negative; got {array.tolist()}.")
+    if not np.any(array > 0):
+        raise ValueError(f"`{argument}` are all zero: no exit would be trained.")
+    return array.astype("float32")
