@@ -124,11 +124,12 @@ def test_non_empty_directory_is_refused(stage_models, tmp_path):
 def test_failed_export_leaves_nothing(stage_models, tmp_path, monkeypatch):
     models, _ = stage_models
     calls = []
+    fail_at = [2]  # stage 2 fails after stage 1 was written
     real_convert = tflite_export.convert_to_tflite
 
     def failing_convert(model, **kwargs):
         calls.append(model.name)
-        if len(calls) == 2:
+        if len(calls) == fail_at[0]:
             raise RuntimeError("simulated conversion failure of stage 2")
         return real_convert(model, **kwargs)
 
@@ -143,6 +144,7 @@ def test_failed_export_leaves_nothing(stage_models, tmp_path, monkeypatch):
     previous.mkdir()
     (previous / "manifest.json").write_text("{}")
     calls.clear()
+    fail_at[0] = 1
     with pytest.raises(RuntimeError, match="simulated conversion failure"):
         export_stage_graphs(str(previous), models, overwrite=True, **kwargs)
     assert sorted(os.listdir(tmp_path)) == ["previous"]
