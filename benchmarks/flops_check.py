@@ -30,8 +30,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SCALES = {
-    # tests/conftest.py's tiny ViT.
-    "tiny": dict(image_shape=(32, 32, 3), patch_size=8, num_layers=4, num_heads=2,
+    # tests/conftest.py's tiny ViT with 2 blocks (fewer XLA compiles in tests).
+    "tiny": dict(image_shape=(32, 32, 3), patch_size=8, num_layers=2, num_heads=2,
                  hidden_dim=32, mlp_dim=64, num_classes=10, covariance_dim=16,
                  iterations=5, bottleneck=8),
     # keras_dmpo.demo's ViT.
