@@ -120,8 +120,8 @@ def export_stage_graphs(
         representative_data, checked["image_shape"], quantization
     )
     manifest_lib.check_output_directory(directory, overwrite)
-    check_tensorflow_backend("export_stage_graphs")
     _check_stage_signatures(stage_models, monolithic_model)
+    check_tensorflow_backend("export_stage_graphs")
 
     with manifest_lib.staging_directory(directory, overwrite) as staging:
         stage_inputs = calibration
