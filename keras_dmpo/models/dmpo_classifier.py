@@ -29,7 +29,9 @@ def resolve_covariance_exits(covariance_exits, exits, num_layers):
     if covariance_exits == "early":
         return tuple(i for i, e in enumerate(exits) if e <= num_layers / 2 and i < len(exits) - 1)
     if covariance_exits == "all":
-        return tuple(range(len(exits)))
+        # Every exit but the last, which reads the backbone's final LayerNorm
+        # through a linear head (DESIGN.md §1).
+        return tuple(range(len(exits) - 1))
     if isinstance(covariance_exits, str):
         raise ValueError(
             "`covariance_exits` must be 'early', 'all', 'none' or a list of exit "
@@ -37,6 +39,11 @@ def resolve_covariance_exits(covariance_exits, exits, num_layers):
         )
     positions = []
     for block in covariance_exits:
+        if block == exits[-1]:
+            raise ValueError(
+                f"`covariance_exits` contains the last exit (block {block}); the last "
+                "exit always uses the backbone's final LayerNorm and a linear head."
+            )
         if block not in exits:
             raise ValueError(
                 f"`covariance_exits` contains block {block}, which is not an "
@@ -74,7 +81,8 @@ class DMPOClassifier(keras.Model):
             missing. ``None``: every block for <= 8 blocks, else ~8 evenly
             spaced ones.
         covariance_exits: ``"early"`` (exits in the first half of the depth,
-            default), ``"all"``, ``"none"`` or a list of exit block numbers.
+            default), ``"all"`` (every exit but the last), ``"none"`` or a list
+            of exit block numbers (not the last one).
         use_bypass: bypass adapters on every exit but the last.
         peft: trunk tuning: ``"adapter"`` (parallel adapters, default),
             ``"lora"`` (keras-hub ``enable_lora``) or ``None`` (heads only).
@@ -238,12 +246,8 @@ class DMPOClassifier(keras.Model):
         else:
             backbone.trainable = False
 
-    def _run_stage(self, k, tokens, training=None):
-        """Stage ``k`` (0-based): its blocks (with adapters) and its predictor.
-
-        Returns ``(trunk_tokens, logits)``. The trunk tokens go on to the next
-        stage unchanged; only the predictor sees the bypass's output.
-        """
+    def _run_trunk(self, k, tokens, training=None):
+        """The blocks of stage ``k`` (0-based), with their trunk adapters."""
         stages = self._stages
         adapters = self.trunk_adapters
 
@@ -251,14 +255,38 @@ class DMPOClassifier(keras.Model):
             y = block(x, training=training)
             return adapters[index](x, y, training=training) if adapters else y
 
-        tokens = stages.run_blocks(tokens, stages.stage_blocks[k], adapted_block, training)
+        return stages.run_blocks(tokens, stages.stage_blocks[k], adapted_block, training)
+
+    def _predict_exit(self, k, tokens, training=None):
+        """Exit ``k``'s predictor on the trunk tokens after its stage.
+
+        Only the predictor sees the bypass's output; the trunk goes on with
+        ``tokens`` untouched.
+        """
         features = tokens
-        if k == len(stages.exits) - 1:
-            features = stages.final_norm(features)
+        if k == len(self._stages.exits) - 1:
+            features = self._stages.final_norm(features)
         bypass = self._bypass_by_exit[k]
         if bypass is not None:
             features = bypass(features, training=training)
-        return tokens, self.exit_heads[k](features, training=training)
+        return self.exit_heads[k](features, training=training)
+
+    def _run_stage(self, k, tokens, training=None):
+        """Stage ``k``: returns ``(trunk_tokens, logits)``."""
+        tokens = self._run_trunk(k, tokens, training)
+        return tokens, self._predict_exit(k, tokens, training)
+
+    def build_single_exit_model(self):
+        """images -> ``{"probabilities"}`` of the last exit, without the early
+        heads: the "full model" that FLOPs fractions and latencies compare to."""
+        stages = self._stages
+        images = keras.Input(shape=stages.image_shape, name="images")
+        tokens = stages.embed(images)
+        for k in range(len(stages.exits)):
+            tokens = self._run_trunk(k, tokens)
+        logits = self._predict_exit(len(stages.exits) - 1, tokens)
+        probabilities = keras.layers.Softmax(dtype="float32", name="softmax")(logits)
+        return keras.Model(images, {"probabilities": probabilities}, name="single_exit")
 
     def build_stage_models(self, probabilities=True):
         """One functional model per stage, sharing this model's layers.

@@ -1,0 +1,424 @@
+"""EarlyExitModel: batched early-exit inference, calibration and export."""
+
+import json
+import os
+
+import keras
+import numpy as np
+
+from keras_dmpo.inference import calibration as calib
+from keras_dmpo.inference.flops import ExitCostConfig, dmpo_flops_per_exit
+from keras_dmpo.inputs import check_images, check_labels
+
+CRITERIA = ("confidence", "entropy")
+SIDECAR_SUFFIX = ".early_exit.json"
+
+
+def sidecar_path(model_path):
+    """The JSON beside a ``.keras`` file that holds thresholds and calibration."""
+    root = model_path[: -len(".keras")] if model_path.endswith(".keras") else model_path
+    return root + SIDECAR_SUFFIX
+
+
+def _softmax(logits):
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _bucket(n, batch_size):
+    """Smallest power of two >= n (capped at batch_size): few shapes to compile."""
+    size = 1
+    while size < n:
+        size *= 2
+    return min(max(size, 1), max(batch_size, n))
+
+
+def collect_arrays(x, y=None, argument="x"):
+    """Arrays from arrays, a ``tf.data.Dataset`` or a ``keras.utils.PyDataset``
+    yielding ``(images, labels)`` (or images only)."""
+    is_tf_dataset = hasattr(x, "as_numpy_iterator")
+    if hasattr(x, "shape") and not is_tf_dataset:
+        images = x if isinstance(x, np.ndarray) else keras.ops.convert_to_numpy(x)
+        labels = None if y is None else (y if isinstance(y, np.ndarray) else keras.ops.convert_to_numpy(y))
+        return images, labels
+    if y is not None:
+        raise ValueError(f"`y` must be None when `{argument}` is a dataset that yields (x, y).")
+    if is_tf_dataset:
+        batches = x.as_numpy_iterator()
+    elif hasattr(x, "__getitem__") and hasattr(x, "__len__"):
+        batches = (x[i] for i in range(len(x)))
+    else:
+        raise ValueError(
+            f"`{argument}` must be an array, a tf.data.Dataset or a keras.utils.PyDataset; "
+            f"got {type(x).__name__}."
+        )
+    images, labels = [], []
+    for batch in batches:
+        if isinstance(batch, (tuple, list)):
+            images.append(np.asarray(batch[0]))
+            if len(batch) > 1:
+                labels.append(np.asarray(batch[1]))
+        else:
+            images.append(np.asarray(batch))
+    if not images:
+        raise ValueError(f"`{argument}` is empty: no batches to read.")
+    return np.concatenate(images), (np.concatenate(labels) if labels else None)
+
+
+class EarlyExitModel:
+    """Batched early-exit inference for a ``DMPOClassifier``.
+
+    A sample leaves at the first exit whose score reaches that exit's
+    threshold; the last exit always answers. Scores are in [0, 1]:
+    ``"confidence"`` is the max softmax probability, ``"entropy"`` is
+    ``1 - H(p) / ln C``. ``predict`` runs stage by stage on whole batches and
+    sends only the samples that have not exited to the next stage (survivors
+    are padded to power-of-two bucket sizes so compiled backends build a few
+    shapes only).
+
+    FLOPs follow the convention a multiply-add = 2 FLOPs. ``flops_per_exit[k]``
+    is the cumulative cost per image of answering at exit k (embedding, blocks,
+    trunk adapters, every bypass and head on the way). ``full_model_flops`` is
+    the same backbone with only the last head: "100%".
+
+    Args:
+        model: a ``DMPOClassifier``.
+        thresholds: K values in [0, 1] (the last is ignored). ``None``: 1.0
+            everywhere, i.e. practically no early exit until ``calibrate``.
+        criterion: ``"confidence"`` or ``"entropy"``.
+
+    Example:
+    >>> ee = EarlyExitModel(model, criterion="confidence")
+    >>> ee.calibrate(x_val, y_val, flops_budget=0.3)
+    >>> out = ee.predict(x_test)   # labels, probabilities, exit_index, flops
+    >>> curve = ee.curve(x_val, y_val, x_test, y_test); curve.plot("curve.png")
+    """
+
+    def __init__(self, model, thresholds=None, criterion="confidence"):
+        if not hasattr(model, "exits") or not hasattr(model, "build_stage_models"):
+            raise ValueError(
+                "`model` must be a keras_dmpo.DMPOClassifier (a model with exits); got "
+                f"{type(model).__name__}. Build one with DMPOClassifier.from_preset(...)."
+            )
+        if criterion not in CRITERIA:
+            raise ValueError(f"`criterion` must be one of {CRITERIA}; got {criterion!r}.")
+        self.model = model
+        self.criterion = criterion
+        self.exits = tuple(model.exits)
+        self.num_exits = len(self.exits)
+        self.calibration = None
+        self.thresholds = thresholds
+        cost = dmpo_flops_per_exit(self.cost_config())
+        self.flops_per_exit = [float(f) for f in cost.flops_per_exit]
+        self.stage_flops = [float(f) for f in cost.stage_flops]
+        self.full_model_flops = float(cost.full_model_flops)
+        self._stage_models = None
+
+    # --- configuration ------------------------------------------------------
+    def cost_config(self):
+        """The ``ExitCostConfig`` that the FLOPs counter reads for this model."""
+        m = self.model
+        kinds = tuple(
+            "covariance" if k in m.covariance_positions else "linear" for k in range(self.num_exits)
+        )
+        bypass = tuple(b is not None for b in m._bypass_by_exit)
+        return ExitCostConfig.from_stages(
+            m.stages,
+            m.num_classes,
+            head_kinds=kinds,
+            bypass=bypass,
+            bypass_bottleneck=m.bypass_dim,
+            adapter_bottleneck=m.adapter_dim if m.peft == "adapter" else 0,
+            covariance_dim=m.covariance_dim,
+            iterations=m.covariance_iterations,
+        )
+
+    @property
+    def thresholds(self):
+        return list(self._thresholds)
+
+    @thresholds.setter
+    def thresholds(self, values):
+        if values is None:
+            values = [1.0] * (self.num_exits - 1) + [0.0]
+        self._thresholds = [float(t) for t in calib.check_thresholds(values, self.num_exits)]
+
+    @property
+    def flops_fractions(self):
+        return [f / self.full_model_flops for f in self.flops_per_exit]
+
+    @property
+    def stage_models(self):
+        if self._stage_models is None:
+            self._stage_models = self.model.build_stage_models(probabilities=True)
+        return self._stage_models
+
+    # --- inference -----------------------------------------------------------
+    def _check_x(self, x, argument="x"):
+        check_images(x, self.model.image_shape, argument)
+        if len(x) == 0:
+            raise ValueError(f"`{argument}` is empty: no images.")
+
+    def exit_probabilities(self, x, batch_size=64):
+        """Probabilities of every exit for every sample, ``(K, N, C)``."""
+        images, _ = collect_arrays(x)
+        self._check_x(images)
+        logits = self.model.predict(images, batch_size=batch_size, verbose=0)
+        return np.stack([_softmax(np.asarray(logits[f"exit_{k + 1}"], "float64")) for k in range(self.num_exits)])
+
+    def predict(self, x, batch_size=64, verbose=0):
+        """Early-exit predictions.
+
+        Args:
+            x: images ``(N, H, W, C)`` (or a dataset of them).
+            batch_size: samples entering stage 1 together.
+            verbose: 1 shows a progress bar.
+
+        Returns:
+            dict of numpy arrays: ``labels`` (N,), ``probabilities`` (N, C) of
+            the exit that answered, ``exit_index`` (N,) 0-based position in
+            ``exits``, ``flops`` (N,) FLOPs spent on each sample.
+        """
+        images, _ = collect_arrays(x)
+        self._check_x(images)
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive integer; got {batch_size!r}.")
+        n = len(images)
+        num_classes = self.model.num_classes
+        probabilities = np.zeros((n, num_classes), "float32")
+        exit_index = np.zeros(n, "int64")
+        progbar = keras.utils.Progbar(n, verbose=verbose) if verbose else None
+        stages = self.stage_models
+        for start in range(0, n, batch_size):
+            batch = images[start : start + batch_size].astype("float32")
+            alive = np.arange(len(batch))
+            inputs = batch
+            for k, stage in enumerate(stages):
+                out = self._run_stage(stage, inputs, batch_size)
+                probs = out["probabilities"]
+                if k == self.num_exits - 1:
+                    leave = np.ones(len(alive), bool)
+                else:
+                    scores = calib.exit_scores(probs[None], self.criterion)[0]
+                    leave = scores >= self._thresholds[k]
+                rows = start + alive[leave]
+                probabilities[rows] = probs[leave]
+                exit_index[rows] = k
+                alive = alive[~leave]
+                if len(alive) == 0:
+                    break
+                inputs = out["tokens"][~leave]
+            if progbar:
+                progbar.update(min(start + batch_size, n))
+        flops = np.asarray(self.flops_per_exit)[exit_index]
+        return {
+            "labels": probabilities.argmax(-1),
+            "probabilities": probabilities,
+            "exit_index": exit_index,
+            "flops": flops,
+        }
+
+    @staticmethod
+    def _run_stage(stage, inputs, batch_size):
+        n = len(inputs)
+        size = _bucket(n, batch_size)
+        if size > n:
+            pad = np.zeros((size - n,) + inputs.shape[1:], inputs.dtype)
+            inputs = np.concatenate([inputs, pad])
+        out = stage.predict_on_batch(inputs)
+        return {key: np.asarray(keras.ops.convert_to_numpy(v))[:n] for key, v in out.items()}
+
+    # --- calibration -------------------------------------------------------
+    def _budget_flops(self, flops_budget):
+        try:
+            budget = float(flops_budget)
+        except (TypeError, ValueError):
+            raise ValueError(f"`flops_budget` must be a number; got {flops_budget!r}.") from None
+        if not np.isfinite(budget) or budget <= 0:
+            raise ValueError(
+                f"`flops_budget` must be a fraction in (0, 1] of the full model's FLOPs "
+                f"(or absolute FLOPs > 1); got {flops_budget!r}."
+            )
+        absolute = budget * self.full_model_flops if budget <= 1 else budget
+        first = self.flops_per_exit[0]
+        if absolute < first:
+            raise ValueError(
+                f"`flops_budget`={flops_budget!r} ({absolute / 1e6:.3f} MFLOPs) is below the cost "
+                f"of the first exit ({first / 1e6:.3f} MFLOPs = "
+                f"{first / self.full_model_flops:.1%} of the full model): no sample could answer "
+                "within it."
+            )
+        return absolute
+
+    def _validation_arrays(self, x, y, batch_size):
+        images, labels = collect_arrays(x, y)
+        if labels is None:
+            raise ValueError("`y` is required: calibration needs labelled validation data.")
+        self._check_x(images)
+        check_labels(labels, self.model.num_classes, "y", num_samples=len(images))
+        labels = np.asarray(labels)
+        if labels.ndim == 2 and labels.shape[1] == self.model.num_classes and self.model.num_classes > 1:
+            labels = labels.argmax(-1)
+        labels = labels.reshape(-1).astype("int64")
+        return self.exit_probabilities(images, batch_size), labels
+
+    def calibrate(self, x, y=None, flops_budget=0.3, batch_size=64):
+        """Choose thresholds that maximise validation accuracy within a budget.
+
+        Args:
+            x, y: validation images and labels (arrays), or a dataset yielding
+                ``(x, y)``.
+            flops_budget: a fraction in (0, 1] of ``full_model_flops``, or an
+                absolute number of FLOPs per image (> 1).
+            batch_size: inference batch size.
+
+        Returns:
+            The ``CalibrationResult`` (also stored as ``self.calibration``):
+            thresholds, expected FLOPs and fraction, validation accuracy, and
+            the fraction of samples at each exit. Deterministic for the same
+            data.
+        """
+        budget = self._budget_flops(flops_budget)
+        probabilities, labels = self._validation_arrays(x, y, batch_size)
+        return self._calibrate_arrays(probabilities, labels, budget)
+
+    def _calibrate_arrays(self, probabilities, labels, budget, store=True):
+        scores = calib.exit_scores(probabilities, self.criterion)
+        correct = probabilities.argmax(-1) == labels[None, :]
+        result = calib.calibrate_thresholds(
+            scores, correct, self.flops_per_exit, budget, full_model_flops=self.full_model_flops
+        )
+        if store:
+            self.thresholds = result.thresholds
+            self.calibration = result
+        return result
+
+    def curve(self, x_val, y_val=None, x_test=None, y_test=None,
+              budgets=(0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0), batch_size=64):
+        """Accuracy against FLOPs for a sweep of budgets (thresholds from
+        validation, accuracy on test), beside each exit alone.
+
+        Does not change this model's thresholds. Returns an ``AccuracyFlopsCurve``.
+        """
+        from keras_dmpo.inference.curves import AccuracyFlopsCurve
+
+        val_probs, val_labels = self._validation_arrays(x_val, y_val, batch_size)
+        if x_test is None:
+            test_probs, test_labels = val_probs, val_labels
+        else:
+            test_probs, test_labels = self._validation_arrays(x_test, y_test, batch_size)
+        rows = []
+        for budget in budgets:
+            try:
+                absolute = self._budget_flops(budget)
+            except ValueError:
+                continue  # below the first exit: not reachable
+            result = self._calibrate_arrays(val_probs, val_labels, absolute, store=False)
+            scores = calib.exit_scores(test_probs, self.criterion)
+            index = calib.apply_thresholds(scores, result.thresholds)
+            correct = test_probs.argmax(-1) == test_labels[None, :]
+            rows.append({
+                "budget": float(budget),
+                "thresholds": list(result.thresholds),
+                "validation_accuracy": float(result.validation_accuracy),
+                "validation_fraction": float(result.expected_flops / self.full_model_flops),
+                "test_accuracy": float(correct[index, np.arange(len(index))].mean()),
+                "test_fraction": float(np.asarray(self.flops_per_exit)[index].mean() / self.full_model_flops),
+                "exit_fractions": calib.exit_fractions(index, self.num_exits),
+            })
+        single = [
+            {
+                "exit": int(block),
+                "fraction": float(self.flops_per_exit[k] / self.full_model_flops),
+                "test_accuracy": float((test_probs[k].argmax(-1) == test_labels).mean()),
+            }
+            for k, block in enumerate(self.exits)
+        ]
+        return AccuracyFlopsCurve(rows=rows, single_exits=single, criterion=self.criterion)
+
+    # --- persistence -------------------------------------------------------
+    def get_config(self):
+        return {
+            "criterion": self.criterion,
+            "thresholds": self.thresholds,
+            "exits": list(self.exits),
+            "flops_per_exit": self.flops_per_exit,
+            "full_model_flops": self.full_model_flops,
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
+        }
+
+    def save(self, path):
+        """Save the model (``.keras``) and the early-exit settings beside it
+        (``<name>.early_exit.json``: criterion, thresholds, calibration)."""
+        path = os.fspath(path)
+        if not path.endswith(".keras"):
+            raise ValueError(f"`path` must end in .keras; got {path!r}.")
+        self.model.save(path)
+        self.save_settings(sidecar_path(path))
+        return path
+
+    def save_settings(self, json_path):
+        tmp = json_path + ".tmp"
+        with open(tmp, "w") as handle:
+            json.dump(self.get_config(), handle, indent=2)
+        os.replace(tmp, json_path)
+
+    @classmethod
+    def load(cls, path):
+        """Load a ``.keras`` model and, when present, its early-exit JSON."""
+        import keras_dmpo.models  # noqa: F401  (registers DMPOClassifier)
+
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise ValueError(f"`path` {path!r} does not exist (expected a .keras file).")
+        model = keras.models.load_model(path)
+        settings_path = sidecar_path(path)
+        if not os.path.isfile(settings_path):
+            return cls(model)
+        try:
+            with open(settings_path) as handle:
+                settings = json.load(handle)
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"Corrupt early-exit settings {settings_path!r}: {error}") from error
+        ee = cls(model, thresholds=settings.get("thresholds"), criterion=settings.get("criterion", "confidence"))
+        if settings.get("calibration"):
+            ee.calibration = calib.CalibrationResult.from_dict(settings["calibration"])
+        return ee
+
+    # --- export ---------------------------------------------------------------
+    def export_tflite(self, directory, quantization=None, representative_data=None,
+                      overwrite=False, class_names=None):
+        """Write TFLite stage graphs, a monolithic graph and ``manifest.json``.
+
+        On the TensorFlow backend the conversion runs in this process; on JAX
+        and torch the model is saved and converted in a
+        ``KERAS_BACKEND=tensorflow`` subprocess, transparently.
+
+        Args:
+            directory: output directory (must be empty or absent unless
+                ``overwrite=True``).
+            quantization: ``None`` (float32), ``"dynamic"``, ``"float16"`` or
+                ``"int8"`` (needs ``representative_data``, images).
+            representative_data: images for int8 calibration.
+            overwrite: replace an existing non-empty directory.
+            class_names: optional names stored in the manifest.
+
+        Returns:
+            The manifest (dict).
+        """
+        from keras_dmpo.export import early_exit_export
+
+        return early_exit_export.export_tflite(
+            self, directory, quantization=quantization,
+            representative_data=representative_data, overwrite=overwrite,
+            class_names=class_names,
+        )
+
+    def export_onnx(self, directory, overwrite=False, class_names=None):
+        """Write the stage graphs as ONNX with a manifest (TF subprocess on JAX/torch)."""
+        from keras_dmpo.export import early_exit_export
+
+        return early_exit_export.export_onnx(
+            self, directory, overwrite=overwrite, class_names=class_names
+        )

@@ -1,0 +1,172 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_dmpo import DMPOClassifier, EarlyExitModel
+from keras_dmpo.inference import calibration as calib
+
+NUM_CLASSES = 3
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(40, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, NUM_CLASSES, size=40)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def dmpo_model(tiny_vit_preset):
+    keras.utils.set_random_seed(2)
+    return DMPOClassifier.from_preset(tiny_vit_preset, num_classes=NUM_CLASSES, exits=[1, 2, 3])
+
+
+@pytest.fixture(scope="module")
+def cheap_model(tiny_vit_preset):
+    # Linear heads, no bypass: at this tiny width a covariance head costs more
+    # than a block, so budgets below 100% need the cheap configuration.
+    keras.utils.set_random_seed(3)
+    return DMPOClassifier.from_preset(
+        tiny_vit_preset, num_classes=NUM_CLASSES, exits=[1, 2, 3],
+        covariance_exits="none", use_bypass=False,
+    )
+
+
+def reference_predictions(ee, x, thresholds):
+    probabilities = ee.exit_probabilities(x)
+    index = calib.apply_thresholds(calib.exit_scores(probabilities, ee.criterion), thresholds)
+    return index, probabilities[index, np.arange(len(x))]
+
+
+@pytest.mark.parametrize("criterion", ["confidence", "entropy"])
+def test_batched_early_exit_equals_all_exits_reference(dmpo_model, data, criterion):
+    x, _ = data
+    ee = EarlyExitModel(dmpo_model, criterion=criterion)
+    scores = calib.exit_scores(ee.exit_probabilities(x), criterion)
+    # Thresholds at medians of the observed scores: every exit gets samples.
+    ee.thresholds = [float(np.median(s)) for s in scores[:-1]] + [0.0]
+    index, probabilities = reference_predictions(ee, x, ee.thresholds)
+    assert len(set(index.tolist())) >= 3
+    for batch_size in (1, 7, 64):
+        out = ee.predict(x[:9] if batch_size == 1 else x, batch_size=batch_size)
+        n = len(out["labels"])
+        np.testing.assert_array_equal(out["exit_index"], index[:n])
+        np.testing.assert_allclose(out["probabilities"], probabilities[:n], atol=1e-5)
+        np.testing.assert_array_equal(out["labels"], probabilities[:n].argmax(-1))
+        np.testing.assert_allclose(out["flops"], np.asarray(ee.flops_per_exit)[index[:n]])
+
+
+def test_default_thresholds_answer_at_the_last_exit(cheap_model, data):
+    out = EarlyExitModel(cheap_model).predict(data[0][:5])
+    assert set(out["exit_index"].tolist()) == {3}
+
+
+def test_flops_bookkeeping(cheap_model, dmpo_model):
+    cheap = EarlyExitModel(cheap_model)
+    assert np.all(np.diff(cheap.flops_per_exit) > 0)
+    assert cheap.flops_per_exit[-1] == pytest.approx(cheap.full_model_flops, rel=0.01)
+    dmpo = EarlyExitModel(dmpo_model)
+    # Covariance heads and bypasses are counted on the way to every exit.
+    assert dmpo.flops_per_exit[0] > cheap.flops_per_exit[0]
+    assert dmpo.full_model_flops == pytest.approx(cheap.full_model_flops)
+
+
+def test_calibrate_respects_budget_and_is_deterministic(cheap_model, data):
+    x, y = data
+    ee = EarlyExitModel(cheap_model)
+    first = ee.calibrate(x, y, flops_budget=0.6)
+    assert first.expected_flops <= 0.6 * ee.full_model_flops + 1e-6
+    assert ee.thresholds == first.thresholds
+    again = EarlyExitModel(cheap_model).calibrate(x, y, flops_budget=0.6)
+    assert again.to_dict() == first.to_dict()
+    out = ee.predict(x)
+    assert out["flops"].mean() == pytest.approx(first.expected_flops)
+    assert (out["labels"] == y).mean() == pytest.approx(first.validation_accuracy)
+    # Absolute FLOPs work too.
+    absolute = EarlyExitModel(cheap_model).calibrate(x, y, flops_budget=0.6 * ee.full_model_flops)
+    assert absolute.thresholds == first.thresholds
+
+
+def test_calibrate_from_datasets(cheap_model, data):
+    import tensorflow as tf
+
+    x, y = data
+    ee = EarlyExitModel(cheap_model)
+    expected = ee.calibrate(x, y, flops_budget=0.7).to_dict()
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    assert EarlyExitModel(cheap_model).calibrate(dataset, flops_budget=0.7).to_dict() == expected
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return x[i * 16 : (i + 1) * 16], y[i * 16 : (i + 1) * 16]
+
+    assert EarlyExitModel(cheap_model).calibrate(Batches(), flops_budget=0.7).to_dict() == expected
+
+
+def test_curve_table_and_plot(cheap_model, data, tmp_path):
+    x, y = data
+    ee = EarlyExitModel(cheap_model)
+    before = ee.thresholds
+    curve = ee.curve(x[:20], y[:20], x[20:], y[20:], budgets=(0.1, 0.4, 0.6, 1.0))
+    assert ee.thresholds == before  # curve does not change the model
+    assert [row["budget"] for row in curve.rows] == [0.4, 0.6, 1.0]  # 10% is unreachable
+    for row in curve.rows:
+        assert row["validation_fraction"] <= row["budget"] + 1e-9
+    assert [s["exit"] for s in curve.single_exits] == [1, 2, 3, 4]
+    assert "| budget |" in curve.table()
+    path = curve.plot(str(tmp_path / "curve.png"))
+    with open(path, "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_thresholds_and_calibration_survive_save_and_load(cheap_model, data, tmp_path):
+    x, y = data
+    ee = EarlyExitModel(cheap_model, criterion="entropy")
+    ee.calibrate(x, y, flops_budget=0.8)
+    path = ee.save(str(tmp_path / "model.keras"))
+    assert os.path.isfile(str(tmp_path / "model.early_exit.json"))
+    loaded = EarlyExitModel.load(path)
+    assert loaded.criterion == "entropy"
+    assert loaded.thresholds == ee.thresholds
+    assert loaded.calibration.to_dict() == ee.calibration.to_dict()
+    np.testing.assert_array_equal(loaded.predict(x)["exit_index"], ee.predict(x)["exit_index"])
+
+
+def test_bad_inputs(cheap_model, data, tmp_path):
+    x, y = data
+    ee = EarlyExitModel(cheap_model)
+    with pytest.raises(ValueError, match="`thresholds` has 2 values; expected 4"):
+        ee.thresholds = [0.5, 0.5]
+    with pytest.raises(ValueError, match="`thresholds` must be in \\[0, 1\\]"):
+        ee.thresholds = [0.5, 1.5, 0.5, 0.0]
+    with pytest.raises(ValueError, match="`thresholds` must be in \\[0, 1\\]"):
+        EarlyExitModel(cheap_model, thresholds=[0.5, float("nan"), 0.5, 0.0])
+    with pytest.raises(ValueError, match="`criterion` must be one of"):
+        EarlyExitModel(cheap_model, criterion="margin")
+    with pytest.raises(ValueError, match="is below the cost of the first exit"):
+        ee.calibrate(x, y, flops_budget=0.05)
+    with pytest.raises(ValueError, match="`flops_budget` must be a fraction in \\(0, 1\\]"):
+        ee.calibrate(x, y, flops_budget=-0.3)
+    with pytest.raises(ValueError, match="flops_budget"):
+        ee.calibrate(x, y, flops_budget=10 * ee.full_model_flops)
+    with pytest.raises(ValueError, match="`x` is empty"):
+        ee.calibrate(x[:0], y[:0], flops_budget=0.5)
+    with pytest.raises(ValueError, match="`y` has 39 labels for 40 images"):
+        ee.calibrate(x, y[:-1], flops_budget=0.5)
+    with pytest.raises(ValueError, match="`y` has shape \\(40, 2, 2\\)"):
+        ee.calibrate(x, np.zeros((40, 2, 2)), flops_budget=0.5)
+    with pytest.raises(ValueError, match="`y` is required"):
+        ee.calibrate(x, flops_budget=0.5)
+    with pytest.raises(ValueError, match="`x` has shape \\(2, 28, 28, 3\\).*32x32 with 3 channels"):
+        ee.predict(np.zeros((2, 28, 28, 3), "float32"))
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="`model` must be a keras_dmpo.DMPOClassifier"):
+        EarlyExitModel(plain)
+    with pytest.raises(ValueError, match="does not exist"):
+        EarlyExitModel.load(str(tmp_path / "missing.keras"))
