@@ -46,16 +46,17 @@ def test_common_checks(tmp_path):
 def test_identity_at_init_and_trunk_untouched():
     h = keras.ops.convert_to_tensor(_tokens(seed=1))
     before = keras.ops.convert_to_numpy(h).copy()
-    z = BypassAdapter(bottleneck_dim=8)(h)
+    z = BypassAdapter(bottleneck_dim=4)(h)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(z), before)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(h), before)
 
 
-@pytest.mark.parametrize("kernel_size,grid", [(3, 4), (5, 3)])
-def test_matches_numpy_reference(kernel_size, grid):
-    h = keras.ops.convert_to_tensor(_tokens((2, 1 + grid * grid, 12), seed=2))
+@pytest.mark.parametrize("kernel_size", [5])  # 3 is covered by the common checks
+def test_matches_numpy_reference(kernel_size, grid=4):
+    # Same shapes as the other tests: JAX compiles each new shape anew.
+    h = keras.ops.convert_to_tensor(_tokens((2, 1 + grid * grid, 32), seed=2))
     before = keras.ops.convert_to_numpy(h).copy()
-    layer = BypassAdapter(bottleneck_dim=6, scale=0.7, kernel_size=kernel_size)
+    layer = BypassAdapter(bottleneck_dim=4, scale=0.7, kernel_size=kernel_size)
     layer(h)
     rng = np.random.default_rng(3)
     for w in layer.weights:

@@ -32,7 +32,7 @@ def test_identity_at_init_with_real_vit_block(tiny_vit, images):
     block = tiny_vit.get_layer("vit_encoder").encoder_layers[0]
     h = tiny_vit.get_layer("vit_patching_and_embedding")(images)
     block_out = block(h)
-    adapter = ParallelAdapter(bottleneck_dim=8, learnable_scale=True)
+    adapter = ParallelAdapter(bottleneck_dim=4, learnable_scale=True)
     got = keras.ops.convert_to_numpy(adapter(h, block_out))
     np.testing.assert_array_equal(got, keras.ops.convert_to_numpy(block_out))
     up = adapter.up
@@ -42,7 +42,7 @@ def test_identity_at_init_with_real_vit_block(tiny_vit, images):
 
 def test_matches_numpy_reference():
     h, out = _tokens(seed=2), _tokens(seed=3)
-    adapter = ParallelAdapter(bottleneck_dim=5, scale=0.3)
+    adapter = ParallelAdapter(bottleneck_dim=4, scale=0.3)
     adapter(h, out)
     rng = np.random.default_rng(4)
     for w in adapter.weights:  # the zero-initialised Up too

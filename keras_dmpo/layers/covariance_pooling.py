@@ -8,7 +8,7 @@ SVD and eig are not builtins), then the trace is put back.
 Newton-Schulz relative error (Frobenius) against ``scipy.linalg.sqrtm`` on
 trace-normalised covariances of 49 random Gaussian tokens in 32 dims (the
 demo scale), mean of 20 matrices: 3 iterations 39%, 5 iterations 13%,
-8 iterations 1.2%, 10 iterations 0.03% (see docs/layers.md). The default of
+8 iterations 1.2%, 10 iterations 0.05% (see docs/layers.md). The default of
 5 follows iSQRT-COV, whose accuracy with 3-5 iterations matched the exact
 root: the head is learned on top of the approximation, and every iteration
 costs ``6 d^3`` FLOPs.

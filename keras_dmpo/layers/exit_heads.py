@@ -124,7 +124,7 @@ class CovarianceExitHead(keras.layers.Layer):
     precision policy) and returns float32 logits.
 
     At the demo scale (width 128, 50 tokens, 10 classes) the default head
-    (``covariance_dim=32``, ``iterations=5``) costs about 1.4 MFLOP, about 7%
+    (``covariance_dim=32``, ``iterations=5``) costs about 1.3 MFLOP, about 6%
     of one ViT block (21 MFLOP); see docs/layers.md.
 
     Args:
