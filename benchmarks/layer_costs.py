@@ -5,7 +5,7 @@ Usage (the table in docs/layers.md was made with):
     KERAS_BACKEND=tensorflow python benchmarks/layer_costs.py
 
 Analytic FLOPs count matmuls and convolutions only, a multiply-add = 2 FLOPs
-(elementwise ops, LayerNorm, softmax and GELU are left out: below 3% here;
+(elementwise ops, LayerNorm, softmax and GELU are left out: a few percent;
 keras_dmpo/inference/flops.py counts them too). With T tokens (1 + N patch
 tokens), width D, MLP width M, C classes:
 
