@@ -379,7 +379,7 @@ class DMPOClassifier(keras.Model):
         total = total + ops.convert_to_tensor(self.distill_weight) * temperature**2 * distill
         for loss in self.losses:
             total = total + ops.cast(ops.sum(loss), "float32")
-        return total
+        return _scale_loss_for_replicas(total)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         targets = self._one_hot(y)
@@ -476,6 +476,21 @@ class DMPOClassifier(keras.Model):
         config = dict(config)
         config["backbone"] = keras.layers.deserialize(config["backbone"])
         return cls(**config)
+
+
+def _scale_loss_for_replicas(loss):
+    """Divide by the replicas of a ``tf.distribute`` strategy, as Keras' own
+    losses do: TF's train step sums the replicas' gradients and multiplies the
+    logged loss back. Without this, ``MirroredStrategy`` on 2 devices logs
+    twice the loss and takes twice the step. A no-op elsewhere (JAX
+    ``keras.distribution`` runs one global program over the whole batch)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas > 1:
+            loss = loss * (1.0 / replicas)
+    return loss
 
 
 def _weighted_mean(values, sample_weight):
