@@ -1,8 +1,19 @@
-"""Command-line interface: ``keras-dmpo demo | train | calibrate | export | predict | benchmark``."""
+"""Command-line interface: ``keras-dmpo demo | train | calibrate | export | predict | benchmark``.
+
+Errors a user can fix (a missing folder, a bad budget, an unknown preset) print
+one line naming the problem and exit with status 2, without a traceback.
+"""
 
 import argparse
+import json
 import os
 import sys
+import time
+
+import numpy as np
+
+DEFAULT_PRESET = "dmpo_vit_tiny"
+NAMED_DATA = ("fashion_mnist", "digits")
 
 
 def _set_backend(argv):
@@ -13,9 +24,212 @@ def _set_backend(argv):
             os.environ["KERAS_BACKEND"] = argv[i + 1]
         elif arg.startswith("--backend="):
             os.environ["KERAS_BACKEND"] = arg.split("=", 1)[1]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def _demo(args):
+def budget_fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"budget {text!r} is not a number") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"budget {text} is outside (0, 1]: it is a fraction of the full model's FLOPs"
+        )
+    return value
+
+
+def exit_list(text):
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"exits {text!r} must be comma-separated 1-based block numbers, e.g. 2,4,6,8"
+        ) from None
+
+
+# --- data -------------------------------------------------------------------
+def load_data(spec, image_shape, seed=0, train_size=None, validation_size=None, test_size=None):
+    """``{"train", "validation", "test", "class_names"}`` for a named data set
+    or a class-per-folder directory (split 70/15/15, stratified)."""
+    from keras_dmpo import datasets
+
+    height, width, channels = image_shape
+    key = spec.lower().replace("-", "_")
+    if key in NAMED_DATA:
+        if height != width:
+            raise ValueError(f"--data {spec}: the model's images are {height}x{width}; named data sets need square images.")
+        kwargs = dict(image_size=height, channels=channels, seed=seed, train_size=train_size)
+        if validation_size is not None:
+            kwargs["validation_size"] = validation_size
+        if test_size is not None:
+            kwargs["test_size"] = test_size
+        return datasets.load_dataset(key, **kwargs)
+    if not os.path.exists(spec) and os.sep not in spec and not spec.startswith("."):
+        raise ValueError(f"--data {spec!r} is neither a known data set {list(NAMED_DATA)} nor an existing folder.")
+    from keras_dmpo.image_folders import load_image_folder
+
+    x, y, class_names = load_image_folder(spec, image_shape)
+    return {**_split_folder(x, y, seed), "class_names": class_names}
+
+
+def _split_folder(x, y, seed, fractions=(0.7, 0.15, 0.15)):
+    rng = np.random.default_rng(seed)
+    parts = {"train": [], "validation": [], "test": []}
+    for label in np.unique(y):
+        index = rng.permutation(np.flatnonzero(y == label))
+        n_val = int(round(fractions[1] * len(index)))
+        n_test = int(round(fractions[2] * len(index)))
+        parts["validation"].extend(index[:n_val])
+        parts["test"].extend(index[n_val : n_val + n_test])
+        parts["train"].extend(index[n_val + n_test :])
+    return {name: (x[np.sort(ix)], y[np.sort(ix)]) for name, ix in ((k, np.asarray(v, int)) for k, v in parts.items())}
+
+
+def all_images(spec, image_shape):
+    """Every image of a folder (predict / calibrate on a user's folder), or a
+    named data set's test split."""
+    key = spec.lower().replace("-", "_")
+    if key in NAMED_DATA:
+        data = load_data(spec, image_shape)
+        return data["test"][0], data["test"][1], data["class_names"]
+    from keras_dmpo.image_folders import load_image_folder
+
+    return load_image_folder(spec, image_shape)
+
+
+# --- verbs ------------------------------------------------------------------
+def cmd_train(args):
+    import keras
+
+    from keras_dmpo import DMPOClassifier, EarlyExitModel, PhaseCallback, PhaseSchedule
+    from keras_dmpo.models.vit_stages import load_vit_backbone
+
+    keras.utils.set_random_seed(args.seed)
+    backbone = load_vit_backbone(args.preset)
+    data = load_data(args.data, tuple(backbone.get_config()["image_shape"]), seed=args.seed, train_size=args.train_size)
+    x, y = data["train"]
+    options = {}
+    if args.plain:
+        options.update(use_bypass=False, covariance_exits="none")
+    model = DMPOClassifier(backbone=backbone, num_classes=len(data["class_names"]), exits=args.exits, **options)
+    model.compile(optimizer=keras.optimizers.AdamW(args.learning_rate))
+    callbacks = [] if args.plain else [PhaseCallback(PhaseSchedule(switch_fraction=args.switch_fraction))]
+    if args.plain:
+        model.set_loss_weights([1.0] * model.num_exits)
+    start = time.time()
+    history = model.fit(
+        x, y, epochs=args.epochs, batch_size=args.batch_size,
+        validation_data=data["validation"], callbacks=callbacks, verbose=args.verbose,
+    )
+    os.makedirs(args.output_dir, exist_ok=True)
+    path = os.path.join(args.output_dir, "model.keras")
+    ee = EarlyExitModel(model)
+    ee.save(path)
+    record = {
+        "preset": args.preset, "data": args.data, "class_names": list(data["class_names"]),
+        "exits": list(model.exits), "epochs": args.epochs, "train_images": int(len(x)),
+        "seconds": round(time.time() - start, 1),
+        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+    }
+    with open(os.path.join(args.output_dir, "training.json"), "w") as handle:
+        json.dump(record, handle, indent=2)
+    print(f"saved {path} (exits {list(model.exits)}, {record['seconds']} s)")
+    return 0
+
+
+def _load_early_exit(path):
+    from keras_dmpo import EarlyExitModel
+
+    if not os.path.isfile(path):
+        raise ValueError(f"--model {path!r}: no such file (expected the model.keras written by `keras-dmpo train`).")
+    return EarlyExitModel.load(path)
+
+
+def cmd_calibrate(args):
+    from keras_dmpo.inference.early_exit import sidecar_path
+
+    ee = _load_early_exit(args.model)
+    key = args.data.lower().replace("-", "_")
+    if key in NAMED_DATA:
+        x, y = load_data(args.data, ee.model.image_shape)["validation"]
+    else:
+        x, y, _ = all_images(args.data, ee.model.image_shape)
+    ee.criterion = args.criterion or ee.criterion
+    result = ee.calibrate(x, y, flops_budget=args.budget)
+    ee.save_settings(sidecar_path(args.model))
+    print(
+        f"calibrated for {args.budget:.0%} of the full model's FLOPs on {len(x)} images: "
+        f"thresholds {[round(t, 4) for t in result.thresholds]}, expected FLOPs "
+        f"{result.expected_fraction:.1%}, validation accuracy {100 * result.validation_accuracy:.2f}%"
+    )
+    print(f"stored in {sidecar_path(args.model)}")
+    return 0
+
+
+def cmd_export(args):
+    ee = _load_early_exit(args.model)
+    class_names = _class_names_beside(args.model)
+    manifest = ee.export_tflite(args.output_dir, quantization=args.quantization,
+                                overwrite=args.overwrite, class_names=class_names)
+    print(f"wrote {len(manifest['stages'])} stage graphs + monolithic.tflite + manifest.json to {args.output_dir}")
+    return 0
+
+
+def _class_names_beside(model_path):
+    record = os.path.join(os.path.dirname(os.path.abspath(model_path)), "training.json")
+    if os.path.isfile(record):
+        with open(record) as handle:
+            return json.load(handle).get("class_names")
+    return None
+
+
+def cmd_predict(args):
+    ee = _load_early_exit(args.model)
+    x, y, class_names = all_images(args.data, ee.model.image_shape)
+    out = ee.predict(x, batch_size=args.batch_size)
+    names = class_names or _class_names_beside(args.model)
+    lines = ["index,label,class,exit_block,flops"]
+    for i, (label, exit_index, flops) in enumerate(zip(out["labels"], out["exit_index"], out["flops"])):
+        name = names[label] if names and label < len(names) else label
+        lines.append(f"{i},{label},{name},{ee.exits[exit_index]},{int(flops)}")
+    if args.output:
+        with open(args.output, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+        print(f"wrote {len(x)} predictions to {args.output}")
+    else:
+        print("\n".join(lines))
+    fraction = out["flops"].mean() / ee.full_model_flops
+    print(f"mean FLOPs: {fraction:.1%} of the full model")
+    if y is not None:
+        print(f"accuracy: {100 * float(np.mean(out['labels'] == y)):.2f}% on {len(y)} images")
+    return 0
+
+
+def cmd_benchmark(args):
+    ee = _load_early_exit(args.model)
+    data = load_data(args.data, ee.model.image_shape)
+    x_val, y_val = data["validation"]
+    x_test, y_test = data["test"]
+    print(f"{'budget':>7} {'FLOPs':>7} {'accuracy':>9} {'ms/image':>9}")
+    for budget in args.budgets:
+        try:
+            ee.calibrate(x_val, y_val, flops_budget=budget)
+        except ValueError as error:
+            print(f"{budget:>7.0%}  unreachable: {error}")
+            continue
+        ee.predict(x_test[:64], batch_size=64)  # warm up the compiled stages
+        start = time.perf_counter()
+        out = ee.predict(x_test, batch_size=64)
+        seconds = time.perf_counter() - start
+        print(
+            f"{budget:>7.0%} {out['flops'].mean() / ee.full_model_flops:>7.1%} "
+            f"{100 * np.mean(out['labels'] == y_test):>8.2f}% {1000 * seconds / len(x_test):>9.3f}"
+        )
+    return 0
+
+
+def cmd_demo(args):
     from keras_dmpo.demo import run_demo
 
     return run_demo(args)
@@ -24,14 +238,67 @@ def _demo(args):
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-dmpo",
-        description="DMPO early-exit tuning of keras-hub ViTs, calibration and TFLite export.",
+        description="DMPO early-exit tuning of keras-hub ViTs: train, calibrate, export to TFLite, predict.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the end-to-end demo")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, help_text, func):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--backend", choices=["tensorflow", "jax", "torch"], default=None,
+                       help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
+        p.set_defaults(func=func)
+        return p
+
+    data_help = ("'fashion_mnist', 'digits', or a folder with one sub-folder of images per class "
+                 "(resized to the preset's image size)")
+    demo = add("demo", "The end-to-end demo: tune the shipped ViT with DMPO, calibrate, export, run LiteRT.", cmd_demo)
     demo.add_argument("--output-dir", default="dmpo-demo", help="where results go (default ./dmpo-demo)")
-    demo.add_argument("--backend", choices=["tensorflow", "jax", "torch"], default=None,
-                      help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
-    demo.set_defaults(func=_demo)
+    demo.add_argument("--data", default="fashion_mnist", choices=list(NAMED_DATA))
+    demo.add_argument("--preset", default=DEFAULT_PRESET, help="preset to tune (default: the shipped dmpo_vit_tiny)")
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default 4)")
+    demo.add_argument("--train-size", type=int, default=None, help="training images (default 8000)")
+    demo.add_argument("--test-size", type=int, default=None, help="test images (default: the whole test split)")
+    demo.add_argument("--batch-size", type=int, default=64)
+    demo.add_argument("--max-steps", type=int, default=None, help="cap on training steps per epoch (smoke tests)")
+
+    train = add("train", "Tune a ViT preset with DMPO and save OUTPUT_DIR/model.keras.", cmd_train)
+    train.add_argument("--preset", default=DEFAULT_PRESET,
+                       help="keras-hub ViT preset name, local preset directory, or a keras_dmpo short name")
+    train.add_argument("--data", required=True, help=data_help)
+    train.add_argument("--exits", type=exit_list, default=None, help="1-based exit blocks, e.g. 2,4,8 (default: preset-dependent)")
+    train.add_argument("--epochs", type=int, default=4)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--train-size", type=int, default=None, help="use a subset of the training images")
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--switch-fraction", type=float, default=0.5, help="when phase 2 starts (fraction of training)")
+    train.add_argument("--plain", action="store_true", help="plain multi-exit tuning (no bypass, linear heads, uniform weights)")
+    train.add_argument("--output-dir", required=True)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--verbose", type=int, default=1)
+
+    calibrate = add("calibrate", "Choose exit thresholds for a FLOPs budget; stores them beside the model.", cmd_calibrate)
+    calibrate.add_argument("--model", required=True, help="model.keras from `keras-dmpo train`")
+    calibrate.add_argument("--data", required=True, help=data_help + "; named sets use their validation split")
+    calibrate.add_argument("--budget", type=budget_fraction, default=0.3, help="fraction (0, 1] of the full model's FLOPs")
+    calibrate.add_argument("--criterion", choices=["confidence", "entropy"], default=None)
+
+    export = add("export", "Write TFLite stage graphs + manifest.json for the calibrated model.", cmd_export)
+    export.add_argument("--model", required=True)
+    export.add_argument("--output-dir", required=True)
+    export.add_argument("--quantization", choices=["dynamic", "float16"], default=None)
+    export.add_argument("--overwrite", action="store_true")
+
+    predict = add("predict", "Early-exit predictions per image: label, exit block, FLOPs (and accuracy when labelled).", cmd_predict)
+    predict.add_argument("--model", required=True)
+    predict.add_argument("--data", required=True, help=data_help + "; named sets use their test split")
+    predict.add_argument("--output", default=None, help="write CSV here instead of printing")
+    predict.add_argument("--batch-size", type=int, default=64)
+
+    bench = add("benchmark", "Accuracy, FLOPs and latency at several budgets (calibrated on validation, measured on test).", cmd_benchmark)
+    bench.add_argument("--model", required=True)
+    bench.add_argument("--data", required=True, help=data_help)
+    bench.add_argument("--budgets", type=lambda t: [budget_fraction(v) for v in t.split(",")],
+                       default=[0.25, 0.3, 0.5, 0.75, 1.0], help="comma-separated fractions")
     return parser
 
 
@@ -41,10 +308,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError) as error:
-        print(f"keras-dmpo {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"keras-dmpo {args.command}: error: {message}", file=sys.stderr)
         return 2
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -346,6 +346,15 @@ class DMPOClassifier(keras.Model):
             )
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
 
+    def compile_from_config(self, config):
+        # Keras skips restoring the compile state of models that override
+        # compile(); ours only fixes the loss, so restore it ourselves.
+        config = keras.saving.deserialize_keras_object(config)
+        config.pop("loss", None)
+        self.compile(**config)
+        if self.built and getattr(self, "optimizer", None) is not None:
+            self.optimizer.build(self.trainable_variables)
+
     def _one_hot(self, y):
         y = ops.convert_to_tensor(y)
         if len(y.shape) >= 2 and y.shape[-1] == self.num_classes and self.num_classes > 1:

@@ -1,0 +1,115 @@
+"""Smoke tests of the demo and every CLI verb on tiny data made here."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_dmpo import cli
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """Three classes of 12 small RGB/grayscale PNGs of various sizes."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["circle", "square", "stripe"]):
+        os.makedirs(root / name)
+        for i in range(12):
+            size = 20 + (i % 3) * 10
+            pixels = rng.integers(0, 60, size=(size, size)).astype("uint8")
+            pixels[:: (c + 2)] += 150  # a class-dependent pattern
+            mode = "L" if i % 2 else "RGB"
+            image = Image.fromarray(pixels).convert(mode)
+            image.save(root / name / f"{i}.png")
+    return str(root)
+
+
+def run_cli(args, capsys):
+    code = cli.main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_verbs_on_an_image_folder(tiny_vit_preset, image_folder, tmp_path, capsys):
+    out_dir = str(tmp_path / "run")
+    code, out, err = run_cli(
+        ["train", "--preset", tiny_vit_preset, "--data", image_folder, "--exits", "1,2",
+         "--epochs", "1", "--batch-size", "8", "--output-dir", out_dir, "--verbose", "0"], capsys)
+    assert code == 0, err
+    model_path = os.path.join(out_dir, "model.keras")
+    assert os.path.isfile(model_path)
+    with open(os.path.join(out_dir, "training.json")) as handle:
+        assert json.load(handle)["class_names"] == ["circle", "square", "stripe"]
+
+    # The tiny test ViT's heads are expensive: 95% is a reachable budget here.
+    code, out, err = run_cli(["calibrate", "--model", model_path, "--data", image_folder, "--budget", "0.95"], capsys)
+    assert code == 0, err
+    assert "calibrated for 95%" in out
+    with open(os.path.join(out_dir, "model.early_exit.json")) as handle:
+        settings = json.load(handle)
+    assert settings["calibration"]["budget"] > 0
+
+    export_dir = str(tmp_path / "export")
+    code, out, err = run_cli(["export", "--model", model_path, "--output-dir", export_dir], capsys)
+    assert code == 0, err
+    with open(os.path.join(export_dir, "manifest.json")) as handle:
+        manifest = json.load(handle)
+    assert manifest["thresholds"] == pytest.approx(settings["thresholds"])
+    assert manifest["class_names"] == ["circle", "square", "stripe"]
+
+    code, out, err = run_cli(["predict", "--model", model_path, "--data", image_folder], capsys)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0] == "index,label,class,exit_block,flops"
+    assert len([l for l in lines if l[:1].isdigit()]) == 36
+    assert "accuracy:" in out
+
+    code, out, err = run_cli(["benchmark", "--model", model_path, "--data", image_folder,
+                              "--budgets", "0.95,1.0"], capsys)
+    assert code == 0, err
+    assert "100%" in out
+
+
+def test_cli_bad_inputs_give_one_line_errors(tmp_path, image_folder, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run_cli(["train", "--data", str(empty), "--preset", "dmpo_vit_tiny_missing",
+                            "--output-dir", str(tmp_path / "o")], capsys)
+    assert code == 2 and "Unknown `preset` 'dmpo_vit_tiny_missing'" in err
+    assert len(err.strip().splitlines()) == 1
+
+    from keras_dmpo.image_folders import scan_image_folder
+
+    with pytest.raises(ValueError, match="no such directory"):
+        scan_image_folder(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="has no class sub-folders"):
+        scan_image_folder(str(empty))
+    (empty / "cats").mkdir()
+    with pytest.raises(ValueError, match="has no images"):
+        scan_image_folder(str(empty))
+    (empty / "cats" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValueError, match="cannot read image .*broken.png"):
+        scan_image_folder(str(empty))
+
+    code, _, err = run_cli(["predict", "--model", str(tmp_path / "none.keras"), "--data", image_folder], capsys)
+    assert code == 2 and "no such file" in err
+    with pytest.raises(SystemExit):
+        cli.main(["calibrate", "--model", "m.keras", "--data", "digits", "--budget", "1.5"])
+    assert "outside (0, 1]" in capsys.readouterr().err
+
+
+def test_demo_end_to_end_tiny(tiny_vit_preset, tmp_path, capsys):
+    out_dir = str(tmp_path / "demo")
+    code, out, err = run_cli(
+        ["demo", "--preset", tiny_vit_preset, "--data", "digits", "--epochs", "1", "--max-steps", "2",
+         "--test-size", "60", "--output-dir", out_dir], capsys)
+    assert code == 0, err
+    for name in ("report.md", "summary.json", "accuracy_vs_flops.png", "model.keras", "tflite/manifest.json"):
+        assert os.path.exists(os.path.join(out_dir, name)), name
+    with open(os.path.join(out_dir, "summary.json")) as handle:
+        summary = json.load(handle)
+    assert summary["litert"]["same_exit"] == 1.0
+    assert "LiteRT vs Keras" in out
