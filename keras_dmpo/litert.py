@@ -181,11 +181,36 @@ class _Stage:
             )
         del runner
         self._shapes = {}
+        self._single_name = next(iter(self._inputs)) if len(self._inputs) == 1 else None
+        self._single_index = self._inputs.get(self._single_name)
+        self._single_shape = None
         self._interpreter = interpreter
+
+    def run_single(self, value):
+        """Set the only input and invoke; read results with ``output``.
+
+        The batch-1 fast path: no keyword dict, no output copies until asked
+        (tokens are fetched only when the image goes on to the next stage).
+        """
+        if self._interpreter is None:
+            self._load()
+        interpreter = self._interpreter
+        if self._single_shape != value.shape:
+            interpreter.resize_tensor_input(self._single_index, value.shape)
+            interpreter.allocate_tensors()
+            self._single_shape = value.shape
+            self._shapes = {self._single_name: value.shape}
+        interpreter.set_tensor(self._single_index, value)
+        interpreter.invoke()
+
+    def output(self, name):
+        """A copy of output ``name`` of the last invoke."""
+        return self._interpreter.get_tensor(self._outputs[name])
 
     def __call__(self, **inputs):
         if self._interpreter is None:
             self._load()
+        self._single_shape = None  # the next run_single re-checks the shape
         interpreter = self._interpreter
         resized = False
         for name, value in inputs.items():
@@ -358,8 +383,12 @@ class StagedRuntime:
             raise ValueError(f"`batch_size` must be >= 1 or None; got {batch_size}.")
         probabilities = np.zeros((num_samples, self.num_classes), dtype=np.float32)
         exit_index = np.zeros(num_samples, dtype=np.int64)
+        batch_one = batch_size == 1 and self._batch1_fast_path
         for start in range(0, num_samples, batch_size):
             stop = min(start + batch_size, num_samples)
+            if batch_one:
+                probabilities[start], exit_index[start] = self._predict_one(x[start:stop])
+                continue
             p, e = self._predict_batch(x[start:stop])
             probabilities[start:stop] = p
             exit_index[start:stop] = e
@@ -369,6 +398,22 @@ class StagedRuntime:
             "exit_index": exit_index,
             "flops": self.flops_per_exit[exit_index],
         }
+
+    # Batch 1 (what a phone does) skips the survivor bookkeeping; the
+    # benchmark turns it off to measure what it saves.
+    _batch1_fast_path = True
+
+    def _predict_one(self, x):
+        """One image ``(1, H, W, C)``: the same rule as ``_predict_batch``."""
+        last = self.num_exits - 1
+        value = x
+        for k, stage in enumerate(self._stages):
+            stage.run_single(value)
+            p = stage.output("probabilities")
+            if k == last or exit_scores(p, self.criterion)[0] >= self._thresholds[k]:
+                return p[0], k
+            value = stage.output("tokens")
+        raise AssertionError("unreachable: the last stage always answers")
 
     def _predict_batch(self, x):
         num_samples = x.shape[0]

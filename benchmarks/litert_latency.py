@@ -1,0 +1,382 @@
+"""LiteRT batch-1 latency of the staged early-exit runtime vs the monolithic
+model, model sizes and accuracy per quantization (issue 7, point 8).
+
+Usage (the tables in docs/export.md were made with):
+
+    KERAS_BACKEND=tensorflow python benchmarks/litert_latency.py
+
+What it does, on real data (scikit-learn digits, 28x28x3, 10 classes):
+
+1. Backbone: the shipped preset ``dmpo_vit_tiny`` when
+   ``keras_dmpo/preset_files/dmpo_vit_tiny/config.json`` exists, else a random
+   ``ViTBackbone`` of the same shape (28x28x3, patch 4, 8 blocks x 128, 4
+   heads, MLP 256) saved as a local preset (the JSON says which).
+2. Trains a ``DMPOClassifier`` for ``--epochs`` with ``PhaseCallback`` (or
+   loads ``--model``), and keeps it in ``--work-dir`` so a re-run skips it.
+3. Thresholds from ``EarlyExitModel.calibrate`` on the validation split for
+   budgets 30/50/75% of the full model's FLOPs.
+4. Exports float32 stage graphs + monolithic graph, and measures with LiteRT
+   at batch 1 (``num_threads=1`` and LiteRT's default), per image averaged
+   over the test images: staged ``StagedRuntime.predict(x, batch_size=1)`` at
+   each budget vs ``predict_monolithic(x, batch_size=1)``. The issue's
+   target: staged <= 1.15 x (FLOPs fraction x monolithic) + 0.05 ms, with the
+   FLOPs fraction measured on the same test images. The Python overhead is
+   the measured staged time minus the bare interpreter time of the stages the
+   images ran through (``stage_latency``).
+5. Exports with quantization None / dynamic / float16 / int8 (int8 calibrated
+   on 200 training images): file sizes, and accuracy and argmax agreement of
+   the monolithic and the staged model (50% thresholds) vs float32 Keras.
+
+Writes ``benchmarks/results/litert_latency.json``. The machine is shared and
+busy: latencies are medians of ``--repeats`` passes over the test images.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUDGETS = (0.3, 0.5, 0.75)
+QUANTIZATIONS = (None, "dynamic", "float16", "int8")
+RANDOM_VIT = dict(image_shape=(28, 28, 3), patch_size=4, num_layers=8, num_heads=4,
+                  hidden_dim=128, mlp_dim=256)
+
+
+def log(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def backbone_preset(work_dir):
+    from keras_dmpo import preset_registry
+
+    shipped = preset_registry.preset_path("dmpo_vit_tiny")
+    if os.path.isfile(os.path.join(shipped, "config.json")):
+        return "dmpo_vit_tiny", "shipped preset dmpo_vit_tiny"
+    path = os.path.join(work_dir, "random_vit_preset")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        import keras
+        import keras_hub
+
+        keras.utils.set_random_seed(0)
+        keras_hub.models.ViTBackbone(**RANDOM_VIT).save_to_preset(path)
+    return path, ("random ViTBackbone(28x28x3, patch 4, 8 x 128, 4 heads, MLP 256) saved "
+                  "as a local preset (dmpo_vit_tiny is not shipped yet)")
+
+
+def train_or_load(args, data, work_dir):
+    import keras
+
+    from keras_dmpo import DMPOClassifier, EarlyExitModel, PhaseCallback, PhaseSchedule
+
+    path = args.model or os.path.join(work_dir, "model.keras")
+    preset, preset_note = backbone_preset(work_dir)
+    if os.path.isfile(path):
+        log(f"loading {path}")
+        return EarlyExitModel.load(path), preset_note, None, path
+    exits = [int(e) for e in args.exits.split(",")] if args.exits else None
+    keras.utils.set_random_seed(args.seed)
+    model = DMPOClassifier.from_preset(preset, num_classes=10, exits=exits)
+    model.compile(optimizer=keras.optimizers.AdamW(args.learning_rate))
+    x, y = data["train"]
+    log(f"training {len(x)} images, {args.epochs} epochs, exits {list(model.exits)}")
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=64, epochs=args.epochs, verbose=0,
+              callbacks=[PhaseCallback(PhaseSchedule(), verbose=0)])
+    train_s = time.perf_counter() - start
+    ee = EarlyExitModel(model)
+    ee.save(path)
+    return ee, preset_note, train_s, path
+
+
+def export(ee, directory, quantization, representative):
+    if os.path.isfile(os.path.join(directory, "manifest.json")):
+        return directory
+    start = time.perf_counter()
+    ee.export_tflite(directory, quantization=quantization, overwrite=True,
+                     representative_data=representative if quantization == "int8" else None)
+    log(f"exported {quantization or 'float32'} in {time.perf_counter() - start:.0f} s")
+    return directory
+
+
+def sizes(directory):
+    with open(os.path.join(directory, "manifest.json")) as handle:
+        manifest = json.load(handle)
+    stages = [s["size_bytes"] for s in manifest["stages"]]
+    return {"stages_bytes": stages, "stages_total_bytes": int(sum(stages)),
+            "monolithic_bytes": int(manifest["monolithic"]["size_bytes"])}
+
+
+def per_image_ms(fn, num_images, repeats):
+    fn()  # warm-up (loads the stages, allocates tensors)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times)) / num_images
+
+
+def latency_table(directory, calibrations, x_test, full_flops, num_threads, repeats):
+    from keras_dmpo.litert import StagedRuntime
+
+    runtime = StagedRuntime(directory, num_threads=num_threads)
+    n = len(x_test)
+    mono_ms = per_image_ms(lambda: runtime.predict_monolithic(x_test, batch_size=1), n, repeats)
+    stage_ms = runtime.stage_latency(batch_size=1, repeats=200, warmup=20)
+    cumulative = np.cumsum([stage_ms[f"stage_{k + 1}"] for k in range(runtime.num_exits)])
+    rows = []
+    for budget, result in calibrations.items():
+        runtime.thresholds = result["thresholds"]
+        out = runtime.predict(x_test, batch_size=1)
+        fraction = float(out["flops"].mean() / full_flops)
+        staged_ms = per_image_ms(lambda: runtime.predict(x_test, batch_size=1), n, repeats)
+        # The same loop without the batch-1 fast path (the batched code at B=1).
+        runtime._batch1_fast_path = False
+        generic_ms = per_image_ms(lambda: runtime.predict(x_test, batch_size=1), n, repeats)
+        runtime._batch1_fast_path = True
+        invoke_ms = float(cumulative[out["exit_index"]].mean())
+        target_ms = 1.15 * fraction * mono_ms + 0.05
+        rows.append({
+            "budget": budget,
+            "test_flops_fraction": fraction,
+            "staged_ms": staged_ms,
+            "monolithic_ms": mono_ms,
+            "ratio_staged_to_monolithic": staged_ms / mono_ms,
+            "target_ms": target_ms,
+            "target_met": bool(staged_ms <= target_ms),
+            "stage_invoke_ms": invoke_ms,
+            "python_overhead_ms": staged_ms - invoke_ms,
+            "staged_ms_without_batch1_fast_path": generic_ms,
+            "target_met_without_batch1_fast_path": bool(generic_ms <= target_ms),
+            "exit_fractions": np.bincount(out["exit_index"], minlength=runtime.num_exits).tolist(),
+        })
+        log(f"threads={num_threads} budget {budget:.0%}: FLOPs {fraction:.1%}, staged "
+            f"{staged_ms:.3f} ms vs mono {mono_ms:.3f} ms (ratio {staged_ms / mono_ms:.2f}, "
+            f"target {target_ms:.3f} ms: {'met' if staged_ms <= target_ms else 'MISSED'}; "
+            f"invoke {invoke_ms:.3f} ms, python {staged_ms - invoke_ms:.3f} ms; "
+            f"without the batch-1 fast path {generic_ms:.3f} ms)")
+    return {"num_threads": num_threads, "monolithic_ms": mono_ms,
+            "stage_invoke_ms": stage_ms, "budgets": rows}
+
+
+def quantization_row(directory, quantization, ee, x_test, y_test, keras_ref, thresholds_50):
+    from keras_dmpo.litert import StagedRuntime
+
+    runtime = StagedRuntime(directory, thresholds=thresholds_50)
+    mono = runtime.predict_monolithic(x_test)["labels"]
+    staged = runtime.predict(x_test)
+    return {
+        "quantization": quantization or "float32",
+        **sizes(directory),
+        "monolithic_accuracy": float((mono == y_test).mean()),
+        "monolithic_accuracy_change": float((mono == y_test).mean() - keras_ref["last_accuracy"]),
+        "monolithic_argmax_agreement": float((mono == keras_ref["last_labels"]).mean()),
+        "staged_50_accuracy": float((staged["labels"] == y_test).mean()),
+        "staged_50_accuracy_change": float(
+            (staged["labels"] == y_test).mean() - keras_ref["staged_accuracy"]),
+        "staged_50_argmax_agreement": float((staged["labels"] == keras_ref["staged_labels"]).mean()),
+        "staged_50_same_exit": float((staged["exit_index"] == keras_ref["staged_exits"]).mean()),
+        "staged_50_flops_fraction": float(staged["flops"].mean() / ee.full_model_flops),
+    }
+
+
+def markdown(result):
+    """The tables of docs/export.md from a result JSON."""
+    lines = []
+    for table in result["latency"]:
+        threads = table["num_threads"] or "default"
+        lines += [
+            f"{table['thresholds']} thresholds, LiteRT batch 1, num_threads={threads}; "
+            f"monolithic {table['monolithic_ms']:.3f} ms/image.",
+            "",
+            "| budget | test FLOPs fraction | staged ms | staged / monolithic | target ms "
+            "| target met | stage invokes ms | Python overhead ms | staged ms without the batch-1 fast path |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in table["budgets"]:
+            lines.append(
+                f"| {row['budget']:.0%} | {row['test_flops_fraction']:.3f} | {row['staged_ms']:.3f} "
+                f"| {row['ratio_staged_to_monolithic']:.3f} | {row['target_ms']:.3f} "
+                f"| {'yes' if row['target_met'] else 'no'} | {row['stage_invoke_ms']:.3f} "
+                f"| {row['python_overhead_ms']:.3f} | {row['staged_ms_without_batch1_fast_path']:.3f} |"
+            )
+        lines.append("")
+    lines += [
+        "| quantization | stage files KB | monolithic KB | monolithic acc. (Δ vs Keras) "
+        "| monolithic argmax agreement | staged@50% acc. (Δ) | staged@50% agreement | same exit |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["quantization"]:
+        lines.append(
+            f"| {row['quantization']} | {row['stages_total_bytes'] / 1024:.0f} "
+            f"| {row['monolithic_bytes'] / 1024:.0f} "
+            f"| {row['monolithic_accuracy']:.4f} ({row['monolithic_accuracy_change']:+.4f}) "
+            f"| {row['monolithic_argmax_agreement']:.4f} "
+            f"| {row['staged_50_accuracy']:.4f} ({row['staged_50_accuracy_change']:+.4f}) "
+            f"| {row['staged_50_argmax_agreement']:.4f} | {row['staged_50_same_exit']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--exits", default="1,2,3,4,6,8",
+                        help="comma-separated 1-based exit blocks ('' = the model's default)")
+    parser.add_argument("--model", default=None, help="load this .keras EarlyExitModel instead of training")
+    parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "keras_dmpo_litert_latency"),
+                        help="trained model and exports (kept, so a re-run skips them)")
+    parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results", "litert_latency.json"))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fresh", action="store_true", help="delete --work-dir first")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the tables of an existing --output JSON and exit")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        with open(args.output) as handle:
+            print(markdown(json.load(handle)))
+        return
+    if args.fresh:
+        shutil.rmtree(args.work_dir, ignore_errors=True)
+    os.makedirs(args.work_dir, exist_ok=True)
+    total_start = time.perf_counter()
+
+    import keras
+
+    from keras_dmpo.datasets import load_digits
+
+    data = load_digits(image_size=28, channels=3, seed=args.seed)
+    x_val, y_val = data["validation"]
+    x_test, y_test = data["test"]
+    ee, preset_note, train_s, model_path = train_or_load(args, data, args.work_dir)
+    log(f"backbone: {preset_note}; exits {list(ee.exits)}; "
+        f"fractions {[round(f, 3) for f in ee.flops_fractions]}")
+
+    # Float32 Keras references.
+    probabilities = ee.exit_probabilities(x_test)
+    last_labels = probabilities[-1].argmax(-1)
+    calibrations, keras_budgets = {}, []
+    for budget in BUDGETS:
+        result = ee.calibrate(x_val, y_val, flops_budget=budget)
+        out = ee.predict(x_test)
+        calibrations[budget] = result.to_dict()
+        keras_budgets.append({
+            "budget": budget, "thresholds": result.thresholds,
+            "validation_accuracy": float(result.validation_accuracy),
+            "test_accuracy": float((out["labels"] == y_test).mean()),
+            "test_flops_fraction": float(out["flops"].mean() / ee.full_model_flops),
+        })
+        if budget == 0.5:
+            keras_ref = {"staged_labels": out["labels"], "staged_exits": out["exit_index"],
+                         "staged_accuracy": float((out["labels"] == y_test).mean())}
+    keras_ref.update(last_labels=last_labels, last_accuracy=float((last_labels == y_test).mean()))
+    log(f"Keras float32: last exit {keras_ref['last_accuracy']:.4f}, "
+        + ", ".join(f"{b['budget']:.0%}: {b['test_accuracy']:.4f} @ {b['test_flops_fraction']:.1%}"
+                    for b in keras_budgets))
+
+    # Thresholds that *spend* each budget: one confidence threshold for all
+    # exits, bisected so the validation FLOPs fraction is the budget. The
+    # calibrated thresholds may spend less than the budget (when early exits
+    # are as accurate as deep ones); these show the latency at 30/50/75% FLOPs.
+    from keras_dmpo.inference import calibration as calib
+
+    scores = calib.exit_scores(ee.exit_probabilities(x_val), ee.criterion)
+    costs = np.asarray(ee.flops_per_exit) / ee.full_model_flops
+
+    def spent(tau):
+        thresholds = [tau] * (ee.num_exits - 1) + [0.0]
+        return float(costs[calib.apply_thresholds(scores, thresholds)].mean()), thresholds
+
+    filled = {}
+    for budget in BUDGETS:
+        low, high = 0.0, 1.0
+        for _ in range(40):
+            mid = (low + high) / 2
+            low, high = (mid, high) if spent(mid)[0] <= budget else (low, mid)
+        filled[budget] = {"thresholds": spent(low)[1], "validation_fraction": spent(low)[0]}
+
+    # Exports (the float32 one gets the 50% thresholds; the runtime overrides them).
+    ee.thresholds = calibrations[0.5]["thresholds"]
+    representative = data["train"][0][:200]
+    exports = {}
+    for quantization in QUANTIZATIONS:
+        name = quantization or "float32"
+        exports[name] = export(ee, os.path.join(args.work_dir, f"export_{name}"),
+                               quantization, representative)
+
+    # Parity of the float32 export with EarlyExitModel.predict.
+    from keras_dmpo.litert import StagedRuntime
+
+    runtime = StagedRuntime(exports["float32"])
+    expected = ee.predict(x_test)
+    out = runtime.predict(x_test, batch_size=1)
+    parity = {
+        "max_abs_probability_diff": float(np.abs(out["probabilities"] - expected["probabilities"]).max()),
+        "same_exit_fraction": float((out["exit_index"] == expected["exit_index"]).mean()),
+        "same_label_fraction": float((out["labels"] == expected["labels"]).mean()),
+    }
+    log(f"LiteRT float32 vs EarlyExitModel: {parity}")
+
+    latency = [
+        dict(latency_table(exports["float32"], table, x_test, ee.full_model_flops, threads, args.repeats),
+             thresholds=kind)
+        for kind, table in (("calibrated", calibrations), ("budget-filling", filled))
+        for threads in (1, None)
+    ]
+    quantization_rows = [
+        quantization_row(exports[q or "float32"], q, ee, x_test, y_test, keras_ref,
+                         calibrations[0.5]["thresholds"])
+        for q in QUANTIZATIONS
+    ]
+    for row in quantization_rows:
+        log(f"{row['quantization']}: {row['stages_total_bytes'] / 1024:.0f} KB staged, "
+            f"{row['monolithic_bytes'] / 1024:.0f} KB mono; mono acc {row['monolithic_accuracy']:.4f} "
+            f"(agree {row['monolithic_argmax_agreement']:.4f}); staged@50% acc "
+            f"{row['staged_50_accuracy']:.4f} (agree {row['staged_50_argmax_agreement']:.4f})")
+
+    import ai_edge_litert
+
+    result = {
+        "command": "KERAS_BACKEND=tensorflow python benchmarks/litert_latency.py "
+                   + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                    "load_average": list(os.getloadavg()),
+                    "note": "shared 2-core machine with a background job: absolute times are noisy"},
+        "versions": {"keras": keras.__version__,
+                     "ai_edge_litert": getattr(ai_edge_litert, "__version__", "unknown")},
+        "backbone": preset_note,
+        "data": {"name": "digits", "image_shape": [28, 28, 3], "train": len(data["train"][1]),
+                 "validation": len(y_val), "test": len(y_test)},
+        "model": {"path": os.path.relpath(model_path, ROOT), "exits": list(ee.exits),
+                  "flops_per_exit": ee.flops_per_exit, "full_model_flops": ee.full_model_flops,
+                  "flops_fractions": ee.flops_fractions, "epochs": args.epochs,
+                  "train_seconds": train_s},
+        "keras_float32": {"last_exit_test_accuracy": keras_ref["last_accuracy"],
+                          "budgets": keras_budgets},
+        "litert_float32_parity": parity,
+        "latency": latency,
+        "quantization": quantization_rows,
+        "total_seconds": time.perf_counter() - total_start,
+    }
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output, "w") as handle:
+        json.dump(result, handle, indent=2)
+    log(f"wrote {args.output} ({result['total_seconds']:.0f} s)")
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
