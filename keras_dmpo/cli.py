@@ -49,9 +49,11 @@ def exit_list(text):
 
 
 # --- data -------------------------------------------------------------------
-def load_data(spec, image_shape, seed=0, train_size=None, validation_size=None, test_size=None):
+def load_data(spec, image_shape, seed=0, train_size=None, validation_size=None, test_size=None,
+              classes=None):
     """``{"train", "validation", "test", "class_names"}`` for a named data set
-    or a class-per-folder directory (split 70/15/15, stratified)."""
+    (optionally a class subset) or a class-per-folder directory (split
+    70/15/15, stratified)."""
     from keras_dmpo import datasets
 
     height, width, channels = image_shape
@@ -59,7 +61,8 @@ def load_data(spec, image_shape, seed=0, train_size=None, validation_size=None, 
     if key in NAMED_DATA:
         if height != width:
             raise ValueError(f"--data {spec}: the model's images are {height}x{width}; named data sets need square images.")
-        kwargs = dict(image_size=height, channels=channels, seed=seed, train_size=train_size)
+        kwargs = dict(image_size=height, channels=channels, seed=seed, train_size=train_size,
+                      classes=classes)
         if validation_size is not None:
             kwargs["validation_size"] = validation_size
         if test_size is not None:
@@ -255,8 +258,8 @@ def build_parser():
     demo.add_argument("--output-dir", default="dmpo-demo", help="where results go (default ./dmpo-demo)")
     demo.add_argument("--data", default="fashion_mnist", choices=list(NAMED_DATA))
     demo.add_argument("--preset", default=DEFAULT_PRESET, help="preset to tune (default: the shipped dmpo_vit_tiny)")
-    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default 4)")
-    demo.add_argument("--train-size", type=int, default=None, help="training images (default 8000)")
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default 3; digits 6)")
+    demo.add_argument("--train-size", type=int, default=None, help="training images (default 6000; digits: all 1077)")
     demo.add_argument("--test-size", type=int, default=None, help="test images (default: the whole test split)")
     demo.add_argument("--batch-size", type=int, default=64)
     demo.add_argument("--max-steps", type=int, default=None, help="cap on training steps per epoch (smoke tests)")
