@@ -300,7 +300,7 @@ def run_one(dataset, method, seed, data, settings, preset_dir, backbone_source, 
     callbacks = [timer] + ([PhaseCallback(schedule, verbose=1)] if use_callback else [])
     _log(f"--- {dataset} / {method} / seed {seed}: exits {list(model.exits)}, "
          f"covariance heads at {[model.exits[i] for i in model.covariance_positions]}, "
-         f"bypass {model.use_bypass}, peft {model.peft}, {trainable:,} trainable parameters")
+         f"bypass {bool(model.exit_bypasses)}, peft {model.peft}, {trainable:,} trainable parameters")
     train_start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*without a PhaseCallback.*")
@@ -335,7 +335,11 @@ def run_one(dataset, method, seed, data, settings, preset_dir, backbone_source, 
 
     latency = None
     if settings["latency"]:
-        latency = measure_latency(ee, budgets, x_test, settings["latency_images"])
+        try:
+            latency = measure_latency(ee, budgets, x_test, settings["latency_images"])
+        except Exception as error:  # keep the accuracy results of a long run
+            _log(f"    latency measurement failed: {type(error).__name__}: {error}")
+            latency = {"error": f"{type(error).__name__}: {error}"}
 
     record = {
         "schema_version": SCHEMA_VERSION,
@@ -353,7 +357,9 @@ def run_one(dataset, method, seed, data, settings, preset_dir, backbone_source, 
             "optimizer": {"name": "AdamW", **opt},
             "exits": [int(e) for e in model.exits],
             "covariance_exits": [int(model.exits[i]) for i in model.covariance_positions],
-            "use_bypass": model.use_bypass, "peft": model.peft,
+            # exits whose predictor reads through a bypass (never the last one)
+            "bypass_exits": [int(e) for e, b in zip(model.exits, model._bypass_by_exit) if b is not None],
+            "use_bypass": bool(model.exit_bypasses), "peft": model.peft,
             "adapter_dim": model.adapter_dim, "lora_rank": model.lora_rank, "bypass_dim": model.bypass_dim,
             "covariance_dim": model.covariance_dim, "covariance_iterations": model.covariance_iterations,
             "phase_schedule": schedule.get_config() if schedule else None,
@@ -493,7 +499,7 @@ def aggregate(records):
                                        if len(r["single_exits"]) == len(exits)])[:2]}
                 for i, e in enumerate(exits)
             ]
-            lat = [r["latency"] for r in runs if r.get("latency")]
+            lat = [r["latency"] for r in runs if r.get("latency") and "error" not in r["latency"]]
             if lat:
                 summary["latency"] = {"monolithic_ms": mean_std([x["monolithic_ms"] for x in lat])[:2], "budgets": {}}
                 for budget in BUDGETS:
@@ -613,7 +619,7 @@ def build_report(results_dir, out_dir, quick=False, command=None, plot=True):
         lines += [
             f"### {dataset}", "",
             f"{cfg['train_images']} training / {cfg['validation_images']} validation / {cfg['test_images']} test "
-            f"images, {cfg['epochs']} epochs, batch {cfg['batch_size']}, AdamW(lr={cfg['optimizer']['learning_rate']}, "
+            f"images, {cfg['epochs']} epoch(s), batch {cfg['batch_size']}, AdamW(lr={cfg['optimizer']['learning_rate']}, "
             f"wd={cfg['optimizer']['weight_decay']}), exits at blocks {multi_exits} (single_exit: the last only), "
             f"data seed {cfg['data_seed']}.", "",
             "| method | seeds | " + " | ".join(f"{int(100 * b)}%" for b in BUDGETS) + " | train time (s) | ms / train image |",
@@ -633,7 +639,7 @@ def build_report(results_dir, out_dir, quick=False, command=None, plot=True):
                 cells.append(cell)
             lines.append(f"| {method} | {','.join(map(str, s['seeds']))} | " + " | ".join(cells)
                          + f" | {_fmt(s['train_seconds'], 0)} | {_fmt(s['train_ms_per_image'], 2)} |")
-        reasons = sorted({reason for s in methods.values() for b in s["budgets"].values()
+        reasons = sorted({f"{method}: {reason}" for method, s in methods.items() for b in s["budgets"].values()
                           for reason in b["unreachable_reasons"]})
         if reasons:
             lines += ["", "Unreachable budgets: " + "; ".join(reasons) + "."]
