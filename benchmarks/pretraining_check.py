@@ -181,7 +181,7 @@ def run(args):
 
 def report(results_dir):
     rows = {}
-    for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
+    for path in sorted(glob.glob(os.path.join(results_dir, "*__seed*.json"))):
         with open(path) as f:
             r = json.load(f)
         rows.setdefault((r["target"], r["init"]), []).append(r)
