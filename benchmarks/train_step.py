@@ -161,9 +161,11 @@ def main():
     parser.add_argument("--backends", default="tensorflow,jax,torch")
     parser.add_argument("--configs", default="tiny,vit_s")
     parser.add_argument("--steps", type=int, default=None,
-                        help="timed pairs (default 20 tiny, 5 vit_s)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--memory-steps", type=int, default=2)
+                        help="timed pairs (default 20 tiny, 3 vit_s)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="dropped pairs (default 2 tiny, 1 vit_s)")
+    parser.add_argument("--memory-steps", type=int, default=None,
+                        help="train steps in the memory process (default 2 tiny, 1 vit_s)")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--worker", choices=["time", "memory"])
     parser.add_argument("--config")
@@ -184,15 +186,17 @@ def main():
             results = json.load(handle)
     for backend in args.backends.split(","):
         for config in args.configs.split(","):
-            steps = args.steps or (20 if config == "tiny" else 5)
+            steps = args.steps or (20 if config == "tiny" else 3)
+            warmup = args.warmup if args.warmup is not None else (2 if config == "tiny" else 1)
+            memory_steps = args.memory_steps or (2 if config == "tiny" else 1)
             started = time.time()
             entry = _subprocess(backend, ["--worker", "time", "--config", config,
-                                          "--steps", str(steps), "--warmup", str(args.warmup)])
+                                          "--steps", str(steps), "--warmup", str(warmup)])
             if not args.no_memory:
                 entry["memory"] = {
                     kind: _subprocess(backend, ["--worker", "memory", "--config", config,
                                                 "--model", kind,
-                                                "--memory-steps", str(args.memory_steps)])
+                                                "--memory-steps", str(memory_steps)])
                     for kind in ("dmpo", "single")
                 }
             entry["load_average_1m_at_end"] = os.getloadavg()[0]
