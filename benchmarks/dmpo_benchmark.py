@@ -254,12 +254,17 @@ def _environment():
     }
 
 
-def load_split(dataset, sizes, data_seed, image_shape):
+def load_split(dataset, sizes, data_seed, image_shape, classes=None):
+    """The splits; ``classes`` keeps only the classes a shipped preset never
+    saw labelled (Fashion-MNIST with dmpo_vit_tiny: the 5 held-out classes,
+    whose whole test set, 5,000 images, is used)."""
     from keras_dmpo import datasets
 
     height, _, channels = image_shape
     kwargs = dict(image_size=height, channels=channels, seed=data_seed, train_size=sizes["train_size"],
                   validation_size=sizes["validation_size"], test_size=sizes["test_size"])
+    if classes is not None:
+        kwargs.update(classes=classes, test_size=None)
     return datasets.load_dataset(dataset, **kwargs)
 
 
@@ -882,8 +887,13 @@ def main(argv=None):
         _log(f"== {dataset}: {len(todo)} runs to do, {skipped} already done")
         if not todo:
             continue
-        data = load_split(dataset, sizes, args.data_seed, image_shape)
+        from keras_dmpo.preset_registry import target_classes
+
+        shipped = os.path.basename(os.path.normpath(preset_dir)) if "preset_files" in preset_dir else preset_dir
+        classes = target_classes(shipped, dataset)
+        data = load_split(dataset, sizes, args.data_seed, image_shape, classes)
         settings = dict(epochs=sizes["epochs"], batch_size=args.batch_size, exits=exits, quick=args.quick,
+                        classes=list(data["class_names"]),
                         optimizer=dict(learning_rate=args.learning_rate, weight_decay=args.weight_decay),
                         data_seed=args.data_seed, latency=args.latency, latency_images=args.latency_images)
         for method, seed in todo:
