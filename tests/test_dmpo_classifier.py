@@ -242,3 +242,25 @@ def test_bad_training_inputs(model):
                   callbacks=[PhaseCallback(PhaseSchedule(phase1_weights=[1, 1]))])
     with pytest.raises(ValueError, match="do not pass `loss`"):
         model.compile(optimizer="adamw", loss="mse")
+
+
+def test_lora_instead_of_adapters_trains_only_lora_weights(tiny_vit_preset):
+    keras.utils.set_random_seed(4)
+    model = DMPOClassifier.from_preset(tiny_vit_preset, num_classes=NUM_CLASSES, exits=[2], peft="lora", lora_rank=2)
+    assert model.trunk_adapters == []
+    trainable_names = [v.path for v in model.trainable_weights]
+    backbone_trainable = [n for n in trainable_names if "lora" in n]
+    assert backbone_trainable, trainable_names
+    # Only LoRA factors of the backbone train (plus, as keras-hub's enable_lora
+    # makes the query/value layers trainable, their biases); the rest is frozen.
+    def lora_bias(v):
+        return v.path.endswith("bias") and ("query" in v.path or "value" in v.path)
+
+    frozen = [v for v in model.backbone.weights if "lora" not in v.path and not lora_bias(v)]
+    assert len(frozen) < len(model.backbone.weights)
+    before = numpy_weights(frozen)
+    x, y = make_data(16)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-2))
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[PhaseCallback(verbose=0)])
+    for a, b in zip(before, numpy_weights(frozen)):
+        np.testing.assert_array_equal(a, b)

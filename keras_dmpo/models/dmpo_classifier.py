@@ -85,7 +85,9 @@ class DMPOClassifier(keras.Model):
             of exit block numbers (not the last one).
         use_bypass: bypass adapters on every exit but the last.
         peft: trunk tuning: ``"adapter"`` (parallel adapters, default),
-            ``"lora"`` (keras-hub ``enable_lora``) or ``None`` (heads only).
+            ``"lora"`` (keras-hub ``enable_lora``: LoRA factors on the attention
+            query/value projections, whose biases also train) or ``None``
+            (heads only).
         adapter_dim: bottleneck of the trunk adapters.
         adapter_scale: their output scale.
         lora_rank: rank for ``peft="lora"``.
