@@ -15,7 +15,9 @@ Per backend (one process): thresholds are calibrated on the digits validation
 split at each budget; the test split, tiled to ``--images`` images, is then
 classified by
 - ``full``: ``model.build_single_exit_model()`` (the last exit only, which is
-  what 100% FLOPs means), run with ``predict_on_batch`` batch by batch;
+  what 100% FLOPs means), run batch by batch through the same compiled
+  forward (``keras_dmpo.inference.stage_runner.StageRunner``) that early exit
+  uses for its stages, so both sides pay the same per-call overhead;
 - ``early_exit@B``: ``EarlyExitModel.predict(x, batch_size)`` with the
   thresholds for budget B.
 The variants alternate within each round (full, 30%, 50%, full, ...); round 0
@@ -98,6 +100,7 @@ def worker_bench(weights, images, rounds):
     import numpy as np
 
     from keras_dmpo import EarlyExitModel
+    from keras_dmpo.inference.stage_runner import StageRunner
 
     model, source = _model()
     model.load_weights(weights)
@@ -107,7 +110,7 @@ def worker_bench(weights, images, rounds):
     x = np.concatenate([x_test] * reps)[:images]
     y = np.concatenate([y_test] * reps)[:images]
 
-    full = model.build_single_exit_model()
+    full = StageRunner(model.build_single_exit_model())
     early = {}
     calibration = {}
     for budget in BUDGETS:
@@ -119,8 +122,8 @@ def worker_bench(weights, images, rounds):
                                "validation_accuracy": result.validation_accuracy}
 
     def run_full(batch_size):
-        outs = [full.predict_on_batch(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-        return np.concatenate([np.asarray(keras.ops.convert_to_numpy(o["probabilities"])) for o in outs])
+        outs = [full(x[i:i + batch_size], batch_size) for i in range(0, len(x), batch_size)]
+        return np.concatenate([o["probabilities"] for o in outs])
 
     rows = []
     for batch_size in BATCH_SIZES:

@@ -8,6 +8,7 @@ import numpy as np
 
 from keras_dmpo.inference import calibration as calib
 from keras_dmpo.inference.flops import ExitCostConfig, dmpo_flops_per_exit
+from keras_dmpo.inference.stage_runner import StageRunner
 from keras_dmpo.inputs import check_images, check_labels
 
 CRITERIA = ("confidence", "entropy")
@@ -24,14 +25,6 @@ def _softmax(logits):
     logits = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(logits)
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def _bucket(n, batch_size):
-    """Smallest power of two >= n (capped at batch_size): few shapes to compile."""
-    size = 1
-    while size < n:
-        size *= 2
-    return min(max(size, 1), max(batch_size, n))
 
 
 def collect_arrays(x, y=None, argument="x"):
@@ -114,6 +107,7 @@ class EarlyExitModel:
         self.stage_flops = [float(f) for f in cost.stage_flops]
         self.full_model_flops = float(cost.full_model_flops)
         self._stage_models = None
+        self._runners = None
 
     # --- configuration ------------------------------------------------------
     def cost_config(self):
@@ -154,6 +148,14 @@ class EarlyExitModel:
             self._stage_models = self.model.build_stage_models(probabilities=True)
         return self._stage_models
 
+    @property
+    def _stage_runners(self):
+        # Compiled once per EarlyExitModel; see stage_runner.py for why not
+        # ``predict_on_batch``.
+        if self._runners is None:
+            self._runners = [StageRunner(stage) for stage in self.stage_models]
+        return self._runners
+
     # --- inference -----------------------------------------------------------
     def _check_x(self, x, argument="x"):
         check_images(x, self.model.image_shape, argument)
@@ -189,13 +191,13 @@ class EarlyExitModel:
         probabilities = np.zeros((n, num_classes), "float32")
         exit_index = np.zeros(n, "int64")
         progbar = keras.utils.Progbar(n, verbose=verbose) if verbose else None
-        stages = self.stage_models
+        stages = self._stage_runners
         for start in range(0, n, batch_size):
             batch = images[start : start + batch_size].astype("float32")
             alive = np.arange(len(batch))
             inputs = batch
             for k, stage in enumerate(stages):
-                out = self._run_stage(stage, inputs, batch_size)
+                out = stage(inputs, batch_size)
                 probs = out["probabilities"]
                 if k == self.num_exits - 1:
                     leave = np.ones(len(alive), bool)
@@ -218,16 +220,6 @@ class EarlyExitModel:
             "exit_index": exit_index,
             "flops": flops,
         }
-
-    @staticmethod
-    def _run_stage(stage, inputs, batch_size):
-        n = len(inputs)
-        size = _bucket(n, batch_size)
-        if size > n:
-            pad = np.zeros((size - n,) + inputs.shape[1:], inputs.dtype)
-            inputs = np.concatenate([inputs, pad])
-        out = stage.predict_on_batch(inputs)
-        return {key: np.asarray(keras.ops.convert_to_numpy(v))[:n] for key, v in out.items()}
 
     # --- calibration -------------------------------------------------------
     def _budget_flops(self, flops_budget):

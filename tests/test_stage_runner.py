@@ -1,0 +1,61 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_dmpo import DMPOClassifier
+from keras_dmpo.inference.stage_runner import StageRunner, bucket_size
+
+
+@pytest.fixture(scope="module")
+def stages(tiny_vit_preset):
+    keras.utils.set_random_seed(5)
+    model = DMPOClassifier.from_preset(tiny_vit_preset, num_classes=4, exits=[1, 3])
+    return model.build_stage_models(probabilities=True)
+
+
+def test_bucket_size():
+    assert [bucket_size(n, 64) for n in (1, 2, 3, 5, 33, 64)] == [1, 2, 4, 8, 64, 64]
+    assert bucket_size(40, 20) == 40  # never below n
+    assert bucket_size(20, 24) == 24  # capped at the batch size
+
+
+@pytest.mark.parametrize("n", [1, 3, 8, 13])
+def test_runner_equals_keras_predict(stages, n):
+    rng = np.random.default_rng(n)
+    images = rng.uniform(size=(n, 32, 32, 3)).astype("float32")
+    first, second = StageRunner(stages[0]), StageRunner(stages[1])
+    out = first(images, batch_size=16)
+    expected = stages[0].predict(images, verbose=0)
+    assert set(out) == {"tokens", "probabilities"}
+    for key in out:
+        assert out[key].shape == expected[key].shape
+        np.testing.assert_allclose(out[key], expected[key], atol=1e-5)
+    following = second(out["tokens"], batch_size=16)
+    expected = stages[1].predict(out["tokens"], verbose=0)
+    for key in following:
+        np.testing.assert_allclose(following[key], expected[key], atol=1e-5)
+
+
+def test_runner_reads_current_weights(stages):
+    images = np.random.default_rng(0).uniform(size=(4, 32, 32, 3)).astype("float32")
+    runner = StageRunner(stages[0])
+    before = runner(images, batch_size=4)["probabilities"]
+    dense = [w for w in stages[0].trainable_weights if w.path.endswith("kernel")][-1]
+    saved = keras.ops.convert_to_numpy(dense)
+    try:
+        # A random change: a constant shift of a classifier kernel moves every
+        # logit alike and leaves the probabilities unchanged.
+        dense.assign(saved + np.random.default_rng(1).normal(size=saved.shape).astype("float32"))
+        after = runner(images, batch_size=4)["probabilities"]
+        np.testing.assert_allclose(after, stages[0].predict(images, verbose=0)["probabilities"], atol=1e-5)
+        assert np.abs(after - before).max() > 1e-4
+    finally:
+        dense.assign(saved)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.function tracing count")
+def test_tensorflow_traces_once_for_any_batch_size(stages):
+    runner = StageRunner(stages[0])
+    for n in (1, 5, 17, 64):
+        runner(np.zeros((n, 32, 32, 3), "float32"), batch_size=64)
+    assert runner._function.experimental_get_tracing_count() == 1
