@@ -20,8 +20,8 @@ PRESET_DIR = preset_registry.preset_path("dmpo_vit_tiny")
 # Class token (first 8 features) for _fixed_images(), measured on torch when the
 # preset was shipped; every backend must reproduce it.
 REFERENCE_CLASS_TOKEN = [
-    [0.90629, -0.12118, 1.34256, 2.51227, -1.01884, 1.17697, -1.47821, -1.44266],
-    [0.89532, -0.08762, 1.32374, 2.46764, -1.02363, 1.19288, -1.47786, -1.44083],
+    [1.22635, -0.31029, 1.34293, 2.36849, -0.89456, 1.55604, -1.10137, -1.17592],
+    [1.22142, -0.27803, 1.36277, 2.28367, -0.87302, 1.61148, -1.12326, -1.20048],
 ]
 
 
