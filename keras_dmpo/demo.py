@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 DEMO_DEFAULTS = {
-    "fashion_mnist": {"epochs": 3, "train_size": 6000, "validation_size": 2000},
+    "fashion_mnist": {"epochs": 3, "train_size": 4000, "validation_size": 1000},
     "digits": {"epochs": 6, "train_size": None, "validation_size": 360},
 }
 BUDGETS = (0.3, 0.5)
@@ -81,42 +81,50 @@ def run_demo(args):
     train_seconds = time.time() - train_start
 
     # --- calibrate and compare ---------------------------------------------------
+    # One pass over validation and test computes every exit's probabilities;
+    # the budget sweep reuses them (the same thresholds and exits as the
+    # batched early-exit loop, which is tested to match it).
     ee = EarlyExitModel(model)
-    full_accuracy = None
-    probs_test = ee.exit_probabilities(x_test)
-    full_accuracy = float((probs_test[-1].argmax(-1) == y_test).mean())
+    eval_start = time.time()
+    curve = ee.curve(x_val, y_val, x_test, y_test)
+    full_accuracy = curve.single_exits[-1]["test_accuracy"]
     rows = []
     for budget in BUDGETS:
-        try:
-            result = ee.calibrate(x_val, y_val, flops_budget=budget)
-        except ValueError as error:
-            _line(f"budget {budget:.0%}: {error}")
+        row = next((r for r in curve.rows if abs(r["budget"] - budget) < 1e-9), None)
+        if row is None:
+            _line(f"budget {budget:.0%}: below the cost of the first exit ({ee.flops_fractions[0]:.1%}); skipped")
             continue
-        out = ee.predict(x_test)
         rows.append({
             "budget": budget,
-            "thresholds": result.thresholds,
-            "test_accuracy": float((out["labels"] == y_test).mean()),
-            "test_flops_fraction": float(out["flops"].mean() / ee.full_model_flops),
-            "exit_counts": np.bincount(out["exit_index"], minlength=ee.num_exits).tolist(),
-            "validation_accuracy": result.validation_accuracy,
+            "thresholds": row["thresholds"],
+            "test_accuracy": row["test_accuracy"],
+            "test_flops_fraction": row["test_fraction"],
+            "exit_counts": [int(round(f * len(x_test))) for f in row["exit_fractions"]],
+            "validation_accuracy": row["validation_accuracy"],
         })
+    curve_png = curve.plot(os.path.join(out_dir, "accuracy_vs_flops.png"),
+                           title=f"DMPO early exit on {args.data} ({backend})")
+    curve.save_json(os.path.join(out_dir, "curve.json"))
+
+    # Keep the 30% thresholds (or the first reachable budget) for the export,
+    # and run the real batched early-exit loop with them.
+    chosen = rows[0] if rows else None
+    out = None
+    if chosen:
+        ee.calibrate(x_val, y_val, flops_budget=chosen["budget"])
+        out = ee.predict(x_test, batch_size=args.batch_size)
+        chosen["exit_counts"] = np.bincount(out["exit_index"], minlength=ee.num_exits).tolist()
+        chosen["test_accuracy"] = float((out["labels"] == y_test).mean())
+        chosen["test_flops_fraction"] = float(out["flops"].mean() / ee.full_model_flops)
+    eval_seconds = time.time() - eval_start
     _line("")
     _line(f"{'':22}{'FLOPs':>8}{'test acc.':>11}   exits taken (blocks {list(ee.exits)})")
     _line(f"{'full model (last exit)':22}{'100.0%':>8}{100 * full_accuracy:>10.2f}%")
     for row in rows:
         _line(f"{'DMPO @ ' + format(row['budget'], '.0%') + ' budget':22}{row['test_flops_fraction']:>8.1%}"
               f"{100 * row['test_accuracy']:>10.2f}%   {row['exit_counts']}")
+    _line(f"(calibration on {len(x_val)} validation images and the test sweep took {eval_seconds:.0f} s)")
 
-    curve = ee.curve(x_val, y_val, x_test, y_test)
-    curve_png = curve.plot(os.path.join(out_dir, "accuracy_vs_flops.png"),
-                           title=f"DMPO early exit on {args.data} ({backend})")
-    curve.save_json(os.path.join(out_dir, "curve.json"))
-
-    # Keep the 30% thresholds (or the first reachable budget) for the export.
-    chosen = rows[0] if rows else None
-    if chosen:
-        ee.calibrate(x_val, y_val, flops_budget=chosen["budget"])
     model_path = ee.save(os.path.join(out_dir, "model.keras"))
     examples_png = _plot_examples(ee, x_test, y_test, class_names, os.path.join(out_dir, "examples.png"))
 
@@ -125,7 +133,7 @@ def run_demo(args):
     export_start = time.time()
     ee.export_tflite(export_dir, overwrite=True, class_names=class_names)
     export_seconds = time.time() - export_start
-    runtime_report = _run_litert(ee, export_dir, x_test)
+    runtime_report = _run_litert(ee, export_dir, x_test, out if chosen else None)
     _line("")
     _line(f"TFLite stage graphs in {export_dir}/ ({export_seconds:.0f} s): LiteRT vs Keras on "
           f"{runtime_report['images']} test images: same exit for {runtime_report['same_exit']:.2%}, "
@@ -140,7 +148,8 @@ def run_demo(args):
         "train_images": int(len(x_train)), "test_images": int(len(x_test)),
         "exits": list(ee.exits), "flops_per_exit": ee.flops_per_exit, "full_model_flops": ee.full_model_flops,
         "full_model_test_accuracy": full_accuracy, "budgets": rows, "litert": runtime_report,
-        "train_seconds": round(train_seconds, 1), "total_seconds": round(total, 1),
+        "train_seconds": round(train_seconds, 1), "evaluation_seconds": round(eval_seconds, 1),
+        "export_seconds": round(export_seconds, 1), "total_seconds": round(total, 1),
     }
     with open(os.path.join(out_dir, "summary.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
@@ -149,11 +158,12 @@ def run_demo(args):
     return 0
 
 
-def _run_litert(ee, export_dir, x_test, max_latency_images=500):
+def _run_litert(ee, export_dir, x_test, keras_out=None, max_latency_images=500):
     from keras_dmpo.litert import StagedRuntime
 
     runtime = StagedRuntime(export_dir)
-    keras_out = ee.predict(x_test)
+    if keras_out is None:
+        keras_out = ee.predict(x_test)
     lite_out = runtime.predict(x_test)
     n = min(len(x_test), max_latency_images)
     sample = x_test[:n]
@@ -230,8 +240,19 @@ def _write_report(out_dir, summary, curve, model_path, curve_png, examples_png):
     lines += [
         "", f"![accuracy vs FLOPs]({os.path.basename(curve_png)})", "",
         "Thresholds are calibrated on the validation split for each budget; accuracy is on the test split.", "",
-        "## Curve", "", curve.table(), "",
     ]
+    single = [row["test_accuracy"] for row in curve.single_exits]
+    best = int(np.argmax(single))
+    if best < len(single) - 1:
+        # Say it when it happens: readers expect the deepest exit to be best.
+        lines += [
+            f"Here an early exit (block {curve.single_exits[best]['exit']}, {100 * single[best]:.2f}%) is more "
+            f"accurate than the last one ({100 * single[-1]:.2f}%): in this short tuning the second phase "
+            "weights the early exits most, and the deep blocks of the shipped ViT were pre-trained on other "
+            "classes. Multi-seed comparisons with plain multi-exit tuning and the single-exit model are in "
+            "docs/benchmarks.md.", "",
+        ]
+    lines += ["## Curve", "", curve.table(), ""]
     if examples_png:
         lines += [f"![examples]({os.path.basename(examples_png)})", ""]
     lines += [

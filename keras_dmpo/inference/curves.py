@@ -68,7 +68,7 @@ class AccuracyFlopsCurve:
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
         fig.tight_layout()
         fig.savefig(path)
         plt.close(fig)
