@@ -142,8 +142,11 @@ def test_write_json_atomic_and_estimate(bench, tmp_path):
     records = bench.load_results(_results(tmp_path))
     total, detail = bench.estimate_full_run(records)
     assert set(detail) == {"fashion_mnist", "digits"} and total == pytest.approx(sum(detail.values()))
-    # fashion_mnist, 7 methods x 3 seeds: 4 ms x 10,000 x 3 epochs + 0.1 s x 15,000 + 3 s + 15 s each
-    assert detail["fashion_mnist"] == pytest.approx(21 * (120 + 1500 + 3 + 15))
+    # fashion_mnist, 7 methods x 3 seeds, each: 4 ms per training image x
+    # images x epochs + 0.1 s per evaluated image + 3 s first steps + 15 s
+    train_images = bench.FULL_TRAIN_IMAGES["fashion_mnist"] * bench.DATA_DEFAULTS["fashion_mnist"]["full"]["epochs"]
+    eval_images = bench.FULL_EVAL_IMAGES["fashion_mnist"]
+    assert detail["fashion_mnist"] == pytest.approx(21 * (0.004 * train_images + 0.1 * eval_images + 3 + 15))
 
 
 def test_idle_estimate_uses_cpu_time(bench, tmp_path):
@@ -154,4 +157,7 @@ def test_idle_estimate_uses_cpu_time(bench, tmp_path):
     for r in records:  # 2 CPU-ms per image on 2 cores = 1 ms wall: a quarter of the 4 ms measured
         r["timing"]["steady_train_cpu_ms_per_image"] = 2.0
     idle, detail = bench.estimate_full_run(records, idle_cores=2)
-    assert detail["fashion_mnist"] == pytest.approx(21 * (30 + 375 + 0.75 + 15))
+    train_images = bench.FULL_TRAIN_IMAGES["fashion_mnist"] * bench.DATA_DEFAULTS["fashion_mnist"]["full"]["epochs"]
+    eval_images = bench.FULL_EVAL_IMAGES["fashion_mnist"]
+    # training and evaluation scale by 1/4, the first steps too; the 15 s do not
+    assert detail["fashion_mnist"] == pytest.approx(21 * (0.001 * train_images + 0.025 * eval_images + 0.75 + 15))
