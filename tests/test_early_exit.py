@@ -125,6 +125,39 @@ def test_curve_table_and_plot(cheap_model, data, tmp_path):
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_curve_rows_carry_the_calibration_of_their_budget(cheap_model, data):
+    x, y = data
+    curve = EarlyExitModel(cheap_model).curve(x[:20], y[:20], x[20:], y[20:], budgets=(0.6, 1.0))
+    for row in curve.rows:
+        expected = EarlyExitModel(cheap_model).calibrate(x[:20], y[:20], flops_budget=row["budget"])
+        ee = EarlyExitModel(cheap_model)
+        ee.set_calibration(row["calibration"])
+        assert ee.calibration.to_dict() == expected.to_dict()
+        assert ee.thresholds == expected.thresholds == row["thresholds"]
+    with pytest.raises(ValueError, match="`thresholds` has 2 values; expected 4"):
+        ee.set_calibration(dict(curve.rows[0]["calibration"], thresholds=[0.5, 0.0]))
+    with pytest.raises(ValueError, match="`calibration` is not a calibration record"):
+        ee.set_calibration({"thresholds": [0.5, 0.5, 0.5, 0.0]})
+    with pytest.raises(ValueError, match="`calibration` must be a CalibrationResult or its dict; got list"):
+        ee.set_calibration([0.5, 0.5, 0.5, 0.0])
+
+
+def test_exit_probabilities_pad_the_last_batch(cheap_model, data):
+    x, _ = data
+    ee = EarlyExitModel(cheap_model)
+    logits = cheap_model(x[:13], training=False)
+    for k in range(ee.num_exits):
+        exit_logits = keras.ops.convert_to_numpy(logits[f"exit_{k + 1}"]).astype("float64")
+        exit_logits -= exit_logits.max(-1, keepdims=True)
+        expected = np.exp(exit_logits) / np.exp(exit_logits).sum(-1, keepdims=True)
+        for batch_size in (4, 13, 64):  # remainder 1, none, a single short batch
+            got = ee.exit_probabilities(x[:13], batch_size=batch_size)
+            assert got.shape == (ee.num_exits, 13, NUM_CLASSES)
+            np.testing.assert_allclose(got[k], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="`batch_size` must be a positive integer; got 0"):
+        ee.exit_probabilities(x, batch_size=0)
+
+
 def test_thresholds_and_calibration_survive_save_and_load(cheap_model, data, tmp_path):
     x, y = data
     ee = EarlyExitModel(cheap_model, criterion="entropy")

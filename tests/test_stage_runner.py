@@ -17,6 +17,8 @@ def test_bucket_size():
     assert [bucket_size(n, 64) for n in (1, 2, 3, 5, 33, 64)] == [1, 2, 4, 8, 64, 64]
     assert bucket_size(40, 20) == 40  # never below n
     assert bucket_size(20, 24) == 24  # capped at the batch size
+    assert [bucket_size(n, 64, min_size=16) for n in (1, 9, 16, 17, 40)] == [16, 16, 16, 32, 64]
+    assert bucket_size(3, 8, min_size=16) == 8  # the cap wins over the floor
 
 
 @pytest.mark.parametrize("n", [1, 3, 8, 13])
@@ -59,3 +61,15 @@ def test_tensorflow_traces_once_for_any_batch_size(stages):
     for n in (1, 5, 17, 64):
         runner(np.zeros((n, 32, 32, 3), "float32"), batch_size=64)
     assert runner._function.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="XLA bucket compilations")
+def test_jax_compiles_one_shape_per_bucket(stages):
+    runner = StageRunner(stages[1])
+    tokens = stages[0].predict(np.zeros((64, 32, 32, 3), "float32"), verbose=0)["tokens"]
+    sizes = (1, 2, 3, 5, 9, 16, 17, 40, 64, 7)
+    for n in sizes:
+        out = runner(tokens[:n], batch_size=64)
+        assert out["probabilities"].shape[0] == n  # padding rows are cut off
+    # 1..16 share the floor bucket of 16; then 32 and 64.
+    assert runner._function.jitted._cache_size() == 3

@@ -11,7 +11,9 @@ class AccuracyFlopsCurve:
     Attributes:
         rows: one dict per reachable budget: ``budget``, ``thresholds``,
             ``validation_accuracy``, ``validation_fraction``,
-            ``test_accuracy``, ``test_fraction``, ``exit_fractions``.
+            ``test_accuracy``, ``test_fraction``, ``exit_fractions``, and
+            ``calibration`` (the full record, for
+            ``EarlyExitModel.set_calibration``).
         single_exits: each exit used alone: ``exit`` (block), ``fraction``,
             ``test_accuracy``. The last one is the full model (fraction ~1).
         criterion: the exit score used.

@@ -166,8 +166,18 @@ class EarlyExitModel:
         """Probabilities of every exit for every sample, ``(K, N, C)``."""
         images, _ = collect_arrays(x)
         self._check_x(images)
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive integer; got {batch_size!r}.")
+        n = len(images)
+        # Pad the last partial batch: on JAX every new batch shape is a new
+        # XLA compilation of the whole model (seconds), on TF a new trace.
+        padding = -n % batch_size
+        if padding:
+            images = np.concatenate([images, np.zeros((padding,) + images.shape[1:], images.dtype)])
         logits = self.model.predict(images, batch_size=batch_size, verbose=0)
-        return np.stack([_softmax(np.asarray(logits[f"exit_{k + 1}"], "float64")) for k in range(self.num_exits)])
+        return np.stack(
+            [_softmax(np.asarray(logits[f"exit_{k + 1}"], "float64")[:n]) for k in range(self.num_exits)]
+        )
 
     def predict(self, x, batch_size=64, verbose=0):
         """Early-exit predictions.
@@ -275,6 +285,27 @@ class EarlyExitModel:
         probabilities, labels = self._validation_arrays(x, y, batch_size)
         return self._calibrate_arrays(probabilities, labels, budget)
 
+    def set_calibration(self, calibration):
+        """Adopt a calibration computed earlier: a ``CalibrationResult`` or
+        its dict (for example ``curve.rows[i]["calibration"]``, which saves a
+        second pass over the validation data). Sets ``thresholds`` and
+        ``calibration``."""
+        if isinstance(calibration, dict):
+            try:
+                calibration = calib.CalibrationResult.from_dict(calibration)
+            except (KeyError, TypeError) as error:
+                raise ValueError(
+                    f"`calibration` is not a calibration record (missing or bad field: {error})."
+                ) from None
+        if not isinstance(calibration, calib.CalibrationResult):
+            raise ValueError(
+                "`calibration` must be a CalibrationResult or its dict; got "
+                f"{type(calibration).__name__}."
+            )
+        self.thresholds = calibration.thresholds  # validates the count and range
+        self.calibration = calibration
+        return calibration
+
     def _calibrate_arrays(self, probabilities, labels, budget, store=True):
         scores = calib.exit_scores(probabilities, self.criterion)
         correct = probabilities.argmax(-1) == labels[None, :]
@@ -318,6 +349,7 @@ class EarlyExitModel:
                 "test_accuracy": float(correct[index, np.arange(len(index))].mean()),
                 "test_fraction": float(np.asarray(self.flops_per_exit)[index].mean() / self.full_model_flops),
                 "exit_fractions": calib.exit_fractions(index, self.num_exits),
+                "calibration": result.to_dict(),
             })
         single = [
             {
