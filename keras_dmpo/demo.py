@@ -131,7 +131,7 @@ def run_demo(args):
     _line(f"(calibration on {len(x_val)} validation images and the test sweep took {eval_seconds:.0f} s)")
 
     model_path = ee.save(os.path.join(out_dir, "model.keras"))
-    examples_png = _plot_examples(ee, x_test, y_test, class_names, os.path.join(out_dir, "examples.png"))
+    examples_png = _plot_examples(ee, x_test, y_test, class_names, os.path.join(out_dir, "examples.png"), out)
 
     # --- TFLite stage graphs + LiteRT runtime -----------------------------------
     export_dir = os.path.join(out_dir, "tflite")
@@ -201,13 +201,14 @@ def _run_litert(ee, export_dir, x_test, keras_out=None, max_latency_images=500):
     }
 
 
-def _plot_examples(ee, x, y, class_names, path, per_exit=4):
+def _plot_examples(ee, x, y, class_names, path, out=None, per_exit=4):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = ee.predict(x[:512])
+    if out is None:
+        out = ee.predict(x[:512])
     columns = []
     for k in range(ee.num_exits):
         columns.extend(np.flatnonzero(out["exit_index"] == k)[:per_exit].tolist())

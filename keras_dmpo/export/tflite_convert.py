@@ -2,7 +2,7 @@
 
 Runs on the TensorFlow backend only: the converter traces a TF SavedModel.
 (``from_concrete_functions`` without frozen variables gives NaN outputs, so we
-go through a SavedModel.) Restricting ``supported_ops`` to the builtins makes a
+go through a SavedModel; a minimal one, see ``_write_saved_model``.) Restricting ``supported_ops`` to the builtins makes a
 graph that needs Flex (TF select) ops fail loudly instead of silently pulling
 in the Flex delegate, which LiteRT on Android does not ship by default.
 """
@@ -61,7 +61,7 @@ def convert_to_tflite(model, quantization=None, representative_data=None):
             "typical input images) to calibrate activation ranges."
         )
     with tempfile.TemporaryDirectory() as saved_model_dir:
-        model.export(saved_model_dir, format="tf_saved_model", verbose=False)
+        _write_saved_model(model, saved_model_dir)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if quantization is not None:
@@ -85,6 +85,35 @@ def convert_to_tflite(model, quantization=None, representative_data=None):
             ) from error
     check_builtin_ops(flatbuffer, what=f"model {model.name!r}")
     return flatbuffer
+
+
+def _write_saved_model(model, directory):
+    """A minimal SavedModel: the variables and one serving function.
+
+    ``model.export`` traces every function several times (about half of the
+    conversion time for a ViT stage). A functional model only needs one trace
+    with an unknown batch dimension; other models go through ``export``.
+    """
+    import tensorflow as tf
+
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        model.export(directory, format="tf_saved_model", verbose=False)
+        return
+    specs = [
+        tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype, name=t.name.split(":")[0])
+        for t in inputs
+    ]
+
+    def serve(*tensors):
+        return model(tensors[0] if len(tensors) == 1 else list(tensors), training=False)
+
+    module = tf.Module()
+    # Tracked here so the SavedModel stores the weights (and the converter
+    # freezes them); Keras variables wrap tf.Variables in ``.value``.
+    module.weights = [v.value for v in model.variables]
+    module.serve = tf.function(serve, input_signature=specs, autograph=False)
+    tf.saved_model.save(module, directory, signatures={"serving_default": module.serve})
 
 
 def non_builtin_ops(flatbuffer):
