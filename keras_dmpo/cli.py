@@ -259,7 +259,7 @@ def build_parser():
     demo.add_argument("--data", default="fashion_mnist", choices=list(NAMED_DATA))
     demo.add_argument("--preset", default=DEFAULT_PRESET, help="preset to tune (default: the shipped dmpo_vit_tiny)")
     demo.add_argument("--epochs", type=int, default=None, help="training epochs (default 3; digits 6)")
-    demo.add_argument("--train-size", type=int, default=None, help="training images (default 3840; digits: all 1077)")
+    demo.add_argument("--train-size", type=int, default=None, help="training images (default 3200; digits: all 1077)")
     demo.add_argument("--test-size", type=int, default=None, help="test images (default: the whole test split)")
     demo.add_argument("--batch-size", type=int, default=64)
     demo.add_argument("--max-steps", type=int, default=None, help="cap on training steps per epoch (smoke tests)")
