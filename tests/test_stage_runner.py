@@ -63,6 +63,21 @@ def test_tensorflow_traces_once_for_any_batch_size(stages):
     assert runner._function.experimental_get_tracing_count() == 1
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TF retracing warning")
+def test_tensorflow_many_stages_print_no_retracing_warning(stages, caplog):
+    import logging
+
+    # Eight runners in a row, as the early-exit loop calls the stages of an
+    # 8-exit model: each is traced once, and TF must not call it retracing.
+    runners = [StageRunner(stages[0]) for _ in range(8)]
+    images = np.zeros((3, 32, 32, 3), "float32")
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        for runner in runners:
+            runner(images, batch_size=4)
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+    assert all(r._function.experimental_get_tracing_count() == 1 for r in runners)
+
+
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="XLA bucket compilations")
 def test_jax_compiles_one_shape_per_bucket(stages):
     runner = StageRunner(stages[1])

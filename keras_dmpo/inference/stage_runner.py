@@ -82,6 +82,11 @@ class StageRunner:
         def forward(x):
             return stage(x, training=False)
 
+        # Trace now, not in the first call: TF's retracing detector keys on
+        # the function's code object, which every stage's ``forward`` shares,
+        # so K first calls in a row looked like one function retraced K times
+        # and printed "triggered tf.function retracing" warnings.
+        forward.get_concrete_function()
         return forward
 
     def _build_torch(self):
