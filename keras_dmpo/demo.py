@@ -5,9 +5,9 @@ calibrate exit thresholds for 30% and 50% FLOPs budgets, compare with the full
 model, plot, export TFLite stage graphs and run them with the LiteRT runtime.
 """
 
+import concurrent.futures
 import json
 import os
-import threading
 import time
 
 import numpy as np
@@ -121,7 +121,7 @@ def run_demo(args):
     export_dir = os.path.join(out_dir, "tflite")
     # On JAX and torch the export is a TensorFlow subprocess (about 40 s):
     # run it beside the early-exit pass below instead of after it.
-    export = _Export(ee, export_dir, class_names, background=backend != "tensorflow")
+    wait_for_export = _start_export(ee, export_dir, class_names, background=backend != "tensorflow")
     out = None
     if chosen:
         out = ee.predict(x_test, batch_size=args.batch_size)
@@ -140,7 +140,7 @@ def run_demo(args):
     examples_png = _plot_examples(ee, x_test, y_test, class_names, os.path.join(out_dir, "examples.png"), out)
 
     # --- TFLite stage graphs + LiteRT runtime -----------------------------------
-    export_seconds = export.wait()
+    export_seconds = wait_for_export()
     runtime_report = _run_litert(ee, export_dir, x_test, out if chosen else None)
     _line("")
     _line(f"TFLite stage graphs in {export_dir}/ ({export_seconds:.0f} s): LiteRT vs Keras on "
@@ -166,36 +166,23 @@ def run_demo(args):
     return 0
 
 
-class _Export:
-    """``ee.export_tflite`` now, or in a thread when ``background`` (the
-    thread then mostly waits on the TensorFlow subprocess, so the Keras work
-    in the main thread overlaps it). ``wait()`` returns the seconds it took
-    and re-raises its error."""
+def _start_export(ee, directory, class_names, background):
+    """Returns a function that waits for ``ee.export_tflite`` and gives its
+    seconds (re-raising its error). With ``background`` the export starts now
+    in a thread, which mostly waits on the TensorFlow subprocess, so the Keras
+    work in the main thread overlaps it; otherwise it runs when waited for."""
 
-    def __init__(self, ee, directory, class_names, background):
-        self.ee, self.directory, self.class_names = ee, directory, class_names
-        self.seconds, self.error, self.thread = None, None, None
-        self.background = background
-        if background:
-            self.thread = threading.Thread(target=self._run, name="keras-dmpo-export", daemon=True)
-            self.thread.start()
-
-    def _run(self):
+    def export():
         start = time.time()
-        try:
-            self.ee.export_tflite(self.directory, overwrite=True, class_names=self.class_names)
-        except BaseException as error:  # re-raised in the main thread by wait()
-            self.error = error
-        self.seconds = time.time() - start
+        ee.export_tflite(directory, overwrite=True, class_names=class_names)
+        return time.time() - start
 
-    def wait(self):
-        if self.thread is None:
-            self._run()
-        else:
-            self.thread.join()
-        if self.error is not None:
-            raise self.error
-        return self.seconds
+    if not background:
+        return export
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="keras-dmpo-export")
+    future = pool.submit(export)
+    pool.shutdown(wait=False)
+    return future.result
 
 
 def _whole_batches(x, y, batch_size):

@@ -2,9 +2,10 @@
 
 Runs on the TensorFlow backend only: the converter traces a TF SavedModel.
 (``from_concrete_functions`` without frozen variables gives NaN outputs, so we
-go through a SavedModel; a minimal one, see ``_write_saved_model``.) Restricting ``supported_ops`` to the builtins makes a
-graph that needs Flex (TF select) ops fail loudly instead of silently pulling
-in the Flex delegate, which LiteRT on Android does not ship by default.
+go through a SavedModel; a minimal one, see ``_write_saved_model``.)
+Restricting ``supported_ops`` to the builtins makes a graph that needs Flex
+(TF select) ops fail loudly instead of silently pulling in the Flex delegate,
+which LiteRT on Android does not ship by default.
 """
 
 import os

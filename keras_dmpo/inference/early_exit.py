@@ -8,7 +8,7 @@ import numpy as np
 
 from keras_dmpo.inference import calibration as calib
 from keras_dmpo.inference.flops import ExitCostConfig, dmpo_flops_per_exit
-from keras_dmpo.inference.stage_runner import StageRunner
+from keras_dmpo.inference.stage_runner import StageRunner, pad_rows
 from keras_dmpo.inputs import check_images, check_labels
 
 CRITERIA = ("confidence", "entropy")
@@ -19,6 +19,11 @@ def sidecar_path(model_path):
     """The JSON beside a ``.keras`` file that holds thresholds and calibration."""
     root = model_path[: -len(".keras")] if model_path.endswith(".keras") else model_path
     return root + SIDECAR_SUFFIX
+
+
+def _check_batch_size(batch_size):
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer; got {batch_size!r}.")
 
 
 def _softmax(logits):
@@ -166,14 +171,11 @@ class EarlyExitModel:
         """Probabilities of every exit for every sample, ``(K, N, C)``."""
         images, _ = collect_arrays(x)
         self._check_x(images)
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive integer; got {batch_size!r}.")
+        _check_batch_size(batch_size)
         n = len(images)
         # Pad the last partial batch: on JAX every new batch shape is a new
         # XLA compilation of the whole model (seconds), on TF a new trace.
-        padding = -n % batch_size
-        if padding:
-            images = np.concatenate([images, np.zeros((padding,) + images.shape[1:], images.dtype)])
+        images = pad_rows(images, n + (-n % batch_size))
         logits = self.model.predict(images, batch_size=batch_size, verbose=0)
         return np.stack(
             [_softmax(np.asarray(logits[f"exit_{k + 1}"], "float64")[:n]) for k in range(self.num_exits)]
@@ -194,8 +196,7 @@ class EarlyExitModel:
         """
         images, _ = collect_arrays(x)
         self._check_x(images)
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive integer; got {batch_size!r}.")
+        _check_batch_size(batch_size)
         n = len(images)
         num_classes = self.model.num_classes
         probabilities = np.zeros((n, num_classes), "float32")
