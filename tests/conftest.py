@@ -52,6 +52,48 @@ def build_tiny_vit(seed=0, **overrides):
     return keras_hub.models.ViTBackbone(**{**TINY_VIT, **overrides})
 
 
+# Tiny random members of the other supported families (same 32 px, patch 8
+# grid as TINY_VIT). DINOv2: 2 register tokens and LayerScale 0.5 so the
+# token layout and the scales are exercised; DeiT: class + distillation token.
+TINY_DINOV2 = dict(
+    patch_size=8, num_layers=4, hidden_dim=32, num_heads=2, intermediate_dim=64,
+    image_shape=(32, 32, 3), position_embedding_shape=(48, 48, 3),
+    num_register_tokens=2, layer_scale_init_value=0.5, use_mask_token=False,
+)
+TINY_DEIT = dict(
+    image_shape=(32, 32, 3), patch_size=8, num_layers=4, num_heads=2,
+    hidden_dim=32, intermediate_dim=64,
+)
+
+
+def build_tiny_backbone(family, seed=0):
+    """A tiny random backbone of ``family`` ("vit", "deit" or "dinov2")."""
+    import keras_hub
+
+    keras.utils.set_random_seed(seed)
+    if family == "vit":
+        return build_tiny_vit(seed=seed)
+    if family == "deit":
+        return keras_hub.models.DeiTBackbone(**TINY_DEIT)
+    backbone = keras_hub.models.DINOV2Backbone(**TINY_DINOV2)
+    # Random LayerScale and cls/register tokens, not their constant inits.
+    for layer in backbone.encoder.layers:
+        for scale in (layer.layer_scale1, layer.layer_scale2):
+            scale.lambda1.assign(np.random.default_rng(seed).uniform(0.2, 1.0, (32,)))
+    return backbone
+
+
+@pytest.fixture(scope="session")
+def family_presets(tmp_path_factory):
+    """``{family: preset directory}`` for tiny random DeiT and DINOv2 backbones."""
+    root = tmp_path_factory.mktemp("family_presets")
+    paths = {}
+    for family in ("deit", "dinov2"):
+        paths[family] = str(root / family)
+        build_tiny_backbone(family).save_to_preset(paths[family])
+    return paths
+
+
 @pytest.fixture(scope="session")
 def tiny_vit_preset(tmp_path_factory):
     """Directory of a tiny random ViT saved with keras-hub's save_to_preset."""

@@ -140,8 +140,10 @@ def test_bad_arguments():
         F.covariance_head_flops(50, 128, 32, 5, 10, fusion="max")
     with pytest.raises(ValueError, match="num_tokens"):
         F.linear_head_flops(128, 10, pooling="mean")
-    with pytest.raises(ValueError, match="1 \\+ g\\*g"):
+    with pytest.raises(ValueError, match="1 prefix token\\(s\\) plus a 4x4 patch grid"):
         F.bypass_adapter_flops(20, 128, 16)
+    with pytest.raises(ValueError, match="2 prefix token\\(s\\) plus a 3x6"):
+        F.bypass_adapter_flops(21, 128, 16, num_prefix_tokens=2, grid_shape=(3, 6))
 
 
 @pytest.fixture(scope="module")

@@ -157,7 +157,9 @@ def test_pooling_bad_arguments():
         CovariancePooling(dim=0)
     with pytest.raises(ValueError, match="dim=64.*width 32|width 32.*dim=64"):
         CovariancePooling(dim=64)(_tokens())
-    with pytest.raises(ValueError, match="16 tokens"):
-        CovariancePooling(dim=8)(_tokens((2, 16, 32)))
+    with pytest.raises(ValueError, match="2 tokens.*num_prefix_tokens=2"):
+        CovariancePooling(dim=8, num_prefix_tokens=2)(_tokens((2, 2, 32)))
+    with pytest.raises(ValueError, match="num_prefix_tokens.*0"):
+        CovariancePooling(dim=8, num_prefix_tokens=0)
     with pytest.raises(ValueError, match=r"`tokens` must be 3-D.*\(2, 32\)"):
         CovariancePooling(dim=8)(np.zeros((2, 32), "float32"))

@@ -94,8 +94,10 @@ def test_bad_arguments():
         LinearExitHead(0)
     with pytest.raises(ValueError, match="covariance_dim=48"):
         CovarianceExitHead(3, covariance_dim=48)(_tokens())
-    with pytest.raises(ValueError, match="20 tokens"):
-        CovarianceExitHead(3, covariance_dim=8)(_tokens((2, 20, 32)))
+    with pytest.raises(ValueError, match="1 tokens.*num_prefix_tokens=1"):
+        CovarianceExitHead(3, covariance_dim=8)(_tokens((2, 1, 32)))
+    with pytest.raises(ValueError, match="num_prefix_tokens.*-1"):
+        LinearExitHead(3, num_prefix_tokens=-1)
     with pytest.raises(ValueError, match=r"`tokens` must be 3-D.*\(2, 32\)"):
         LinearExitHead(3)(np.zeros((2, 32), "float32"))
     with pytest.raises(ValueError, match=r"`tokens` must be 3-D"):

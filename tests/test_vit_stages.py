@@ -93,7 +93,7 @@ def test_bad_exits(exits, message):
 
 def test_not_a_vit_backbone():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    with pytest.raises(ValueError, match="`backbone` must be a keras_hub.models.ViTBackbone"):
+    with pytest.raises(ValueError, match="`backbone` must be one of the keras-hub backbones ViTBackbone"):
         ViTStages(model, exits=[1])
 
 

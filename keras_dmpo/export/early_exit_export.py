@@ -16,6 +16,8 @@ import tempfile
 import keras
 import numpy as np
 
+from keras_dmpo.models.backbone_families import recomputed_on_load
+
 IDENTITY_PREPROCESSING = {"scale": 1.0, "offset": 0.0, "input_range": [0.0, 1.0]}
 
 
@@ -94,6 +96,14 @@ def _in_tensorflow_subprocess(fmt, ee, directory, quantization, representative_d
         ee.save(model_path)
         command = [sys.executable, "-m", "keras_dmpo.export.early_exit_export", fmt,
                    model_path, os.path.abspath(directory)]
+        exact = {
+            name: keras.ops.convert_to_numpy(variable)
+            for name, variable in recomputed_on_load(ee.model.backbone).items()
+        }
+        if exact:
+            exact_path = os.path.join(tmp, "exact_variables.npz")
+            np.savez(exact_path, **exact)
+            command += ["--exact-variables", exact_path]
         if quantization:
             command += ["--quantization", quantization]
         if representative_data is not None:
@@ -124,12 +134,18 @@ def main(argv=None):
     parser.add_argument("--representative-data", default=None)
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--class-names", default=None)
+    parser.add_argument("--exact-variables", default=None,
+                        help="npz of variables keras-hub recomputes on load (see recomputed_on_load)")
     args = parser.parse_args(argv)
     if keras.backend.backend() != "tensorflow":
         raise SystemExit("run with KERAS_BACKEND=tensorflow")
     from keras_dmpo.inference.early_exit import EarlyExitModel
 
     ee = EarlyExitModel.load(args.model)
+    if args.exact_variables:
+        with np.load(args.exact_variables) as exact:
+            for name, variable in recomputed_on_load(ee.model.backbone).items():
+                variable.assign(exact[name])
     class_names = None if args.class_names is None else json.loads(args.class_names)
     if args.format == "tflite":
         data = None if args.representative_data is None else np.load(args.representative_data)

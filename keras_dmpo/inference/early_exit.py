@@ -131,6 +131,7 @@ class EarlyExitModel:
             adapter_bottleneck=m.adapter_dim if m.peft == "adapter" else 0,
             covariance_dim=m.covariance_dim,
             iterations=m.covariance_iterations,
+            input_normalization=m.input_normalization is not None,
         )
 
     @property

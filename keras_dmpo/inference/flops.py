@@ -71,13 +71,15 @@ def gelu_flops(num_elements):
     return GELU_FLOPS * num_elements
 
 
-def vit_num_tokens(image_shape, patch_size):
-    """Class token plus the patch grid of a ViT."""
+def vit_num_tokens(image_shape, patch_size, num_prefix_tokens=1):
+    """Prefix tokens (class first) plus the patch grid of a ViT."""
     ph, pw = _pair(patch_size, "patch_size")
-    return 1 + (int(image_shape[0]) // ph) * (int(image_shape[1]) // pw)
+    return num_prefix_tokens + (int(image_shape[0]) // ph) * (int(image_shape[1]) // pw)
 
 
-def vit_embedding_flops(image_shape, patch_size, hidden_dim, num_channels=None):
+def vit_embedding_flops(
+    image_shape, patch_size, hidden_dim, num_channels=None, position_tokens=None
+):
     """FLOPs of keras-hub's ``ViTPatchingAndEmbedding``.
 
     Patch convolution (kernel = stride = patch size, with bias) plus the
@@ -90,17 +92,22 @@ def vit_embedding_flops(image_shape, patch_size, hidden_dim, num_channels=None):
         hidden_dim: token width ``D``.
         num_channels: input channels; defaults to ``image_shape[2]`` when
             given there, else 3.
+        position_tokens: tokens that get a position embedding added; default
+            the patches plus the class token (ViT, DINOv2); DeiT adds it to
+            its distillation token too; DINOv2's registers get none.
     """
     ph, pw = _pair(patch_size, "patch_size")
     if num_channels is None:
         num_channels = int(image_shape[2]) if len(image_shape) > 2 else 3
     num_patches = (int(image_shape[0]) // ph) * (int(image_shape[1]) // pw)
     conv = dense_flops(num_patches, ph * pw * num_channels, hidden_dim)
-    position_add = (num_patches + 1) * hidden_dim
+    if position_tokens is None:
+        position_tokens = num_patches + 1
+    position_add = position_tokens * hidden_dim
     return conv + position_add
 
 
-def attention_flops(num_tokens, hidden_dim, num_heads):
+def attention_flops(num_tokens, hidden_dim, num_heads, use_bias=True):
     """FLOPs of Keras' ``MultiHeadAttention`` (self-attention, with biases).
 
     Q, K, V projections; query scaling by ``1/sqrt(key_dim)``; scores
@@ -110,28 +117,36 @@ def attention_flops(num_tokens, hidden_dim, num_heads):
     t, d, h = num_tokens, hidden_dim, num_heads
     key_dim = d // h
     inner = h * key_dim
-    projections = 3 * dense_flops(t, d, inner)
+    projections = 3 * dense_flops(t, d, inner, use_bias)
     query_scale = t * inner
     scores = 2 * h * t * t * key_dim
     softmax = SOFTMAX_FLOPS * h * t * t
     weighted_values = 2 * h * t * t * key_dim
-    output = dense_flops(t, inner, d)
+    output = dense_flops(t, inner, d, use_bias)
     return projections + query_scale + scores + softmax + weighted_values + output
 
 
-def vit_block_flops(num_tokens, hidden_dim, mlp_dim, num_heads):
-    """FLOPs of one keras-hub ``ViTEncoderBlock`` (pre-norm transformer block).
+def vit_block_flops(
+    num_tokens, hidden_dim, mlp_dim, num_heads, layer_scale=False, attention_bias=True
+):
+    """FLOPs of one pre-norm transformer block of a keras-hub ViT-family model.
 
-    ``x = x + MHA(LN(x)); x = x + Dense(GELU(Dense(LN(x))))``.
+    ``x = x + MHA(LN(x)); x = x + Dense(GELU(Dense(LN(x))))`` (``ViTEncoderBlock``,
+    ``DeiTEncoderBlock``); with ``layer_scale`` each branch is multiplied by a
+    per-channel LayerScale before its residual add (``DINOV2Layer``).
 
     Args:
         num_tokens: tokens per image ``T`` (class token included).
         hidden_dim: token width ``D``.
         mlp_dim: hidden width of the MLP.
         num_heads: attention heads.
+        layer_scale: DINOv2's LayerScale (``t * d`` per branch).
+        attention_bias: whether the attention projections have biases.
     """
     t, d, m = num_tokens, hidden_dim, mlp_dim
-    attention = layer_norm_flops(t, d) + attention_flops(t, d, num_heads) + t * d
+    attention = (
+        layer_norm_flops(t, d) + attention_flops(t, d, num_heads, attention_bias) + t * d
+    )
     mlp = (
         layer_norm_flops(t, d)
         + dense_flops(t, d, m)
@@ -139,7 +154,8 @@ def vit_block_flops(num_tokens, hidden_dim, mlp_dim, num_heads):
         + dense_flops(t, m, d)
         + t * d  # residual
     )
-    return attention + mlp
+    scales = 2 * t * d if layer_scale else 0
+    return attention + mlp + scales
 
 
 def parallel_adapter_flops(num_tokens, hidden_dim, bottleneck_dim):
@@ -170,30 +186,39 @@ def _same_conv_taps(size, kernel_size):
     )
 
 
-def bypass_adapter_flops(num_tokens, hidden_dim, bottleneck_dim, kernel_size=3):
+def bypass_adapter_flops(
+    num_tokens, hidden_dim, bottleneck_dim, kernel_size=3, num_prefix_tokens=1, grid_shape=None
+):
     """FLOPs of a ``BypassAdapter``: ``x + s * Up(DWConv(GELU(Down(x))))``.
 
     Down and GELU on all tokens; the depthwise ``kernel_size`` x
     ``kernel_size`` convolution (with bias, "same" padding) on the
-    ``g x g`` patch tokens only (the class token skips it); Up on all
-    tokens; scale and residual add.
+    patch tokens only (the prefix tokens skip it); Up on all tokens; scale
+    and residual add.
 
     Args:
         num_tokens: tokens per image, ``1 + g*g``.
         hidden_dim: token width ``D``.
         bottleneck_dim: bypass width ``b``; 0 or None means no bypass (0).
         kernel_size: side of the depthwise convolution.
+        num_prefix_tokens: special tokens before the grid.
+        grid_shape: ``(rows, cols)``; None: a square grid.
     """
     if not bottleneck_dim:
         return 0
     t, d, b = num_tokens, hidden_dim, bottleneck_dim
-    grid = int(round((t - 1) ** 0.5))
-    if grid * grid != t - 1:
+    patches = t - num_prefix_tokens
+    if grid_shape is None:
+        side = int(round(max(patches, 0) ** 0.5))
+        grid_shape = (side, side)
+    rows, cols = grid_shape
+    if rows < 1 or rows * cols != patches:
         raise ValueError(
-            f"`num_tokens` must be 1 + g*g (class token + square grid); got {t}."
+            f"`num_tokens`={t} is not {num_prefix_tokens} prefix token(s) plus a "
+            f"{rows}x{cols} patch grid."
         )
-    taps = _same_conv_taps(grid, kernel_size) ** 2
-    conv = 2 * b * taps + BIAS_FLOPS * grid * grid * b
+    taps = _same_conv_taps(rows, kernel_size) * _same_conv_taps(cols, kernel_size)
+    conv = 2 * b * taps + BIAS_FLOPS * rows * cols * b
     return (
         dense_flops(t, d, b)
         + gelu_flops(t * b)
@@ -246,10 +271,12 @@ def newton_schulz_matmuls(iterations):
     return 1 if iterations == 1 else 3 * iterations - 3
 
 
-def covariance_pooling_flops(num_tokens, hidden_dim, covariance_dim, iterations):
+def covariance_pooling_flops(
+    num_tokens, hidden_dim, covariance_dim, iterations, num_prefix_tokens=1
+):
     """FLOPs of ``CovariancePooling`` (no classifier). See ``covariance_head_flops``."""
     t, d_in, d = num_tokens, hidden_dim, covariance_dim
-    n = t - 1  # patch tokens
+    n = t - num_prefix_tokens  # patch tokens
     flops = layer_norm_flops(t, d_in)  # the layer normalises every token
     flops += dense_flops(n, d_in, d)  # reduce D -> d on patch tokens
     flops += n * d + d + n * d  # mean (sum + divide), centring
@@ -263,7 +290,13 @@ def covariance_pooling_flops(num_tokens, hidden_dim, covariance_dim, iterations)
 
 
 def covariance_head_flops(
-    num_tokens, hidden_dim, covariance_dim, iterations, num_classes, fusion="mean"
+    num_tokens,
+    hidden_dim,
+    covariance_dim,
+    iterations,
+    num_classes,
+    fusion="mean",
+    num_prefix_tokens=1,
 ):
     """FLOPs of a ``CovarianceExitHead`` (covariance branch + fused linear head).
 
@@ -283,11 +316,13 @@ def covariance_head_flops(
         iterations: Newton-Schulz iterations.
         num_classes: number of logits ``C``.
         fusion: ``"mean"``, ``"sum"`` or ``"covariance_only"``.
+        num_prefix_tokens: special tokens before the grid (not in the
+            covariance).
     """
     if fusion not in FUSIONS:
         raise ValueError(f"`fusion` must be one of {FUSIONS}; got {fusion!r}.")
     d = covariance_dim
-    flops = covariance_pooling_flops(num_tokens, hidden_dim, d, iterations)
+    flops = covariance_pooling_flops(num_tokens, hidden_dim, d, iterations, num_prefix_tokens)
     flops += dense_flops(1, d * (d + 1) // 2, num_classes)
     if fusion != "covariance_only":
         flops += linear_head_flops(hidden_dim, num_classes, use_layer_norm=True)
@@ -318,6 +353,14 @@ class ExitCostConfig:
         last_head_layer_norm: whether the last linear head has its own
             LayerNorm on top of the backbone's final one (default False).
         bypass_kernel_size: side of the bypass depthwise convolution.
+        num_prefix_tokens: special tokens before the patch grid (1 for ViT,
+            2 for DeiT, 1 + registers for DINOv2).
+        num_register_tokens: prefix tokens without a position embedding
+            (DINOv2's registers).
+        layer_scale: DINOv2's LayerScale in every block.
+        attention_bias: biases on the attention projections.
+        input_normalization: whether stage 1 normalises the pixels (2 FLOPs
+            per input value).
     """
 
     image_shape: tuple
@@ -337,25 +380,44 @@ class ExitCostConfig:
     covariance_fusion: str = "mean"
     last_head_layer_norm: bool = False
     bypass_kernel_size: int = 3
+    num_prefix_tokens: int = 1
+    num_register_tokens: int = 0
+    layer_scale: bool = False
+    attention_bias: bool = True
+    input_normalization: bool = False
 
     @classmethod
     def from_stages(cls, stages, num_classes, **kwargs):
-        """Build from a ``ViTStages``-like object (duck-typed attributes)."""
+        """Build from a ``ViTStages`` (its ``layout`` and ``exits``), or any
+        object with the same attributes (a missing token layout means a ViT:
+        one class token, no LayerScale)."""
+        layout = getattr(stages, "layout", stages)
+        prefix = int(getattr(layout, "num_prefix_tokens", 1))
+        family = getattr(layout, "family", "vit")
         return cls(
-            image_shape=tuple(stages.image_shape),
-            patch_size=tuple(stages.patch_size),
-            num_layers=stages.num_layers,
-            hidden_dim=stages.hidden_dim,
-            mlp_dim=stages.mlp_dim,
-            num_heads=stages.num_heads,
+            image_shape=tuple(layout.image_shape),
+            patch_size=tuple(layout.patch_size),
+            num_layers=layout.num_layers,
+            hidden_dim=layout.hidden_dim,
+            mlp_dim=layout.mlp_dim,
+            num_heads=layout.num_heads,
             num_classes=num_classes,
             exits=tuple(stages.exits),
+            num_prefix_tokens=prefix,
+            num_register_tokens=prefix - 1 if family == "dinov2" else 0,
+            layer_scale=bool(getattr(layout, "layer_scale", False)),
+            attention_bias=bool(getattr(layout, "attention_bias", True)),
             **kwargs,
         )
 
     @property
+    def grid_shape(self):
+        ph, pw = _pair(self.patch_size, "patch_size")
+        return int(self.image_shape[0]) // ph, int(self.image_shape[1]) // pw
+
+    @property
     def num_tokens(self):
-        return vit_num_tokens(self.image_shape, self.patch_size)
+        return vit_num_tokens(self.image_shape, self.patch_size, self.num_prefix_tokens)
 
     def per_exit(self):
         """``(head_kinds, bypass)`` as validated tuples of length K."""
@@ -438,9 +500,21 @@ def dmpo_flops_per_exit(config):
     """
     kinds, bypass = config.per_exit()
     t, d = config.num_tokens, config.hidden_dim
-    block = vit_block_flops(t, d, config.mlp_dim, config.num_heads)
+    prefix = config.num_prefix_tokens
+    block = vit_block_flops(
+        t, d, config.mlp_dim, config.num_heads, config.layer_scale, config.attention_bias
+    )
     block += parallel_adapter_flops(t, d, config.adapter_bottleneck)
-    embedding = vit_embedding_flops(config.image_shape, config.patch_size, d)
+    embedding = vit_embedding_flops(
+        config.image_shape,
+        config.patch_size,
+        d,
+        position_tokens=t - config.num_register_tokens,
+    )
+    if config.input_normalization:
+        height, width = config.image_shape[:2]
+        channels = config.image_shape[2] if len(config.image_shape) > 2 else 3
+        embedding += 2 * int(height) * int(width) * int(channels)  # x * scale + offset
     final_norm = layer_norm_flops(t, d)
     last_head = linear_head_flops(d, config.num_classes, config.last_head_layer_norm)
 
@@ -453,12 +527,15 @@ def dmpo_flops_per_exit(config):
         elif kinds[k] == "covariance":
             head = covariance_head_flops(
                 t, d, config.covariance_dim, config.iterations,
-                config.num_classes, config.covariance_fusion,
+                config.num_classes, config.covariance_fusion, prefix,
             )
         else:
             head = linear_head_flops(d, config.num_classes, use_layer_norm=True)
         side = (
-            bypass_adapter_flops(t, d, config.bypass_bottleneck, config.bypass_kernel_size)
+            bypass_adapter_flops(
+                t, d, config.bypass_bottleneck, config.bypass_kernel_size, prefix,
+                config.grid_shape,
+            )
             if bypass[k]
             else 0
         )

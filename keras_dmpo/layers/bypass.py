@@ -4,8 +4,10 @@ import keras
 
 from keras_dmpo.layers._checks import (
     check_positive_int,
+    check_grid_shape,
+    check_prefix_tokens,
     check_tokens_shape,
-    grid_side,
+    grid_shape_for,
 )
 
 
@@ -20,20 +22,27 @@ class BypassAdapter(keras.layers.Layer):
 
     ``B`` is a bottleneck: Dense down, GELU, a depthwise ``kernel_size`` x
     ``kernel_size`` convolution over the patch grid (the patch tokens are
-    reshaped to ``(batch, g, g, bottleneck_dim)``; the class token takes the
-    same path without the convolution), and a zero-initialised Dense up, so
-    at initialisation the output equals the input.
+    reshaped to ``(batch, rows, cols, bottleneck_dim)``; the prefix tokens,
+    class token first, take the same path without the convolution), and a
+    zero-initialised Dense up, so at initialisation the output equals the
+    input.
 
     Args:
         bottleneck_dim: int >= 1, width of the bottleneck.
         scale: float, multiplier of the bypass branch.
         kernel_size: int >= 1, side of the depthwise convolution.
         activation: activation after the down projection, default ``"gelu"``.
+        num_prefix_tokens: int >= 1, special tokens before the patch grid
+            (1 for ViT's class token, 2 for DeiT's class and distillation
+            tokens, 1 + registers for DINOv2).
+        grid_shape: ``(rows, cols)`` of the patch grid, or None for a square
+            grid inferred from the token count.
         **kwargs: standard ``keras.layers.Layer`` arguments.
 
     Call arguments:
-        tokens: ``(batch, 1 + g*g, width)``, the class token then the patch
-            grid row by row. Any other token count raises ``ValueError``.
+        tokens: ``(batch, num_prefix_tokens + rows*cols, width)``, the prefix
+            tokens then the patch grid row by row. Any other token count
+            raises ``ValueError``.
 
     Example:
     >>> bypass = BypassAdapter(bottleneck_dim=8)
@@ -41,13 +50,22 @@ class BypassAdapter(keras.layers.Layer):
     """
 
     def __init__(
-        self, bottleneck_dim, scale=1.0, kernel_size=3, activation="gelu", **kwargs
+        self,
+        bottleneck_dim,
+        scale=1.0,
+        kernel_size=3,
+        activation="gelu",
+        num_prefix_tokens=1,
+        grid_shape=None,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         self.bottleneck_dim = check_positive_int("bottleneck_dim", bottleneck_dim)
         self.scale = float(scale)
         self.kernel_size = check_positive_int("kernel_size", kernel_size)
         self.activation = activation
+        self.num_prefix_tokens = check_prefix_tokens(num_prefix_tokens)
+        self.grid_shape = check_grid_shape(grid_shape)
         self._activation_fn = keras.activations.get(activation)
         self.down = keras.layers.Dense(
             self.bottleneck_dim, dtype=self.dtype_policy, name="down"
@@ -62,10 +80,12 @@ class BypassAdapter(keras.layers.Layer):
 
     def build(self, tokens_shape):
         tokens_shape = check_tokens_shape("tokens", tokens_shape)
-        self.grid = grid_side("tokens", tokens_shape[1])
+        self.grid = grid_shape_for(
+            "tokens", tokens_shape[1], self.num_prefix_tokens, self.grid_shape
+        )
         width = tokens_shape[-1]
         self.down.build(tokens_shape)
-        self.conv.build((None, self.grid, self.grid, self.bottleneck_dim))
+        self.conv.build((None, None, None, self.bottleneck_dim))
         # Zero kernel and bias: the predictor starts from the trunk's features.
         self.up = keras.layers.Dense(
             width,
@@ -78,15 +98,15 @@ class BypassAdapter(keras.layers.Layer):
         self.built = True
 
     def call(self, tokens):
-        grid = self.grid
-        if grid is None:  # dynamic token count at build time
-            grid = grid_side("tokens", tokens.shape[1])
+        rows, cols = self.grid or grid_shape_for(  # dynamic token count at build
+            "tokens", tokens.shape[1], self.num_prefix_tokens, self.grid_shape
+        )
+        prefix = self.num_prefix_tokens
         hidden = self._activation_fn(self.down(tokens))
-        class_token = hidden[:, :1, :]
-        patches = keras.ops.reshape(hidden[:, 1:, :], (-1, grid, grid, self.bottleneck_dim))
+        patches = keras.ops.reshape(hidden[:, prefix:, :], (-1, rows, cols, self.bottleneck_dim))
         patches = self.conv(patches)
-        patches = keras.ops.reshape(patches, (-1, grid * grid, self.bottleneck_dim))
-        hidden = keras.ops.concatenate([class_token, patches], axis=1)
+        patches = keras.ops.reshape(patches, (-1, rows * cols, self.bottleneck_dim))
+        hidden = keras.ops.concatenate([hidden[:, :prefix, :], patches], axis=1)
         # A new tensor: the trunk's ``tokens`` are read, never written.
         return tokens + self.scale * self.up(hidden)
 
@@ -100,6 +120,8 @@ class BypassAdapter(keras.layers.Layer):
                 "bottleneck_dim": self.bottleneck_dim,
                 "scale": self.scale,
                 "kernel_size": self.kernel_size,
+                "num_prefix_tokens": self.num_prefix_tokens,
+                "grid_shape": None if self.grid_shape is None else list(self.grid_shape),
                 "activation": self.activation
                 if isinstance(self.activation, str)
                 else keras.activations.serialize(self._activation_fn),

@@ -19,8 +19,8 @@ import numpy as np
 
 from keras_dmpo.layers._checks import (
     check_positive_int,
+    check_prefix_tokens,
     check_tokens_shape,
-    grid_side,
 )
 
 DEFAULT_COVARIANCE_DIM = 32
@@ -95,10 +95,14 @@ class CovariancePooling(keras.layers.Layer):
         dim: int >= 1, reduced dimension ``d`` (at most the token width).
         iterations: int >= 1, Newton-Schulz iterations.
         epsilon: float, ridge added to the covariance before normalising.
+        num_prefix_tokens: int >= 1, special tokens before the patch grid
+            (class token, DeiT's distillation token, DINOv2's registers);
+            they are left out of the covariance.
         **kwargs: standard ``keras.layers.Layer`` arguments.
 
     Call arguments:
-        tokens: ``(batch, 1 + g*g, width)``, class token first.
+        tokens: ``(batch, num_prefix_tokens + patches, width)``, class
+            token first.
 
     Returns:
         ``(batch, dim * (dim + 1) // 2)`` float32 tensor.
@@ -114,10 +118,12 @@ class CovariancePooling(keras.layers.Layer):
         dim=DEFAULT_COVARIANCE_DIM,
         iterations=DEFAULT_ITERATIONS,
         epsilon=1e-5,
+        num_prefix_tokens=1,
         **kwargs,
     ):
         super().__init__(**float32_policy_kwargs(kwargs))
         self.dim = check_positive_int("dim", dim)
+        self.num_prefix_tokens = check_prefix_tokens(num_prefix_tokens)
         self.iterations = check_positive_int("iterations", iterations)
         self.epsilon = float(epsilon)
         if not self.epsilon > 0:
@@ -136,7 +142,12 @@ class CovariancePooling(keras.layers.Layer):
 
     def build(self, tokens_shape):
         tokens_shape = check_tokens_shape("tokens", tokens_shape)
-        grid_side("tokens", tokens_shape[1])
+        if tokens_shape[1] is not None and tokens_shape[1] <= self.num_prefix_tokens:
+            raise ValueError(
+                f"`tokens` has {tokens_shape[1]} tokens, but the first "
+                f"num_prefix_tokens={self.num_prefix_tokens} are not patches: "
+                "no patch token is left for the covariance."
+            )
         width = tokens_shape[-1]
         if self.dim > width:
             raise ValueError(
@@ -150,7 +161,7 @@ class CovariancePooling(keras.layers.Layer):
     def call(self, tokens):
         ops = keras.ops
         x = self.layer_norm(ops.cast(tokens, "float32"))
-        x = self.reduce(x[:, 1:, :])  # patch tokens only
+        x = self.reduce(x[:, self.num_prefix_tokens :, :])  # patch tokens only
         num_tokens = ops.cast(ops.shape(x)[1], "float32")
         x = x - ops.mean(x, axis=1, keepdims=True)
         cov = ops.matmul(ops.transpose(x, (0, 2, 1)), x) / num_tokens
@@ -167,6 +178,11 @@ class CovariancePooling(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            {"dim": self.dim, "iterations": self.iterations, "epsilon": self.epsilon}
+            {
+                "dim": self.dim,
+                "iterations": self.iterations,
+                "epsilon": self.epsilon,
+                "num_prefix_tokens": self.num_prefix_tokens,
+            }
         )
         return config

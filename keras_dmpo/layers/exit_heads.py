@@ -5,6 +5,7 @@ import keras
 from keras_dmpo.layers._checks import (
     check_choice,
     check_positive_int,
+    check_prefix_tokens,
     check_tokens_shape,
 )
 from keras_dmpo.layers.covariance_pooling import (
@@ -25,10 +26,12 @@ class LinearExitHead(keras.layers.Layer):
     Args:
         num_classes: int >= 1, number of logits.
         pooling: ``"class_token"`` (token 0, default) or ``"mean"`` (mean of
-            the patch tokens, the class token excluded).
+            the patch tokens, the prefix tokens excluded).
         use_layer_norm: bool. Set False for the last exit, whose tokens already
             went through the backbone's final LayerNorm.
         dropout: float, dropout rate before the Dense (training only).
+        num_prefix_tokens: int >= 1, special tokens before the patch grid
+            (skipped by ``"mean"`` pooling).
         **kwargs: standard ``keras.layers.Layer`` arguments.
 
     Call arguments:
@@ -50,9 +53,11 @@ class LinearExitHead(keras.layers.Layer):
         pooling="class_token",
         use_layer_norm=True,
         dropout=0.0,
+        num_prefix_tokens=1,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.num_prefix_tokens = check_prefix_tokens(num_prefix_tokens)
         self.num_classes = check_positive_int("num_classes", num_classes)
         self.pooling = check_choice("pooling", pooling, POOLINGS)
         self.use_layer_norm = bool(use_layer_norm)
@@ -73,7 +78,11 @@ class LinearExitHead(keras.layers.Layer):
 
     def build(self, tokens_shape):
         tokens_shape = check_tokens_shape("tokens", tokens_shape)
-        if self.pooling == "mean" and tokens_shape[1] is not None and tokens_shape[1] < 2:
+        if (
+            self.pooling == "mean"
+            and tokens_shape[1] is not None
+            and tokens_shape[1] <= self.num_prefix_tokens
+        ):
             raise ValueError(
                 f"`pooling`='mean' averages the patch tokens, but `tokens` has "
                 f"{tokens_shape[1]} token(s) (shape {tokens_shape})."
@@ -88,7 +97,7 @@ class LinearExitHead(keras.layers.Layer):
         if self.pooling == "class_token":
             pooled = tokens[:, 0, :]
         else:
-            pooled = keras.ops.mean(tokens[:, 1:, :], axis=1)
+            pooled = keras.ops.mean(tokens[:, self.num_prefix_tokens :, :], axis=1)
         # Normalising the pooled vector equals normalising the token first
         # (LayerNorm is per token) and skips the other tokens.
         if self.layer_norm is not None:
@@ -107,6 +116,7 @@ class LinearExitHead(keras.layers.Layer):
                 "pooling": self.pooling,
                 "use_layer_norm": self.use_layer_norm,
                 "dropout": self.dropout,
+                "num_prefix_tokens": self.num_prefix_tokens,
             }
         )
         return config
@@ -137,10 +147,13 @@ class CovarianceExitHead(keras.layers.Layer):
         fusion: ``"mean"`` (default, mean of the two logits), ``"sum"``, or
             ``"covariance_only"`` (no linear branch).
         epsilon: float, ridge added to the covariance.
+        num_prefix_tokens: int >= 1, special tokens before the patch grid;
+            the covariance reads the patch tokens only.
         **kwargs: standard ``keras.layers.Layer`` arguments.
 
     Call arguments:
-        tokens: ``(batch, 1 + g*g, width)``, class token first.
+        tokens: ``(batch, num_prefix_tokens + patches, width)``, class
+            token first.
         training: bool, whether dropout is active.
 
     Returns:
@@ -160,9 +173,11 @@ class CovarianceExitHead(keras.layers.Layer):
         dropout=0.0,
         fusion="mean",
         epsilon=1e-5,
+        num_prefix_tokens=1,
         **kwargs,
     ):
         super().__init__(**float32_policy_kwargs(kwargs))
+        self.num_prefix_tokens = check_prefix_tokens(num_prefix_tokens)
         self.num_classes = check_positive_int("num_classes", num_classes)
         self.covariance_dim = check_positive_int("covariance_dim", covariance_dim)
         self.iterations = check_positive_int("iterations", iterations)
@@ -173,6 +188,7 @@ class CovarianceExitHead(keras.layers.Layer):
             dim=self.covariance_dim,
             iterations=self.iterations,
             epsilon=self.epsilon,
+            num_prefix_tokens=self.num_prefix_tokens,
             dtype="float32",
             name="covariance_pooling",
         )
@@ -225,6 +241,7 @@ class CovarianceExitHead(keras.layers.Layer):
                 "dropout": self.dropout,
                 "fusion": self.fusion,
                 "epsilon": self.epsilon,
+                "num_prefix_tokens": self.num_prefix_tokens,
             }
         )
         return config

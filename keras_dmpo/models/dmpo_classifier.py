@@ -16,6 +16,46 @@ from keras_dmpo.models.vit_stages import ViTStages, load_vit_backbone
 
 PEFT_METHODS = ("adapter", "lora", None)
 
+# torchvision's ImageNet statistics, which DINOv2 (and most ViTs trained in
+# PyTorch) expect after scaling pixels to [0, 1].
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def resolve_input_normalization(value, channels):
+    """``(scale, offset)`` arrays such that ``x * scale + offset`` normalises
+    images in [0, 1], or None for no normalisation.
+
+    Args:
+        value: None, ``"imagenet"``, or a dict ``{"mean": [...], "std": [...]}``
+            with one number or one per channel.
+        channels: the image channels.
+    """
+    if value is None:
+        return None
+    if value == "imagenet":
+        value = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    if not isinstance(value, dict) or set(value) != {"mean", "std"}:
+        raise ValueError(
+            "`input_normalization` must be None, 'imagenet' or a dict "
+            f"{{'mean': [...], 'std': [...]}}; got {value!r}."
+        )
+    arrays = []
+    for key in ("mean", "std"):
+        array = np.asarray(value[key], dtype="float64").reshape(-1)
+        if array.size == 1:
+            array = np.repeat(array, channels)
+        if array.size != channels or not np.all(np.isfinite(array)):
+            raise ValueError(
+                f"`input_normalization['{key}']` must be one finite number or "
+                f"{channels} (one per channel); got {value[key]!r}."
+            )
+        arrays.append(array)
+    mean, std = arrays
+    if np.any(std <= 0):
+        raise ValueError(f"`input_normalization['std']` must be > 0; got {value['std']!r}.")
+    return (1.0 / std).astype("float32"), (-mean / std).astype("float32")
+
 
 def resolve_covariance_exits(covariance_exits, exits, num_layers):
     """0-based positions in ``exits`` that get a covariance head.
@@ -98,6 +138,12 @@ class DMPOClassifier(keras.Model):
         label_smoothing: label smoothing of the cross-entropy.
         loss_weights: initial per-exit loss weights (default uniform ones);
             a ``PhaseCallback`` overrides them during ``fit``.
+        input_normalization: None (images go to the backbone as given),
+            ``"imagenet"`` (``(x - mean) / std`` with ImageNet statistics, for
+            images in [0, 1]; what DINOv2 expects) or
+            ``{"mean": [...], "std": [...]}``. It is part of the model (and
+            of stage 1 of the exported graphs), so callers always pass
+            images in [0, 1].
 
     Example:
     >>> model = DMPOClassifier.from_preset("dmpo_vit_tiny", num_classes=10)
@@ -123,6 +169,7 @@ class DMPOClassifier(keras.Model):
         head_dropout=0.0,
         label_smoothing=0.0,
         loss_weights=None,
+        input_normalization=None,
         **kwargs,
     ):
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
@@ -133,6 +180,9 @@ class DMPOClassifier(keras.Model):
             raise ValueError(f"`label_smoothing` must be in [0, 1); got {label_smoothing!r}.")
         stages = ViTStages(backbone, exits)
         backbone = stages.backbone
+        self._normalization = resolve_input_normalization(
+            input_normalization, stages.image_shape[-1]
+        )
         num_exits = len(stages.exits)
         covariance_positions = resolve_covariance_exits(
             covariance_exits, stages.exits, stages.num_layers
@@ -151,8 +201,11 @@ class DMPOClassifier(keras.Model):
                 ParallelAdapter(adapter_dim, scale=adapter_scale, name=f"block_{i + 1}_adapter")
                 for i in range(stages.num_layers)
             ]
+        layout = dict(num_prefix_tokens=stages.num_prefix_tokens)
         bypasses = [
-            BypassAdapter(bypass_dim, name=f"exit_{k + 1}_bypass")
+            BypassAdapter(
+                bypass_dim, grid_shape=stages.grid_size, name=f"exit_{k + 1}_bypass", **layout
+            )
             if use_bypass and k < num_exits - 1
             else None
             for k in range(num_exits)
@@ -166,6 +219,7 @@ class DMPOClassifier(keras.Model):
                     iterations=covariance_iterations,
                     dropout=head_dropout,
                     name=f"exit_{k + 1}_head",
+                    **layout,
                 )
             else:
                 # The last exit's tokens already went through the backbone's
@@ -175,6 +229,7 @@ class DMPOClassifier(keras.Model):
                     use_layer_norm=k < num_exits - 1,
                     dropout=head_dropout,
                     name=f"exit_{k + 1}_head",
+                    **layout,
                 )
             heads.append(head)
 
@@ -185,7 +240,7 @@ class DMPOClassifier(keras.Model):
         self.exit_heads = heads
         self.exit_bypasses = [b for b in bypasses if b is not None]
         self._bypass_by_exit = bypasses
-        tokens = stages.embed(images)
+        tokens = self._embed(images)
         outputs = {}
         for k in range(num_exits):
             tokens, logits = self._run_stage(k, tokens)
@@ -208,6 +263,7 @@ class DMPOClassifier(keras.Model):
         self.covariance_iterations = covariance_iterations
         self.head_dropout = head_dropout
         self.label_smoothing = float(label_smoothing)
+        self.input_normalization = input_normalization
         initial = (
             np.ones(num_exits, "float32")
             if loss_weights is None
@@ -248,13 +304,20 @@ class DMPOClassifier(keras.Model):
         else:
             backbone.trainable = False
 
+    def _embed(self, images, training=None):
+        """Stage 1's input: normalisation (if any) and the patch embedding."""
+        if self._normalization is not None:
+            scale, offset = self._normalization
+            images = ops.add(ops.multiply(images, scale), offset)
+        return self._stages.embed(images, training=training)
+
     def _run_trunk(self, k, tokens, training=None):
         """The blocks of stage ``k`` (0-based), with their trunk adapters."""
         stages = self._stages
         adapters = self.trunk_adapters
 
-        def adapted_block(index, block, x):
-            y = block(x, training=training)
+        def adapted_block(index, x):
+            y = stages.call_block(index, x, training)
             return adapters[index](x, y, training=training) if adapters else y
 
         return stages.run_blocks(tokens, stages.stage_blocks[k], adapted_block, training)
@@ -283,7 +346,7 @@ class DMPOClassifier(keras.Model):
         heads: the "full model" that FLOPs fractions and latencies compare to."""
         stages = self._stages
         images = keras.Input(shape=stages.image_shape, name="images")
-        tokens = stages.embed(images)
+        tokens = self._embed(images)
         for k in range(len(stages.exits)):
             tokens = self._run_trunk(k, tokens)
         logits = self._predict_exit(len(stages.exits) - 1, tokens)
@@ -306,7 +369,7 @@ class DMPOClassifier(keras.Model):
         for k in range(num_exits):
             if k == 0:
                 inputs = keras.Input(shape=stages.image_shape, name="images")
-                tokens = stages.embed(inputs)
+                tokens = self._embed(inputs)
             else:
                 inputs = keras.Input(shape=(stages.num_tokens, stages.hidden_dim), name="tokens")
                 tokens = inputs
@@ -456,10 +519,27 @@ class DMPOClassifier(keras.Model):
 
     # --- presets and serialisation ---------------------------------------
     @classmethod
-    def from_preset(cls, preset, num_classes, exits=None, **kwargs):
-        """Build from a keras-hub ViT preset name, a local preset directory,
-        or a keras_dmpo short name (``keras_dmpo.presets``)."""
-        return cls(backbone=load_vit_backbone(preset), num_classes=num_classes, exits=exits, **kwargs)
+    def from_preset(cls, preset, num_classes, exits=None, image_shape=None, **kwargs):
+        """Build from a keras-hub ViT, DeiT or DINOv2 preset name, a local
+        preset directory, or a keras_dmpo short name (``keras_dmpo.presets``).
+
+        ``image_shape=(S, S, 3)`` picks the input size where the family
+        allows it (DINOv2). A short name brings its own defaults (e.g.
+        ``dinov2_small_imgfocus``: 224 px and ImageNet normalisation), which
+        explicit arguments override.
+        """
+        from keras_dmpo import preset_registry
+
+        defaults = dict(preset_registry.PRESET_DEFAULTS.get(preset, {}))
+        if image_shape is None:
+            image_shape = defaults.pop("image_shape", None)
+        else:
+            defaults.pop("image_shape", None)
+        backbone = load_vit_backbone(preset, image_shape=image_shape)
+        if type(backbone).__name__ == "DINOV2Backbone":
+            defaults.setdefault("input_normalization", "imagenet")
+        options = {**defaults, **kwargs}
+        return cls(backbone=backbone, num_classes=num_classes, exits=exits, **options)
 
     def get_config(self):
         return {
@@ -480,6 +560,7 @@ class DMPOClassifier(keras.Model):
             "head_dropout": self.head_dropout,
             "label_smoothing": self.label_smoothing,
             "loss_weights": self.initial_loss_weights,
+            "input_normalization": self.input_normalization,
         }
 
     @classmethod

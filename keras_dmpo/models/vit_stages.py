@@ -1,12 +1,10 @@
-"""Split a keras-hub ViT into early-exit stages.
+"""Split a keras-hub ViT-family backbone into early-exit stages.
 
-A keras-hub ``ViTBackbone`` has three top-level layers: the input,
-``vit_patching_and_embedding`` and ``vit_encoder``. The encoder keeps its blocks
-in the list ``encoder_layers`` (their names changed across keras-hub releases,
-so blocks are always addressed by index), plus a ``dropout`` applied before the
-first block and a final LayerNorm ``layer_norm`` after the last one. Calling
-those layers one by one in a new functional graph reuses the backbone's weights
-and reproduces its output exactly, while exposing the tokens after any block.
+The backbone's own layers (patch embedding, blocks, final LayerNorm; see
+``backbone_families``) are called one by one in a new functional graph: the
+graph reuses the backbone's weights and reproduces its output exactly, while
+exposing the tokens after any block. Blocks are addressed by index, never by
+name (their names changed across keras-hub releases).
 """
 
 import numbers
@@ -14,33 +12,21 @@ import os
 
 import keras
 
-
-def _vit_classes():
-    # Imported lazily: ``import keras_hub`` costs several seconds (it imports TF).
-    import keras_hub
-
-    return keras_hub.models.ViTBackbone, keras_hub.models.ViTImageClassifier
+from keras_dmpo.models.backbone_families import describe, find_family
 
 
 def get_vit_backbone(model):
-    """Return the keras-hub ``ViTBackbone`` of ``model``.
+    """Return the supported keras-hub backbone of ``model``.
 
     Args:
-        model: a ``keras_hub.models.ViTBackbone`` or a keras-hub ViT image
-            classifier (its ``.backbone`` is used).
+        model: a keras-hub ``ViTBackbone``, ``DeiTBackbone`` or
+            ``DINOV2Backbone``, or a keras-hub ViT/DeiT image classifier (its
+            ``.backbone`` is used).
 
     Raises:
-        ValueError: if ``model`` is neither.
+        ValueError: for anything else, listing the supported classes.
     """
-    vit_backbone_cls, vit_classifier_cls = _vit_classes()
-    if isinstance(model, vit_classifier_cls):
-        model = model.backbone
-    if not isinstance(model, vit_backbone_cls):
-        raise ValueError(
-            "`backbone` must be a keras_hub.models.ViTBackbone or a keras-hub "
-            f"ViT image classifier; got {type(model).__name__} ({model!r:.80})."
-        )
-    return model
+    return find_family(model)[1]
 
 
 def validate_exits(exits, num_layers, add_last=True):
@@ -112,16 +98,17 @@ def default_exits(num_layers):
 
 
 class ViTStages:
-    """A keras-hub ViT cut into early-exit stages, sharing its weights.
+    """A keras-hub ViT-family backbone cut into early-exit stages, sharing its weights.
 
     Stage ``k`` runs blocks ``exits[k-1] + 1 .. exits[k]`` (1-based); stage 1
-    also runs the patch embedding and the encoder's input dropout. The final
+    also runs the patch embedding (with the class, distillation or register
+    tokens and the position embeddings) and the input dropout. The final
     LayerNorm belongs to the last exit's predictor (``final_norm``), which is
     why the tokens of the last exit equal the backbone's output.
 
     Args:
-        backbone: a ``keras_hub.models.ViTBackbone`` or a keras-hub ViT image
-            classifier.
+        backbone: a keras-hub ``ViTBackbone``, ``DeiTBackbone`` or
+            ``DINOV2Backbone`` (or a ViT/DeiT image classifier).
         exits: increasing 1-based block numbers. The last block
             (``num_layers``) is appended when missing: the last exit always
             answers. ``None`` gives ``default_exits(num_layers)``.
@@ -137,55 +124,31 @@ class ViTStages:
     """
 
     def __init__(self, backbone, exits=None):
-        self.backbone = get_vit_backbone(backbone)
-        config = self.backbone.get_config()
-        self.num_layers = int(config["num_layers"])
-        self.hidden_dim = int(config["hidden_dim"])
-        self.mlp_dim = int(config["mlp_dim"])
-        self.num_heads = int(config["num_heads"])
-        self.image_shape = tuple(config["image_shape"])
-        patch = config["patch_size"]
-        self.patch_size = tuple(patch) if isinstance(patch, (list, tuple)) else (patch, patch)
-        self.use_class_token = bool(config.get("use_class_token", True))
-        if config.get("data_format", "channels_last") != "channels_last":
-            raise ValueError(
-                "Only channels_last ViT backbones are supported; got "
-                f"data_format={config.get('data_format')!r}."
-            )
-        if not self.use_class_token:
-            raise ValueError(
-                "The exit predictors read the class token: the backbone must be "
-                "built with use_class_token=True."
-            )
+        self.layout, self._parts = describe(backbone)
+        layout = self.layout
+        self.backbone = self._parts.backbone
+        self.family = layout.family
+        self.num_layers = layout.num_layers
+        self.hidden_dim = layout.hidden_dim
+        self.mlp_dim = layout.mlp_dim
+        self.num_heads = layout.num_heads
+        self.image_shape = layout.image_shape
+        self.patch_size = layout.patch_size
+        self.num_prefix_tokens = layout.num_prefix_tokens
+        self.grid_size = layout.grid_shape
         self.exits = (
             default_exits(self.num_layers)
             if exits is None
             else validate_exits(exits, self.num_layers)
         )
-        self.embedding = self.backbone.get_layer("vit_patching_and_embedding")
-        encoder = self.backbone.get_layer("vit_encoder")
-        self.input_dropout = encoder.dropout
-        self.blocks = list(encoder.encoder_layers)
-        if len(self.blocks) != self.num_layers:
-            raise ValueError(
-                f"The backbone's encoder has {len(self.blocks)} blocks but its "
-                f"config says num_layers={self.num_layers}."
-            )
-        self.final_norm = encoder.layer_norm
+        self.blocks = self._parts.blocks
+        self.final_norm = self._parts.final_norm
         self._tokens_model = None
 
     @property
-    def grid_size(self):
-        """Patches per side (height, width) of the token grid."""
-        return (
-            self.image_shape[0] // self.patch_size[0],
-            self.image_shape[1] // self.patch_size[1],
-        )
-
-    @property
     def num_tokens(self):
-        """Class token plus the patch grid."""
-        return 1 + self.grid_size[0] * self.grid_size[1]
+        """Prefix tokens (class first) plus the patch grid."""
+        return self.layout.num_tokens
 
     @property
     def stage_blocks(self):
@@ -194,21 +157,25 @@ class ViTStages:
         return [list(range(bounds[k], bounds[k + 1])) for k in range(len(self.exits))]
 
     def embed(self, images, training=None):
-        """Patch embedding (with class and position tokens) and input dropout."""
-        return self.input_dropout(self.embedding(images), training=training)
+        """Patch embedding (with prefix and position tokens) and input dropout."""
+        return self._parts.embed(images, training=training)
+
+    def call_block(self, index, tokens, training=None):
+        """Block ``index`` (0-based) on ``tokens``, whatever its family's call."""
+        return self._parts.call_block(index, tokens, training)
 
     def run_blocks(self, tokens, block_indices, block_fn=None, training=None):
         """Run the blocks with the given 0-based indices on ``tokens``.
 
-        ``block_fn(index, block, tokens)``, when given, replaces the plain call
-        ``block(tokens)`` (the DMPO classifier uses it to add trunk adapters).
+        ``block_fn(index, tokens)``, when given, replaces the plain block call
+        (the DMPO classifier uses it to add trunk adapters around
+        ``call_block``).
         """
         for index in block_indices:
-            block = self.blocks[index]
             if block_fn is None:
-                tokens = block(tokens, training=training)
+                tokens = self._parts.call_block(index, tokens, training)
             else:
-                tokens = block_fn(index, block, tokens)
+                tokens = block_fn(index, tokens)
         return tokens
 
     def exit_tokens(self, images, block_fn=None, training=None):
@@ -245,18 +212,34 @@ def split_vit_stages(backbone, exits=None):
     return ViTStages(backbone, exits)
 
 
-def load_vit_backbone(preset):
-    """Load a keras-hub ViT backbone from a preset name or a local directory.
+def _known_preset_names():
+    import keras_hub
+
+    models = keras_hub.models
+    names = set()
+    for cls_name in ("ViTBackbone", "ViTImageClassifier", "DeiTBackbone",
+                     "DeiTImageClassifier", "DINOV2Backbone"):
+        names |= set(getattr(getattr(models, cls_name, None), "presets", {}) or {})
+    return names
+
+
+def load_vit_backbone(preset, image_shape=None):
+    """Load a supported keras-hub backbone from a preset name or a local directory.
 
     Args:
-        preset: a keras-hub ViT preset name (downloaded when a network is
-            there), a ``kaggle://`` / ``hf://`` handle, a local preset
-            directory (``save_to_preset`` output, backbone or image classifier),
-            or one of keras_dmpo's short names (``keras_dmpo.presets``).
+        preset: a keras-hub ViT, DeiT or DINOv2 preset name (downloaded when a
+            network is there), a ``kaggle://`` / ``hf://`` handle, a local
+            preset directory (``save_to_preset`` output, or a Hugging Face
+            Dinov2 folder), or one of keras_dmpo's short names
+            (``keras_dmpo.presets``).
+        image_shape: ``(S, S, 3)`` to build the backbone at another input
+            size. DINOv2 interpolates its position embeddings (once, at
+            build); ViT and DeiT presets keep the size they were saved with.
 
     Raises:
         ValueError: for a missing directory, a directory without
-            ``config.json``, an unknown preset name, or a preset that is not a ViT.
+            ``config.json``, an unknown preset name, a short name not fetched
+            yet, or a preset that is not a supported backbone.
     """
     import keras_hub
 
@@ -283,26 +266,41 @@ def load_vit_backbone(preset):
                 "keras-hub preset (expected the output of save_to_preset)."
             )
     elif "://" not in preset:
-        known = set(keras_hub.models.ViTBackbone.presets) | set(
-            keras_hub.models.ViTImageClassifier.presets
-        )
+        known = _known_preset_names()
         if preset not in known:
             raise ValueError(
                 f"Unknown `preset` {preset!r}. Known: keras_dmpo short names "
-                f"{sorted(preset_registry.PRESETS)}, keras-hub ViT presets "
-                f"{sorted(known)}, a kaggle:// or hf:// handle, or a local "
-                "preset directory."
+                f"{sorted(preset_registry.PRESETS)}, keras-hub ViT/DeiT/DINOv2 "
+                f"presets {sorted(known)}, a kaggle:// or hf:// handle, or a "
+                "local preset directory."
             )
+    kwargs = {}
+    if image_shape is not None:
+        image_shape = tuple(int(v) for v in image_shape)
+        if len(image_shape) != 3 or min(image_shape) < 1:
+            raise ValueError(
+                f"`image_shape` must be (height, width, channels); got {image_shape!r}."
+            )
+        kwargs["image_shape"] = image_shape
     try:
-        backbone = keras_hub.models.Backbone.from_preset(preset)
-    except (OSError, ValueError, KeyError) as error:
+        backbone = keras_hub.models.Backbone.from_preset(preset, **kwargs)
+    except ModuleNotFoundError as error:
         raise ValueError(
-            f"Could not load keras-hub preset {preset!r}: {error}"
+            f"Could not load preset {preset!r}: missing module {error.name!r} "
+            "(keras-hub's Hugging Face loader needs `safetensors`; "
+            "pip install keras-dmpo installs it)."
         ) from error
-    vit_backbone_cls, _ = _vit_classes()
-    if not isinstance(backbone, vit_backbone_cls):
+    except (OSError, ValueError, KeyError, TypeError) as error:
         raise ValueError(
-            f"`preset` {preset!r} holds a {type(backbone).__name__}, not a "
-            "ViTBackbone; keras_dmpo splits keras-hub ViTs only."
+            f"Could not load keras-hub preset {preset!r}"
+            + (f" at image_shape={image_shape}" if image_shape else "")
+            + f": {error}"
+        ) from error
+    family, backbone = find_family(backbone)
+    if image_shape is not None and tuple(backbone.get_config()["image_shape"]) != image_shape:
+        raise ValueError(
+            f"`image_shape`={image_shape} is not supported by the {family} preset "
+            f"{preset!r} (built at {tuple(backbone.get_config()['image_shape'])}); "
+            "only DINOv2 interpolates its position embeddings to a new size."
         )
     return backbone
