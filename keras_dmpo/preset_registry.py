@@ -25,6 +25,9 @@ PRESETS = {
     ),
 }
 
+# What `keras-dmpo demo` tunes by default (the README's main command).
+DEMO_PRESET = "dinov2_small_imgfocus"
+
 # Build options a short name implies, unless the caller overrides them.
 PRESET_DEFAULTS = {
     "dinov2_small_imgfocus": {"image_shape": (224, 224, 3), "input_normalization": "imagenet"},

@@ -146,7 +146,8 @@ def test_write_json_atomic_and_estimate(bench, tmp_path):
     # images x epochs + 0.1 s per evaluated image + 3 s first steps + 15 s
     train_images = bench.FULL_TRAIN_IMAGES["fashion_mnist"] * bench.DATA_DEFAULTS["fashion_mnist"]["full"]["epochs"]
     eval_images = bench.FULL_EVAL_IMAGES["fashion_mnist"]
-    assert detail["fashion_mnist"] == pytest.approx(21 * (0.004 * train_images + 0.1 * eval_images + 3 + 15))
+    runs = 3 * len(bench.METHODS_BY_DATASET["fashion_mnist"])
+    assert detail["fashion_mnist"] == pytest.approx(runs * (0.004 * train_images + 0.1 * eval_images + 3 + 15))
 
 
 def test_idle_estimate_uses_cpu_time(bench, tmp_path):
@@ -160,4 +161,5 @@ def test_idle_estimate_uses_cpu_time(bench, tmp_path):
     train_images = bench.FULL_TRAIN_IMAGES["fashion_mnist"] * bench.DATA_DEFAULTS["fashion_mnist"]["full"]["epochs"]
     eval_images = bench.FULL_EVAL_IMAGES["fashion_mnist"]
     # training and evaluation scale by 1/4, the first steps too; the 15 s do not
-    assert detail["fashion_mnist"] == pytest.approx(21 * (0.001 * train_images + 0.025 * eval_images + 0.75 + 15))
+    runs = 3 * len(bench.METHODS_BY_DATASET["fashion_mnist"])
+    assert detail["fashion_mnist"] == pytest.approx(runs * (0.001 * train_images + 0.025 * eval_images + 0.75 + 15))
