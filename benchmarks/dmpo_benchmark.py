@@ -382,15 +382,14 @@ def run_one(dataset, method, seed, data, settings, preset_dir, backbone_source, 
     import numpy as np
 
     from keras_dmpo import EarlyExitModel, PhaseCallback, PhaseSchedule
-    from keras_dmpo.models.vit_stages import load_vit_backbone
+    from keras_dmpo.models.dmpo_classifier import load_preset_backbone
 
     start = time.time()
     env = _environment()
     keras.utils.set_random_seed(seed)
-    backbone = load_vit_backbone(preset_dir, image_shape=settings.get("image_shape"))
+    backbone, common = load_preset_backbone(preset_dir, image_shape=settings.get("image_shape"))
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = data["train"], data["validation"], data["test"]
     num_classes = len(data["class_names"])
-    common = {"input_normalization": "imagenet"} if type(backbone).__name__ == "DINOV2Backbone" else {}
     model = build_model(method, backbone, num_classes, settings["exits"], common)
     use_callback = METHODS[method][1]
     schedule = PhaseSchedule() if use_callback else None

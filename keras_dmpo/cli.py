@@ -108,13 +108,14 @@ def cmd_train(args):
     import keras
 
     from keras_dmpo import DMPOClassifier, EarlyExitModel, PhaseCallback, PhaseSchedule
-    from keras_dmpo.models.vit_stages import load_vit_backbone
+    from keras_dmpo.models.dmpo_classifier import load_preset_backbone
 
     keras.utils.set_random_seed(args.seed)
-    backbone = load_vit_backbone(args.preset)
+    image_shape = (args.image_size, args.image_size, 3) if args.image_size else None
+    backbone, preset_options = load_preset_backbone(args.preset, image_shape)
     data = load_data(args.data, tuple(backbone.get_config()["image_shape"]), seed=args.seed, train_size=args.train_size)
     x, y = data["train"]
-    options = {}
+    options = dict(preset_options)
     if args.plain:
         options.update(use_bypass=False, covariance_exits="none")
     model = DMPOClassifier(backbone=backbone, num_classes=len(data["class_names"]), exits=args.exits, **options)
@@ -293,6 +294,8 @@ def build_parser():
     train = add("train", "Tune a ViT preset with DMPO and save OUTPUT_DIR/model.keras.", cmd_train)
     train.add_argument("--preset", default=DEFAULT_PRESET,
                        help="keras-hub ViT preset name, local preset directory, or a keras_dmpo short name")
+    train.add_argument("--image-size", type=int, default=None,
+                       help="input size for presets that interpolate (DINOv2: a multiple of 14; default 224)")
     train.add_argument("--data", required=True, help=data_help)
     train.add_argument("--exits", type=exit_list, default=None, help="1-based exit blocks, e.g. 2,4,8 (default: preset-dependent)")
     train.add_argument("--epochs", type=int, default=4)

@@ -44,7 +44,7 @@ def run_demo(args):
 
     from keras_dmpo import DMPOClassifier, EarlyExitModel, PhaseCallback, PhaseSchedule
     from keras_dmpo.cli import load_data
-    from keras_dmpo.models.vit_stages import load_vit_backbone
+    from keras_dmpo.models.dmpo_classifier import load_preset_backbone
     from keras_dmpo.preset_registry import target_classes
 
     start = time.time()
@@ -60,7 +60,7 @@ def run_demo(args):
     backend = keras.backend.backend()
     _line(f"== keras_dmpo demo on the {backend} backend; results in {out_dir}/")
 
-    backbone = load_vit_backbone(
+    backbone, options = load_preset_backbone(
         args.preset, image_shape=None if image_size is None else (image_size, image_size, 3)
     )
     config = backbone.get_config()
@@ -84,8 +84,7 @@ def run_demo(args):
           f"{len(class_names)} classes" + (f" (held out from pre-training: {', '.join(class_names)})" if classes else ""))
 
     # --- tune with DMPO ---------------------------------------------------------
-    normalization = "imagenet" if type(backbone).__name__ == "DINOV2Backbone" else None
-    model = DMPOClassifier(backbone=backbone, num_classes=len(class_names), input_normalization=normalization)
+    model = DMPOClassifier(backbone=backbone, num_classes=len(class_names), **options)
     model.compile(optimizer=keras.optimizers.AdamW(2e-3, weight_decay=1e-4))
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     frozen = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)

@@ -528,18 +528,8 @@ class DMPOClassifier(keras.Model):
         ``dinov2_small_imgfocus``: 224 px and ImageNet normalisation), which
         explicit arguments override.
         """
-        from keras_dmpo import preset_registry
-
-        defaults = dict(preset_registry.PRESET_DEFAULTS.get(preset, {}))
-        if image_shape is None:
-            image_shape = defaults.pop("image_shape", None)
-        else:
-            defaults.pop("image_shape", None)
-        backbone = load_vit_backbone(preset, image_shape=image_shape)
-        if type(backbone).__name__ == "DINOV2Backbone":
-            defaults.setdefault("input_normalization", "imagenet")
-        options = {**defaults, **kwargs}
-        return cls(backbone=backbone, num_classes=num_classes, exits=exits, **options)
+        backbone, defaults = load_preset_backbone(preset, image_shape)
+        return cls(backbone=backbone, num_classes=num_classes, exits=exits, **{**defaults, **kwargs})
 
     def get_config(self):
         return {
@@ -568,6 +558,25 @@ class DMPOClassifier(keras.Model):
         config = dict(config)
         config["backbone"] = keras.layers.deserialize(config["backbone"])
         return cls(**config)
+
+
+def load_preset_backbone(preset, image_shape=None):
+    """``(backbone, options)``: the preset's backbone and the DMPOClassifier
+    options that go with it (the one place that says which preset needs which
+    input normalisation).
+
+    A short name's defaults (``preset_registry.PRESET_DEFAULTS``) apply; a
+    DINOv2 backbone always gets ImageNet normalisation, as it was trained
+    with it. ``image_shape`` overrides the short name's default size.
+    """
+    from keras_dmpo import preset_registry
+
+    defaults = dict(preset_registry.PRESET_DEFAULTS.get(preset, {}))
+    default_shape = defaults.pop("image_shape", None)
+    backbone = load_vit_backbone(preset, image_shape=image_shape or default_shape)
+    if type(backbone).__name__ == "DINOV2Backbone":
+        defaults.setdefault("input_normalization", "imagenet")
+    return backbone, defaults
 
 
 def _scale_loss_for_replicas(loss):
