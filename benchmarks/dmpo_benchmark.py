@@ -655,7 +655,38 @@ def claim_check(aggregated, dataset="fashion_mnist"):
         checks.append({"name": name, "target": None if other[0] is None else other[0] + margin,
                        "gap": gap, "passed": passed})
     return {"dataset": dataset, "dmpo_30": dmpo, "single_exit_100": single, "plain_30": plain, "checks": checks,
-            "passed": (None if any(c["passed"] is None for c in checks) else all(c["passed"] for c in checks))}
+            "passed": (None if any(c["passed"] is None for c in checks) else all(c["passed"] for c in checks)),
+            "regime": regime_check(methods, single), "budget": budget_check(methods)}
+
+
+def _exit1_alone(summary):
+    exits = summary["single_exits"]
+    return exits[0]["accuracy"] if exits else (None, None)
+
+
+def regime_check(methods, single):
+    """Depth matters (issue 16): single_exit@100% beats plain multi-exit's
+    exit 1 alone by >= 5 points and DMPO's exit 1 alone by >= 2 points."""
+    rows = []
+    for method, margin in (("plain", 5.0), ("dmpo", 2.0)):
+        exit1 = _exit1_alone(methods[method]) if method in methods else (None, None)
+        gap = None if single[0] is None or exit1[0] is None else single[0] - exit1[0] - margin
+        rows.append({"name": f"single_exit@100% - {method} exit 1 alone >= {margin:g}",
+                     "exit1": exit1, "gap": gap, "passed": None if gap is None else gap >= 0})
+    return rows
+
+
+def budget_check(methods):
+    """The budget buys accuracy: DMPO@50% >= DMPO@25%, spending more FLOPs."""
+    if "dmpo" not in methods:
+        return {"passed": None}
+    b25, b50 = methods["dmpo"]["budgets"].get(0.25, {}), methods["dmpo"]["budgets"].get(0.5, {})
+    acc25, acc50 = b25.get("accuracy", (None, None)), b50.get("accuracy", (None, None))
+    f25, f50 = b25.get("fraction", (None, None)), b50.get("fraction", (None, None))
+    if None in (acc25[0], acc50[0], f25[0], f50[0]):
+        return {"passed": None}
+    return {"accuracy_25": acc25, "accuracy_50": acc50, "fraction_25": f25, "fraction_50": f50,
+            "passed": acc50[0] >= acc25[0] and f50[0] > f25[0]}
 
 
 def _fmt(ms, digits=2, n=None):
@@ -792,8 +823,19 @@ def build_report(results_dir, out_dir, quick=False, command=None, plot=True):
             verdict = (f"{'PASS' if check['passed'] else 'FAIL'}: DMPO@30% {claim['dmpo_30'][0]:.2f} vs target "
                        f"{check['target']:.2f} (margin {check['gap']:+.2f} points)")
         lines.append(f"- DMPO@30% {check['name']}: {verdict}")
+    verdicts = {None: "not evaluated (missing results)", True: "PASS", False: "FAIL"}
+    for row in claim["regime"]:
+        detail = "" if row["gap"] is None else f" (exit 1 alone {row['exit1'][0]:.2f}; margin {row['gap']:+.2f})"
+        lines.append(f"- regime: {row['name']}: {verdicts[row['passed']]}{detail}")
+    budget = claim["budget"]
+    detail = "" if budget["passed"] is None else (
+        f" (DMPO@25% {budget['accuracy_25'][0]:.2f} at {budget['fraction_25'][0]:.1f}% FLOPs, "
+        f"DMPO@50% {budget['accuracy_50'][0]:.2f} at {budget['fraction_50'][0]:.1f}%)")
+    lines.append(f"- the budget buys accuracy (DMPO@50% >= DMPO@25%, more FLOPs spent): "
+                 f"{verdicts[budget['passed']]}{detail}")
     overall = {None: "not evaluated", True: "PASS", False: "FAIL"}[claim["passed"]]
-    lines += ["", f"Overall: **{overall}**" + (" (smoke-test numbers, meaningless)" if quick else "") + ".", "",
+    lines += ["", f"The claim (the two DMPO@30% checks): **{overall}**"
+              + (" (smoke-test numbers, meaningless)" if quick else "") + ".", "",
               GENERATED_END]
     text = "\n".join(lines) + "\n"
     path = os.path.join(out_dir, "benchmarks.md")

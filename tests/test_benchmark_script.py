@@ -106,6 +106,24 @@ def test_claim_fail_and_missing(bench, tmp_path):
     assert claim["checks"][1]["passed"] is None and claim["passed"] is None
 
 
+def test_regime_and_budget_checks(bench, tmp_path):
+    results = tmp_path / "results"
+    for seed in (0, 1):
+        dmpo = _record("dmpo", seed, {0.25: 0.90, 0.3: 0.91, 0.5: 0.89, 1.0: 0.94})
+        dmpo["single_exits"][0]["test_accuracy"] = 0.925  # 1.5 below single: under the 2-point bar
+        _write(results, dmpo)
+        plain = _record("plain", seed, {0.3: 0.85})
+        plain["single_exits"][0]["test_accuracy"] = 0.60
+        _write(results, plain)
+        _write(results, _record("single_exit", seed, {1.0: 0.94}, single=True))
+    claim = bench.claim_check(bench.aggregate(bench.load_results(str(results))))
+    plain_row, dmpo_row = claim["regime"]
+    assert plain_row["passed"] and plain_row["gap"] == pytest.approx(94 - 60 - 5)
+    assert dmpo_row["passed"] is False and dmpo_row["gap"] == pytest.approx(94 - 92.5 - 2)
+    # 50% is less accurate than 25% (89 < 90): the budget does not buy accuracy
+    assert claim["budget"]["passed"] is False
+
+
 def test_build_report_keeps_hand_written_notes(bench, tmp_path):
     results = _results(tmp_path)
     out = tmp_path / "docs"
@@ -114,7 +132,9 @@ def test_build_report_keeps_hand_written_notes(bench, tmp_path):
     text, path, claim = bench.build_report(results, str(out), command="cmd --report", plot=False)
     assert "| dmpo | 0,1 | — | 91.00 ± 1.41 (29)" in text
     assert "PASS: DMPO@30% 91.00 vs target 91.00" in text
-    assert "Overall: **PASS**" in text
+    assert "The claim (the two DMPO@30% checks): **PASS**" in text
+    assert "regime: single_exit@100% - plain exit 1 alone >= 5: PASS (exit 1 alone 80.00; margin +7.00)" in text
+    assert "the budget buys accuracy (DMPO@50% >= DMPO@25%, more FLOPs spent): not evaluated" in text
     body = open(path).read()
     assert body.startswith("# Notes\n\nhand-written attempts\n")
     # A second build replaces the generated block only.
