@@ -26,8 +26,15 @@ other rounds. Achieved FLOPs fraction = mean of ``out["flops"]`` over the
 images / ``full_model_flops``; ideal speed-up = 1 / fraction; target:
 speed-up >= 0.8 x ideal.
 
+``--profile dinov2``: the real DINOv2-S/14 (``dinov2_small_imgfocus``, fetch
+it first) at 112 px with the benchmark's exits, tuned for ``--train-steps``
+steps on 1,000 Fashion-MNIST training images (all 10 classes), calibrated on
+1,000 validation images and timed on 512 test images; results in
+``benchmarks/results/early_exit_throughput_dinov2.json``.
+
 Run:
     .venv/bin/python benchmarks/early_exit_throughput.py              # all backends
+    .venv/bin/python benchmarks/early_exit_throughput.py --profile dinov2 --images 512 --rounds 3
     .venv/bin/python benchmarks/early_exit_throughput.py --backends jax --rounds 5
 Results are merged into benchmarks/results/early_exit_throughput.json by backend.
 """
@@ -48,6 +55,8 @@ DEMO_VIT = dict(image_shape=(28, 28, 3), patch_size=4, num_layers=8, num_heads=4
 PRESET_DIR = os.path.join(REPO, "keras_dmpo", "preset_files", "dmpo_vit_tiny")
 BUDGETS = (0.3, 0.5)
 BATCH_SIZES = (64, 256)
+PROFILE = "toy"
+DINOV2 = dict(preset="dinov2_small_imgfocus", image_size=112)
 
 
 def _model():
@@ -57,14 +66,21 @@ def _model():
     from keras_dmpo import DMPOClassifier
 
     keras.utils.set_random_seed(0)
+    if PROFILE == "dinov2":
+        size = DINOV2["image_size"]
+        model = DMPOClassifier.from_preset(DINOV2["preset"], num_classes=10, image_shape=(size, size, 3))
+        return model, f"{DINOV2['preset']} at {size} px"
     if os.path.isfile(os.path.join(PRESET_DIR, "config.json")):
         return DMPOClassifier.from_preset("dmpo_vit_tiny", num_classes=10), "dmpo_vit_tiny"
     return DMPOClassifier(keras_hub.models.ViTBackbone(**DEMO_VIT), num_classes=10), "random demo ViT"
 
 
 def _data():
-    from keras_dmpo.datasets import load_digits
+    from keras_dmpo.datasets import load_digits, load_fashion_mnist
 
+    if PROFILE == "dinov2":
+        return load_fashion_mnist(image_size=DINOV2["image_size"], channels=3, train_size=1000,
+                                  validation_size=1000, test_size=1024, seed=0)
     return load_digits(image_size=28, channels=3)
 
 
@@ -184,7 +200,15 @@ def main():
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--worker", choices=["train", "bench"])
+    parser.add_argument("--profile", choices=["toy", "dinov2"], default="toy",
+                        help="toy: the shipped dmpo_vit_tiny on digits; dinov2: DINOv2-S at 112 px on Fashion-MNIST")
     args = parser.parse_args()
+    global PROFILE, RESULTS
+    PROFILE = args.profile
+    if PROFILE == "dinov2":
+        RESULTS = RESULTS.replace(".json", "_dinov2.json")
+        if args.weights.endswith("early_exit_demo.weights.h5"):
+            args.weights = args.weights.replace("early_exit_demo", "early_exit_dinov2")
 
     if args.worker == "train":
         print("RESULT " + json.dumps(worker_train(args.weights, args.train_steps)))
@@ -200,11 +224,13 @@ def main():
     if not os.path.isfile(args.weights):
         os.makedirs(os.path.dirname(args.weights), exist_ok=True)
         results["training"] = _subprocess(args.train_backend, [
-            "--worker", "train", "--weights", args.weights, "--train-steps", str(args.train_steps)])
+            "--worker", "train", "--weights", args.weights, "--train-steps", str(args.train_steps),
+            "--profile", PROFILE])
         print("trained:", results["training"], flush=True)
     for backend in args.backends.split(","):
         entry = _subprocess(backend, ["--worker", "bench", "--weights", args.weights,
-                                      "--images", str(args.images), "--rounds", str(args.rounds)])
+                                      "--images", str(args.images), "--rounds", str(args.rounds),
+                                      "--profile", PROFILE])
         entry["load_average_1m_at_end"] = os.getloadavg()[0]
         entry["cpu_count"] = os.cpu_count()
         entry["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
