@@ -104,10 +104,31 @@ def all_images(spec, image_shape):
 
 
 # --- verbs ------------------------------------------------------------------
+def check_train_output(directory, overwrite):
+    """Refuse a non-empty ``--output-dir`` unless ``--overwrite`` (before any
+    work). Temporary files of an interrupted run do not count."""
+    if not os.path.exists(directory):
+        return
+    if not os.path.isdir(directory):
+        raise FileExistsError(f"--output-dir {directory!r} exists and is not a directory.")
+    from keras_dmpo.atomic_io import is_partial_name
+
+    entries = sorted(e for e in os.listdir(directory) if not is_partial_name(e))
+    if entries and not overwrite:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise FileExistsError(
+            f"--output-dir {directory!r} is not empty ({shown}); pass --overwrite to "
+            "replace model.keras, model.early_exit.json and training.json there, or "
+            "choose another directory."
+        )
+
+
 def cmd_train(args):
+    check_train_output(args.output_dir, args.overwrite)
     import keras
 
     from keras_dmpo import DMPOClassifier, EarlyExitModel, PhaseCallback, PhaseSchedule
+    from keras_dmpo.atomic_io import write_json_atomic
     from keras_dmpo.models.dmpo_classifier import load_preset_backbone
 
     keras.utils.set_random_seed(args.seed)
@@ -129,17 +150,20 @@ def cmd_train(args):
         validation_data=data["validation"], callbacks=callbacks, verbose=args.verbose,
     )
     os.makedirs(args.output_dir, exist_ok=True)
+    # Checked again: another run may have written here while this one trained.
+    check_train_output(args.output_dir, args.overwrite)
     path = os.path.join(args.output_dir, "model.keras")
     ee = EarlyExitModel(model)
-    ee.save(path)
+    ee.save(path)  # model + sidecar, crash-safe
     record = {
         "preset": args.preset, "data": args.data, "class_names": list(data["class_names"]),
         "exits": list(model.exits), "epochs": args.epochs, "train_images": int(len(x)),
         "seconds": round(time.time() - start, 1),
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        # Binds the record to the model it describes (see _class_names_beside).
+        "model_sha256": ee.model_sha256,
     }
-    with open(os.path.join(args.output_dir, "training.json"), "w") as handle:
-        json.dump(record, handle, indent=2)
+    write_json_atomic(os.path.join(args.output_dir, "training.json"), record)
     print(f"saved {path} (exits {list(model.exits)}, {record['seconds']} s)")
     return 0
 
@@ -163,7 +187,8 @@ def cmd_calibrate(args):
         x, y, _ = all_images(args.data, ee.model.image_shape)
     ee.criterion = args.criterion or ee.criterion
     result = ee.calibrate(x, y, flops_budget=args.budget)
-    ee.save_settings(sidecar_path(args.model))
+    # Atomic, and bound to the sha256 of the model file that was calibrated.
+    ee.save_settings(sidecar_path(args.model), model_path=args.model)
     print(
         f"calibrated for {args.budget:.0%} of the full model's FLOPs on {len(x)} images: "
         f"thresholds {[round(t, 4) for t in result.thresholds]}, expected FLOPs "
@@ -175,26 +200,41 @@ def cmd_calibrate(args):
 
 def cmd_export(args):
     ee = _load_early_exit(args.model)
-    class_names = _class_names_beside(args.model)
+    class_names = _class_names_beside(args.model, ee.model_sha256)
     manifest = ee.export_tflite(args.output_dir, quantization=args.quantization,
                                 overwrite=args.overwrite, class_names=class_names)
     print(f"wrote {len(manifest['stages'])} stage graphs + monolithic.tflite + manifest.json to {args.output_dir}")
     return 0
 
 
-def _class_names_beside(model_path):
-    record = os.path.join(os.path.dirname(os.path.abspath(model_path)), "training.json")
-    if os.path.isfile(record):
-        with open(record) as handle:
-            return json.load(handle).get("class_names")
-    return None
+def _class_names_beside(model_path, model_sha256=None):
+    """Class names from the ``training.json`` beside a model, if it is that
+    model's record (a record naming another model's sha256 is refused)."""
+    record_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "training.json")
+    if not os.path.isfile(record_path):
+        return None
+    try:
+        with open(record_path) as handle:
+            record = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{record_path} is not valid JSON: {error}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{record_path} must hold a JSON object.")
+    recorded = record.get("model_sha256")
+    if model_sha256 is not None and recorded is not None and recorded != model_sha256:
+        raise ValueError(
+            f"{record_path} describes another model file than {model_path!r} (sha256 "
+            f"{recorded[:12]}... vs {model_sha256[:12]}...; an interrupted `train`?): "
+            "refusing to use its class names. Run train again or delete training.json."
+        )
+    return record.get("class_names")
 
 
 def cmd_predict(args):
     ee = _load_early_exit(args.model)
     x, y, class_names = all_images(args.data, ee.model.image_shape)
     out = ee.predict(x, batch_size=args.batch_size)
-    names = class_names or _class_names_beside(args.model)
+    names = class_names or _class_names_beside(args.model, ee.model_sha256)
     lines = ["index,label,class,exit_block,flops"]
     for i, (label, exit_index, flops) in enumerate(zip(out["labels"], out["exit_index"], out["flops"])):
         name = names[label] if names and label < len(names) else label
@@ -304,7 +344,11 @@ def build_parser():
     train.add_argument("--learning-rate", type=float, default=1e-3)
     train.add_argument("--switch-fraction", type=float, default=0.5, help="when phase 2 starts (fraction of training)")
     train.add_argument("--plain", action="store_true", help="plain multi-exit tuning (no bypass, linear heads, uniform weights)")
-    train.add_argument("--output-dir", required=True)
+    train.add_argument("--output-dir", required=True,
+                       help="where model.keras, model.early_exit.json and training.json go; "
+                            "must be empty or absent unless --overwrite")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the model files in a non-empty --output-dir")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--verbose", type=int, default=1)
 

@@ -1,11 +1,16 @@
 """Input checks shared by training, early-exit inference and the CLI.
 
 They turn what would be a deep backend traceback (a shape mismatch inside a
-compiled graph, a NaN loss from an out-of-range label) into a ``ValueError``
-that names the argument, the value and what is expected.
+compiled graph, a NaN loss from an out-of-range label or a NaN pixel) into a
+``ValueError`` that names the argument, the value and what is expected.
 """
 
 import numpy as np
+
+# The numpy-only check lives in the runtime module, which must not import
+# Keras (this one does so lazily too); both sides share one implementation.
+from keras_dmpo.litert import check_finite
+from keras_dmpo.litert import non_finite_samples  # noqa: F401  (re-exported)
 
 
 def _to_numpy(value):
@@ -59,8 +64,13 @@ def _split_element(element):
     return _to_numpy(images), _to_numpy(labels)
 
 
-def check_images(images, image_shape, argument="x"):
-    """Images must be ``(N,) + image_shape`` with a float or integer dtype."""
+def check_images(images, image_shape, argument="x", allow_non_finite=False, hint=None):
+    """Images must be ``(N,) + image_shape`` with a float or integer dtype,
+    and (unless ``allow_non_finite``) hold no NaN or inf.
+
+    ``hint``: what the caller can do about non-finite samples (a sentence
+    appended to the error).
+    """
     shape = tuple(np.shape(images))
     expected = tuple(int(s) for s in image_shape)
     if len(shape) != len(expected) + 1 or shape[1:] != expected:
@@ -72,6 +82,12 @@ def check_images(images, image_shape, argument="x"):
     dtype = np.asarray(images).dtype if not hasattr(images, "dtype") else images.dtype
     if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
         raise ValueError(f"`{argument}` must hold numbers; got dtype {dtype}.")
+    if not allow_non_finite and np.issubdtype(dtype, np.floating):
+        check_finite(
+            _to_numpy(images), argument,
+            hint or "Clean or drop those samples: NaN or inf pixels give meaningless "
+            "predictions and poison training.",
+        )
 
 
 def check_labels(labels, num_classes, argument="y", num_samples=None):

@@ -42,7 +42,22 @@ def test_cli_verbs_on_an_image_folder(tiny_vit_preset, image_folder, tmp_path, c
     model_path = os.path.join(out_dir, "model.keras")
     assert os.path.isfile(model_path)
     with open(os.path.join(out_dir, "training.json")) as handle:
-        assert json.load(handle)["class_names"] == ["circle", "square", "stripe"]
+        record = json.load(handle)
+    assert record["class_names"] == ["circle", "square", "stripe"]
+    from keras_dmpo.atomic_io import sha256_file
+
+    assert record["model_sha256"] == sha256_file(model_path)
+
+    # A second train into the same directory is refused before any work,
+    # with one line, and the first model stays as it was.
+    first = {name: open(os.path.join(out_dir, name), "rb").read() for name in os.listdir(out_dir)}
+    code, out, err = run_cli(
+        ["train", "--preset", tiny_vit_preset, "--data", image_folder, "--epochs", "1",
+         "--output-dir", out_dir, "--verbose", "0"], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert "--output-dir" in err and "is not empty" in err and "--overwrite" in err
+    assert {name: open(os.path.join(out_dir, name), "rb").read() for name in os.listdir(out_dir)} == first
 
     # The tiny test ViT's heads are expensive: 95% is a reachable budget here.
     code, out, err = run_cli(["calibrate", "--model", model_path, "--data", image_folder, "--budget", "0.95"], capsys)
@@ -71,6 +86,16 @@ def test_cli_verbs_on_an_image_folder(tiny_vit_preset, image_folder, tmp_path, c
                               "--budgets", "0.95,1.0"], capsys)
     assert code == 0, err
     assert "100%" in out
+
+    # A training.json of another model (an interrupted train) is not trusted
+    # for the class names.
+    record["model_sha256"] = "0" * 64
+    with open(os.path.join(out_dir, "training.json"), "w") as handle:
+        json.dump(record, handle)
+    code, _, err = run_cli(["export", "--model", model_path, "--output-dir",
+                            str(tmp_path / "export_2")], capsys)
+    assert code == 2 and "describes another model file" in err
+    assert not os.path.exists(tmp_path / "export_2")
 
 
 def test_cli_bad_inputs_give_one_line_errors(tmp_path, image_folder, capsys):

@@ -244,6 +244,27 @@ def test_bad_training_inputs(model):
         model.compile(optimizer="adamw", loss="mse")
 
 
+def test_non_finite_training_images_are_refused(model):
+    import tensorflow as tf
+
+    x, y = make_data(8)
+    x[5, 1, 2, 0] = np.nan
+    x[6, 0, 0, 1] = -np.inf
+    model.compile(optimizer="adamw")
+    before = numpy_weights(model.trainable_variables)
+    message = r"`x` has NaN or inf pixel values in 2 of 8 samples \(indices \[5, 6\]\)"
+    with pytest.raises(ValueError, match=message):
+        model.fit(x, y, epochs=1, verbose=0)
+    # A tf.data pipeline is checked on its first batch.
+    with pytest.raises(ValueError, match=message):
+        model.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"indices \[5, 6\]"):
+        model.evaluate(x, y, verbose=0)
+    # Nothing was trained on them.
+    for old, new in zip(before, numpy_weights(model.trainable_variables)):
+        np.testing.assert_array_equal(old, new)
+
+
 def test_lora_instead_of_adapters_trains_only_lora_weights(tiny_vit_preset):
     keras.utils.set_random_seed(4)
     model = DMPOClassifier.from_preset(tiny_vit_preset, num_classes=NUM_CLASSES, exits=[2], peft="lora", lora_rank=2)

@@ -203,3 +203,104 @@ def test_bad_inputs(cheap_model, data, tmp_path):
         EarlyExitModel(plain)
     with pytest.raises(ValueError, match="does not exist"):
         EarlyExitModel.load(str(tmp_path / "missing.keras"))
+
+
+def test_non_finite_images_are_refused_unless_allowed(cheap_model, data):
+    x, y = data
+    bad = x.copy()
+    bad[3, 0, 0, 0] = np.nan
+    bad[10] = np.inf
+    ee = EarlyExitModel(cheap_model)
+    with pytest.raises(ValueError, match=r"`x` has NaN or inf pixel values in 2 of 40 samples "
+                       r"\(indices \[3, 10\]\).*allow_non_finite=True"):
+        ee.predict(bad)
+    with pytest.raises(ValueError, match=r"indices \[3, 10\].*Calibration needs finite"):
+        ee.calibrate(bad, y, flops_budget=0.8)
+    many = np.full_like(x, np.nan)
+    with pytest.raises(ValueError, match=r"in 40 of 40 samples \(indices \[0, 1, 2, 3, 4\] and 35 more\)"):
+        ee.predict(many)
+    out = ee.predict(bad, allow_non_finite=True)
+    clean = ee.predict(x)
+    rows = [i for i in range(len(x)) if i not in (3, 10)]
+    np.testing.assert_allclose(out["probabilities"][rows], clean["probabilities"][rows], atol=1e-6)
+    assert out["probabilities"].shape == clean["probabilities"].shape
+    assert ee.thresholds == EarlyExitModel(cheap_model).thresholds  # nothing was calibrated
+
+
+def _file_bytes(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def test_sidecar_is_bound_to_its_model_file(cheap_model, dmpo_model, data, tmp_path):
+    import json
+
+    from keras_dmpo import atomic_io
+    from keras_dmpo.inference.early_exit import sidecar_path
+
+    x, y = data
+    ee = EarlyExitModel(cheap_model)
+    ee.calibrate(x, y, flops_budget=0.8)
+    path = ee.save(str(tmp_path / "model.keras"))
+    with open(sidecar_path(path)) as handle:
+        settings = json.load(handle)
+    assert settings["model_sha256"] == atomic_io.sha256_file(path) == ee.model_sha256
+    assert "previous" not in settings
+    assert sorted(os.listdir(tmp_path)) == ["model.early_exit.json", "model.keras"]  # no debris, no lock
+
+    # Another model written over model.keras by hand: the sidecar is stale.
+    other = str(tmp_path / "other.keras")
+    dmpo_model.save(other)
+    os.replace(other, path)
+    with pytest.raises(ValueError, match=r"model.early_exit.json' belong to another model file.*"
+                       r"refusing to apply stale thresholds"):
+        EarlyExitModel.load(path)
+    # ... and calibrating an object loaded before the swap refuses to store
+    # its thresholds for the new file.
+    with pytest.raises(ValueError, match=r"changed since this model was loaded or saved"):
+        ee.save_settings(sidecar_path(path))
+
+    # Sidecars from before the hash existed are still read.
+    ee.save(path)
+    legacy = {k: v for k, v in settings.items() if k != "model_sha256"}
+    with open(sidecar_path(path), "w") as handle:
+        json.dump(legacy, handle)
+    assert EarlyExitModel.load(path).thresholds == ee.thresholds
+
+
+def test_interrupted_save_leaves_old_or_new_pair(cheap_model, dmpo_model, data, tmp_path, monkeypatch):
+    """Every point at which a save can stop (simulated by failing the Nth
+    rename) leaves a model that loads with its own thresholds."""
+    from keras_dmpo.inference.early_exit import sidecar_path
+
+    old = EarlyExitModel(dmpo_model, thresholds=[0.9, 0.8, 0.7, 0.0])
+    new = EarlyExitModel(cheap_model, thresholds=[0.25, 0.5, 0.75, 0.0])
+    real_replace = os.replace
+    seen = []
+    for fail_at in range(1, 4):  # the three renames of a save over an existing model
+        directory = tmp_path / f"run_{fail_at}"
+        path = old.save(str(directory / "model.keras"))
+        old_bytes = _file_bytes(path)
+        calls = []
+
+        def replace(src, dst, fail_at=fail_at, calls=calls):
+            calls.append(dst)
+            if len(calls) == fail_at:
+                raise OSError(f"simulated crash before rename {fail_at}")
+            return real_replace(src, dst)
+
+        monkeypatch.setattr(os, "replace", replace)
+        with pytest.raises(OSError, match="simulated crash"):
+            new.save(path)
+        monkeypatch.setattr(os, "replace", real_replace)
+        loaded = EarlyExitModel.load(path)
+        if _file_bytes(path) == old_bytes:
+            assert loaded.thresholds == old.thresholds
+            seen.append("old")
+        else:
+            assert loaded.thresholds == new.thresholds
+            seen.append("new")
+        assert os.path.basename(calls[-1]) in ("model.keras", "model.early_exit.json")
+        assert [e for e in os.listdir(directory) if "partial" in e] == []
+    assert seen == ["old", "old", "new"]
+    assert sidecar_path(path).endswith("model.early_exit.json")

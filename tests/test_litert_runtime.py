@@ -206,3 +206,61 @@ def test_import_is_light_and_predicts_without_keras(exported):
         env=dict(os.environ, PYTHONPATH=root),
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- non-finite and out-of-range pixels ----------------------------------------
+
+
+def test_non_finite_pixels_are_refused_with_their_indices(exported):
+    directory, reference = exported
+    runtime = StagedRuntime(directory)
+    images = reference["images"][:8].astype("float32")
+    images[2, 0, 0, 0] = np.nan
+    images[5, 3, 3, 1] = np.inf
+    images[7, 1, 1, 2] = -np.inf
+    message = (r"`images` has NaN or inf pixel values in 3 of 8 samples \(indices \[2, 5, 7\]\)"
+               r".*allow_non_finite=True")
+    for batch_size in (None, 1, 3):
+        with pytest.raises(ValueError, match=message):
+            runtime.predict(images, batch_size=batch_size)
+    with pytest.raises(ValueError, match=message):
+        runtime.predict_monolithic(images)
+    with pytest.raises(ValueError, match=r"in 8 of 8 samples \(indices \[0, 1, 2, 3, 4\] and 3 more\)"):
+        runtime.predict(np.full_like(images, np.nan))
+    # Finite float64 pixels that overflow float32 are caught as well.
+    huge = images.astype("float64")
+    huge[:] = 1.0
+    huge[4, 0, 0, 0] = 1e300
+    with pytest.warns(RuntimeWarning), pytest.raises(ValueError, match=r"indices \[4\].*overflow float32"):
+        StagedRuntime(directory).predict(huge)
+    # Let through on request: the other samples are answered as usual.
+    out = runtime.predict(images, allow_non_finite=True)
+    clean = [0, 1, 3, 4, 6]
+    expected = runtime.predict(images[clean])
+    np.testing.assert_allclose(out["probabilities"][clean], expected["probabilities"], atol=1e-6)
+    np.testing.assert_array_equal(out["exit_index"][clean], expected["exit_index"])
+    assert out["probabilities"].shape == (8, 5)
+
+
+def test_pixels_far_outside_the_input_range_warn_once(exported, broken):
+    import warnings
+
+    directory, reference = exported
+    images = reference["images"][:4].astype("float32")  # raw pixels in [0, 255]
+    runtime = StagedRuntime(directory)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runtime.predict(images)
+        runtime.predict(images - 20.0)  # a little outside: no warning
+    with pytest.warns(RuntimeWarning, match=r"pixel values in \[0, 1020\], far outside the "
+                      r"manifest's preprocessing\['input_range'\] \[0, 255\]"):
+        runtime.predict(images * 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runtime.predict(images * 4)  # once per runtime
+    # The common mistake: 0-255 pixels for a model that takes [0, 1].
+    preprocessing = dict(json.load(open(os.path.join(broken, "manifest.json")))["preprocessing"])
+    preprocessing.update(input_range=[0.0, 1.0], scale=1.0)
+    _edit_manifest(broken, preprocessing=preprocessing)
+    with pytest.warns(RuntimeWarning, match=r"\[0, 1\] of raw pixels"):
+        StagedRuntime(broken).predict(images)

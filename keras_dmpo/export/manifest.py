@@ -16,12 +16,16 @@ import tempfile
 
 import numpy as np
 
+from keras_dmpo import atomic_io
 from keras_dmpo.litert import CRITERIA
 from keras_dmpo.litert import FORMAT_VERSION
 from keras_dmpo.litert import MANIFEST_NAME
 from keras_dmpo.version import __version__
 
 FLOPS_CONVENTION = "multiply-add = 2 FLOPs"
+# The manifest's name inside a staging directory until the export is
+# complete (see staging_directory).
+PENDING_MANIFEST_NAME = ".manifest.json.pending"
 
 
 def _fail(argument, value, expectation):
@@ -258,49 +262,116 @@ def check_output_directory(directory, overwrite):
     return directory
 
 
+def lock_path(directory):
+    """The lock file beside an export directory (held while exporting to it)."""
+    parent, base = os.path.split(os.path.abspath(os.fspath(directory)))
+    return os.path.join(parent, f".{base}.lock")
+
+
 @contextlib.contextmanager
 def staging_directory(directory, overwrite):
-    """Yield a temporary sibling directory; on success, rename it to ``directory``.
+    """Yield a temporary sibling directory; on success, publish it as ``directory``.
 
-    A failure removes the temporary directory, so no half-written export is
-    ever left where a reader would look (and an existing export is kept).
-    The manifest is written last inside it, too.
+    Files are written into ``.NAME.partial-XXXX``; ``write_manifest`` puts the
+    manifest there under a pending name. Publishing renames the directory to
+    ``.NAME.ready-XXXX``, gives the manifest its real name (the bundle is now
+    complete) and swaps it with the target in one atomic step (Linux
+    ``renameat2(RENAME_EXCHANGE)``; elsewhere two renames). So at every
+    moment the target is the old complete export or the new complete one,
+    a directory holding ``manifest.json`` is always complete, and a
+    ``.partial-`` directory never holds one. A failure removes the temporary
+    directory and keeps the previous export.
+
+    A second process exporting to the same directory at the same time gets
+    ``FileExistsError`` at once (a lock file beside the target, held from the
+    check of the target to the end of the publication; it is removed after).
+    Leftovers of killed exports to the same target are removed under the
+    lock.
     """
     directory = check_output_directory(directory, overwrite)
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.partial-", dir=parent)
-    # mkdtemp makes the directory private (0700); an export is meant to be read.
-    os.chmod(staging, 0o755)
-    try:
-        yield staging
+    base = os.path.basename(directory)
+    with atomic_io.exclusive_lock(lock_path(directory), blocking=False,
+                                  what=f"exporting to {directory!r}"):
+        check_output_directory(directory, overwrite)  # again, now that we hold the lock
+        _remove_debris(parent, base)
+        staging = tempfile.mkdtemp(prefix=f".{base}{atomic_io.PARTIAL_MARK}", dir=parent)
+        # mkdtemp makes the directory private (0700); an export is meant to be read.
+        os.chmod(staging, 0o755)
+        try:
+            yield staging
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         _publish(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+
+DEBRIS_MARKS = (atomic_io.PARTIAL_MARK, ".ready-", ".old-")
+
+
+def _remove_debris(parent, base):
+    """Temporary directories of killed exports to the same target (only
+    called with the target's lock held, so none of them is in use)."""
+    prefixes = tuple(f".{base}{mark}" for mark in DEBRIS_MARKS)
+    for entry in os.listdir(parent):
+        path = os.path.join(parent, entry)
+        if entry.startswith(prefixes) and os.path.isdir(path) and not os.path.islink(path):
+            _discard(path)
+
+
+def _discard(path):
+    """Remove an export directory, its manifest first (so that a kill during
+    the removal cannot leave a directory that looks complete)."""
+    atomic_io.remove_quietly(os.path.join(path, MANIFEST_NAME))
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _publish(staging, directory):
-    old = None
-    if os.path.exists(directory):
-        # Move the old directory aside first: two renames are the closest to
-        # an atomic swap that POSIX offers for directories.
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old-",
-                               dir=os.path.dirname(directory))
-        os.rmdir(old)
-        os.rename(directory, old)
+    parent, base = os.path.split(directory)
+    token = os.path.basename(staging)[len(f".{base}{atomic_io.PARTIAL_MARK}"):]
+    ready = os.path.join(parent, f".{base}.ready-{token}")
     try:
-        os.rename(staging, directory)
+        for entry in os.listdir(staging):  # durable before anything is renamed
+            atomic_io.fsync_file(os.path.join(staging, entry))
+        os.rename(staging, ready)
     except BaseException:
-        if old is not None:
-            os.rename(old, directory)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        pending = os.path.join(ready, PENDING_MANIFEST_NAME)
+        if not os.path.isfile(pending):
+            raise RuntimeError(f"internal error: the export in {ready!r} has no manifest")
+        os.replace(pending, os.path.join(ready, MANIFEST_NAME))  # complete from here on
+        atomic_io.fsync_directory(ready)
+        if not os.path.exists(directory):
+            os.rename(ready, directory)
+        elif atomic_io.exchange_paths(ready, directory):
+            pass  # ``ready`` now holds the previous export
+        else:
+            # No atomic swap here: move the old export aside, then rename.
+            # (Between the two renames the target is briefly absent.)
+            old = os.path.join(parent, f".{base}.old-{token}")
+            os.rename(directory, old)
+            try:
+                os.rename(ready, directory)
+            except BaseException:
+                os.rename(old, directory)
+                raise
+            ready = old
+        atomic_io.fsync_directory(parent)
+    except BaseException:
+        _discard(ready)
+        raise
+    if os.path.exists(ready):
+        _discard(ready)  # the previous export
 
 
 def write_manifest(staging, manifest):
-    path = os.path.join(staging, MANIFEST_NAME)
+    """Write the manifest into ``staging`` under its pending name; publishing
+    renames it to ``manifest.json`` once the directory is no longer a
+    ``.partial-`` one."""
+    path = os.path.join(staging, PENDING_MANIFEST_NAME)
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(manifest, handle, indent=2)
         handle.write("\n")

@@ -14,6 +14,7 @@ does it in a TensorFlow subprocess on JAX and torch).
 """
 
 import hashlib
+import json
 import os
 
 import numpy as np
@@ -22,6 +23,7 @@ from keras_dmpo.export import manifest as manifest_lib
 from keras_dmpo.export.tflite_convert import QUANTIZATIONS
 from keras_dmpo.export.tflite_convert import check_tensorflow_backend
 from keras_dmpo.export.tflite_convert import convert_to_tflite
+from keras_dmpo.litert import validate_manifest
 
 CREATED_BY = "keras_dmpo.export.tflite.export_stage_graphs"
 
@@ -148,6 +150,9 @@ def export_stage_graphs(
             )
             entry["flops"] = checked["full_model_flops"]
             manifest["monolithic"] = entry
+        # The runtime's own schema check: an export it would refuse is a bug
+        # here, caught before anything is published.
+        validate_manifest(json.loads(json.dumps(manifest)), source="the new manifest")
         # Last: a directory with a manifest is a complete export.
         manifest_lib.write_manifest(staging, manifest)
     return manifest

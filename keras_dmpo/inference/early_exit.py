@@ -6,6 +6,7 @@ import os
 import keras
 import numpy as np
 
+from keras_dmpo import atomic_io
 from keras_dmpo.inference import calibration as calib
 from keras_dmpo.inference.flops import ExitCostConfig, dmpo_flops_per_exit
 from keras_dmpo.inference.stage_runner import StageRunner, pad_rows
@@ -19,6 +20,90 @@ def sidecar_path(model_path):
     """The JSON beside a ``.keras`` file that holds thresholds and calibration."""
     root = model_path[: -len(".keras")] if model_path.endswith(".keras") else model_path
     return root + SIDECAR_SUFFIX
+
+
+def model_path_of_sidecar(json_path):
+    """The ``.keras`` file a sidecar is named after (inverse of
+    ``sidecar_path``), or None for a JSON named otherwise."""
+    if json_path.endswith(SIDECAR_SUFFIX):
+        return json_path[: -len(SIDECAR_SUFFIX)] + ".keras"
+    return None
+
+
+def _model_lock(model_path):
+    """The lock that serialises writers of a model and its sidecar."""
+    directory, base = os.path.split(os.path.abspath(model_path))
+    return atomic_io.exclusive_lock(
+        os.path.join(directory, f".{base}.lock"), blocking=True, what=f"saving {model_path!r}"
+    )
+
+
+def _remove_debris(model_path):
+    """Temporary files of killed saves of this model (call with the lock held)."""
+    directory, base = os.path.split(os.path.abspath(model_path))
+    prefixes = tuple(
+        f".{name}{atomic_io.PARTIAL_MARK}"
+        for name in (base, os.path.basename(sidecar_path(model_path)))
+    )
+    for entry in os.listdir(directory):
+        if entry.startswith(prefixes):
+            atomic_io.remove_quietly(os.path.join(directory, entry))
+
+
+def _read_settings(settings_path):
+    try:
+        with open(settings_path) as handle:
+            settings = json.load(handle)
+    except (OSError, ValueError, RecursionError) as error:
+        raise ValueError(f"Corrupt early-exit settings {settings_path!r}: {error}") from None
+    if not isinstance(settings, dict):
+        raise ValueError(
+            f"Corrupt early-exit settings {settings_path!r}: expected a JSON object; got "
+            f"{type(settings).__name__}."
+        )
+    return settings
+
+
+def _settings_for_model(settings, digest, settings_path, model_path):
+    """The settings that belong to the model file with sha256 ``digest``.
+
+    ``None`` when there are none (no sidecar, or a save recorded that the
+    model had none). Raises ``ValueError`` for a sidecar of another model.
+    """
+    if settings is None:
+        return None
+    recorded = settings.get("model_sha256")
+    if recorded is None:
+        return settings  # written before sidecars recorded the model's hash
+    if recorded == digest:
+        return settings
+    previous = settings.get("previous")
+    if isinstance(previous, dict) and previous.get("model_sha256") == digest:
+        # A save was interrupted before it replaced the model: the old model
+        # with its own settings.
+        return previous.get("settings")
+    raise ValueError(
+        f"The early-exit settings {settings_path!r} belong to another model file (they "
+        f"record sha256 {str(recorded)[:12]}..., {model_path!r} has {digest[:12]}...): "
+        "refusing to apply stale thresholds. Calibrate this model again (keras-dmpo "
+        "calibrate) or delete the sidecar to use the default thresholds."
+    )
+
+
+def _settings_of_current_model(path, json_path):
+    """``{"model_sha256", "settings"}`` of the model now at ``path`` (None if
+    there is none), for the sidecar's ``previous`` entry during a save."""
+    if not os.path.isfile(path):
+        return None
+    digest = atomic_io.sha256_file(path)
+    try:
+        settings = _read_settings(json_path) if os.path.isfile(json_path) else None
+        settings = _settings_for_model(settings, digest, json_path, path)
+    except ValueError:
+        settings = None  # corrupt or stale: the old model had no valid settings
+    if settings is not None:
+        settings = {k: v for k, v in settings.items() if k != "previous"}
+    return {"model_sha256": digest, "settings": settings}
 
 
 def _check_batch_size(batch_size):
@@ -113,6 +198,8 @@ class EarlyExitModel:
         self.full_model_flops = float(cost.full_model_flops)
         self._stage_models = None
         self._runners = None
+        # sha256 of the .keras file this object was loaded from or saved to.
+        self.model_sha256 = None
 
     # --- configuration ------------------------------------------------------
     def cost_config(self):
@@ -163,8 +250,9 @@ class EarlyExitModel:
         return self._runners
 
     # --- inference -----------------------------------------------------------
-    def _check_x(self, x, argument="x"):
-        check_images(x, self.model.image_shape, argument)
+    def _check_x(self, x, argument="x", allow_non_finite=False, hint=None):
+        check_images(x, self.model.image_shape, argument,
+                     allow_non_finite=allow_non_finite, hint=hint)
         if len(x) == 0:
             raise ValueError(f"`{argument}` is empty: no images.")
 
@@ -182,13 +270,17 @@ class EarlyExitModel:
             [_softmax(np.asarray(logits[f"exit_{k + 1}"], "float64")[:n]) for k in range(self.num_exits)]
         )
 
-    def predict(self, x, batch_size=64, verbose=0):
+    def predict(self, x, batch_size=64, verbose=0, allow_non_finite=False):
         """Early-exit predictions.
 
         Args:
             x: images ``(N, H, W, C)`` (or a dataset of them).
             batch_size: samples entering stage 1 together.
             verbose: 1 shows a progress bar.
+            allow_non_finite: let images with NaN or inf pixels through
+                (their outputs are meaningless: NaN probabilities, answered
+                at the last exit). By default they raise a ``ValueError``
+                naming the first such samples.
 
         Returns:
             dict of numpy arrays: ``labels`` (N,), ``probabilities`` (N, C) of
@@ -196,7 +288,11 @@ class EarlyExitModel:
             ``exits``, ``flops`` (N,) FLOPs spent on each sample.
         """
         images, _ = collect_arrays(x)
-        self._check_x(images)
+        self._check_x(
+            images, allow_non_finite=allow_non_finite,
+            hint="Clean or drop those samples, or pass allow_non_finite=True to run "
+            "them anyway (their outputs are then meaningless).",
+        )
         _check_batch_size(batch_size)
         n = len(images)
         num_classes = self.model.num_classes
@@ -259,7 +355,8 @@ class EarlyExitModel:
         images, labels = collect_arrays(x, y)
         if labels is None:
             raise ValueError("`y` is required: calibration needs labelled validation data.")
-        self._check_x(images)
+        self._check_x(images, hint="Calibration needs finite validation images: clean or "
+                      "drop those samples.")
         check_labels(labels, self.model.num_classes, "y", num_samples=len(images))
         labels = np.asarray(labels)
         if labels.ndim == 2 and labels.shape[1] == self.model.num_classes and self.model.num_classes > 1:
@@ -376,40 +473,119 @@ class EarlyExitModel:
 
     def save(self, path):
         """Save the model (``.keras``) and the early-exit settings beside it
-        (``<name>.early_exit.json``: criterion, thresholds, calibration)."""
+        (``<name>.early_exit.json``: criterion, thresholds, calibration).
+
+        Crash-safe: both files are written under temporary names in the same
+        directory and renamed into place with ``os.replace``. The sidecar
+        records the sha256 of the model file it belongs to; while the model
+        is being replaced it also carries the previous model's settings
+        (``"previous"``), so a reader, or a process killed at any moment, sees
+        either the old model with its own thresholds or the new one with
+        its own, never a mixture. Concurrent saves to the same path queue on
+        a lock file beside it.
+        """
         path = os.fspath(path)
         if not path.endswith(".keras"):
             raise ValueError(f"`path` must end in .keras; got {path!r}.")
-        self.model.save(path)
-        self.save_settings(sidecar_path(path))
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        json_path = sidecar_path(path)
+        with _model_lock(path):
+            _remove_debris(path)
+            temporary = atomic_io.partial_path(path, suffix=".keras")
+            try:
+                self.model.save(temporary)
+                digest = atomic_io.sha256_file(temporary)
+                settings = dict(self.get_config(), model_sha256=digest)
+                previous = _settings_of_current_model(path, json_path)
+                if previous is not None:
+                    # Step 1: the sidecar serves the old and the new model.
+                    atomic_io.write_json_atomic(json_path, dict(settings, previous=previous))
+                atomic_io.replace_file(temporary, path)  # step 2: the new model
+            except BaseException:
+                atomic_io.remove_quietly(temporary)
+                raise
+            atomic_io.write_json_atomic(json_path, settings)  # step 3: drop "previous"
+        self.model_sha256 = digest
         return path
 
-    def save_settings(self, json_path):
-        tmp = json_path + ".tmp"
-        with open(tmp, "w") as handle:
-            json.dump(self.get_config(), handle, indent=2)
-        os.replace(tmp, json_path)
+    def save_settings(self, json_path, model_path=None):
+        """Write the early-exit settings (criterion, thresholds, calibration)
+        to ``json_path`` atomically, bound to the sha256 of ``model_path``.
+
+        Args:
+            json_path: the sidecar, normally ``sidecar_path(model_path)``.
+            model_path: the ``.keras`` file these settings belong to (default:
+                the one ``json_path`` is named after; a JSON named otherwise
+                is written without a model hash). When this object was
+                loaded from or saved to that file and the file has changed
+                since, nothing is written (``ValueError``): the thresholds
+                would be stored for another model.
+        """
+        json_path = os.fspath(json_path)
+        if model_path is None:
+            model_path = model_path_of_sidecar(json_path)
+        if model_path is None:  # a JSON of another name: not bound to a model file
+            atomic_io.write_json_atomic(json_path, self.get_config())
+            return
+        model_path = os.fspath(model_path)
+        with _model_lock(model_path):
+            _remove_debris(model_path)
+            digest = atomic_io.sha256_file(model_path) if os.path.isfile(model_path) else None
+            if digest is not None and self.model_sha256 not in (None, digest):
+                raise ValueError(
+                    f"{model_path!r} changed since this model was loaded or saved (sha256 "
+                    f"{self.model_sha256[:12]}... then, {digest[:12]}... now): refusing to "
+                    f"store its thresholds in {json_path!r} for another model. Load the "
+                    "model again and re-calibrate."
+                )
+            settings = self.get_config()
+            if digest is not None:
+                settings["model_sha256"] = digest
+            atomic_io.write_json_atomic(json_path, settings)
 
     @classmethod
     def load(cls, path):
-        """Load a ``.keras`` model and, when present, its early-exit JSON."""
+        """Load a ``.keras`` model and, when present, its early-exit JSON.
+
+        The sidecar's recorded ``model_sha256`` must match the model file
+        (sidecars written before that field existed are accepted as they are);
+        a mismatch raises ``ValueError``: stale thresholds are never applied
+        to another model.
+        """
         import keras_dmpo.models  # noqa: F401  (registers DMPOClassifier)
 
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise ValueError(f"`path` {path!r} does not exist (expected a .keras file).")
+        digest = atomic_io.sha256_file(path)
         model = keras.models.load_model(path)
+        if atomic_io.sha256_file(path) != digest:
+            raise ValueError(
+                f"{path!r} was replaced while it was being loaded (another process "
+                "saved over it); load it again."
+            )
         settings_path = sidecar_path(path)
-        if not os.path.isfile(settings_path):
-            return cls(model)
+        settings = _read_settings(settings_path) if os.path.isfile(settings_path) else None
+        settings = _settings_for_model(settings, digest, settings_path, path)
+        if settings is None:
+            ee = cls(model)
+        else:
+            ee = cls._from_settings(model, settings, settings_path)
+        ee.model_sha256 = digest
+        return ee
+
+    @classmethod
+    def _from_settings(cls, model, settings, settings_path):
         try:
-            with open(settings_path) as handle:
-                settings = json.load(handle)
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"Corrupt early-exit settings {settings_path!r}: {error}") from error
-        ee = cls(model, thresholds=settings.get("thresholds"), criterion=settings.get("criterion", "confidence"))
-        if settings.get("calibration"):
-            ee.calibration = calib.CalibrationResult.from_dict(settings["calibration"])
+            ee = cls(model, thresholds=settings.get("thresholds"),
+                     criterion=settings.get("criterion", "confidence"))
+            if settings.get("calibration"):
+                ee.calibration = calib.CalibrationResult.from_dict(settings["calibration"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(
+                f"Early-exit settings {settings_path!r} do not fit the model: {error}"
+            ) from None
         return ee
 
     # --- export ---------------------------------------------------------------
