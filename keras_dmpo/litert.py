@@ -13,7 +13,6 @@ See docs/export.md for the manifest schema and docs/reliability.md for what
 the runtime checks before it opens any stage file.
 """
 
-import hashlib
 import json
 import math
 import os
@@ -22,6 +21,9 @@ import time
 import warnings
 
 import numpy as np
+
+# stdlib only: keeps this runtime free of Keras and TensorFlow
+from keras_dmpo.atomic_io import sha256_file as sha256_of_file
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -40,15 +42,6 @@ TENSOR_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16",
 # to a model that expects another range.
 INPUT_RANGE_TOLERANCE = 0.5
 _SHOWN_INDICES = 5
-
-
-def sha256_of_file(path, chunk_size=1 << 20):
-    """Hex sha256 of a file, read in chunks (stage files can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def exit_scores(probabilities, criterion):

