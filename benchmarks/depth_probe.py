@@ -112,7 +112,9 @@ def probe(train_features, y_train, test_features, y_test):
 
 
 def run(dataset, kind, args):
-    path = os.path.join(RESULTS, f"{dataset}_{kind}_{args.image_size}px.json")
+    # The default sizes keep the original file names; other sizes get their own file.
+    sizes = "" if (args.train_size, args.test_size) == (2000, 1000) else f"_{args.train_size}x{args.test_size}"
+    path = os.path.join(RESULTS, f"{dataset}_{kind}_{args.image_size}px{sizes}.json")
     if os.path.exists(path) and not args.force:
         log(f"{path} exists, skipped")
         return

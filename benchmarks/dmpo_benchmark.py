@@ -427,7 +427,12 @@ def run_one(dataset, method, seed, data, settings, preset_dir, backbone_source, 
 
     eval_start = time.perf_counter()
     ee = EarlyExitModel(model)
-    curve = ee.curve(x_val, y_val, x_test, y_test, budgets=BUDGETS)
+    val_probs = ee.exit_probabilities(x_val)
+    test_probs = ee.exit_probabilities(x_test)
+    curve = ee.curve_from_probabilities(val_probs, y_val, test_probs, y_test, budgets=BUDGETS)
+    # Kept for re-reading the run under other exit policies without retraining.
+    outputs = {"val_log_probabilities": val_probs, "val_labels": y_val,
+               "test_log_probabilities": test_probs, "test_labels": y_test}
     eval_seconds = time.perf_counter() - eval_start
     rows_by_budget = {round(r["budget"], 6): r for r in curve.rows}
     budgets = []
@@ -499,7 +504,29 @@ def run_one(dataset, method, seed, data, settings, preset_dir, backbone_source, 
         "single_exits": curve.single_exits,
         "latency": latency,
     }
+    record["_outputs"] = outputs
     return record
+
+
+def write_outputs_atomic(path, outputs):
+    """Per-exit log-probabilities (float16, floored at 1e-30) and labels of a
+    run, written before its JSON so a JSON never points at a missing file.
+    Log-probabilities divided by a temperature give the same softmax as the
+    logits would, so policy studies can re-read them."""
+    import numpy as np
+
+    arrays = {}
+    for key, value in outputs.items():
+        value = np.asarray(value)
+        if key.endswith("log_probabilities"):
+            value = np.log(np.maximum(value, 1e-30)).astype("float16")
+        else:
+            value = value.reshape(-1).astype("int16")
+        arrays[key] = value
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".partial.npz"
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
 
 
 def measure_latency(ee, budgets, x_test, num_images, repeats=3):
@@ -1067,6 +1094,7 @@ def main(argv=None):
             record = run_one(dataset, method, seed, data, settings, preset_dir, backbone_source, backbone_sha,
                              command)
             path = result_path(results_dir, dataset, method, seed)
+            write_outputs_atomic(path[:-len(".json")] + ".npz", record.pop("_outputs"))
             write_json_atomic(path, record)
             done += 1
             b30 = _budget_row(record, 0.3)

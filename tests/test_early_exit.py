@@ -125,6 +125,22 @@ def test_curve_table_and_plot(cheap_model, data, tmp_path):
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_curve_from_probabilities_matches_curve(cheap_model, data):
+    """Re-reading stored per-exit probabilities gives the same curve as
+    running the model, and a shape that does not fit the labels is refused."""
+    x, y = data
+    ee = EarlyExitModel(cheap_model)
+    budgets = (0.4, 0.6, 1.0)
+    direct = ee.curve(x[:20], y[:20], x[20:], y[20:], budgets=budgets)
+    val, test = ee.exit_probabilities(x[:20]), ee.exit_probabilities(x[20:])
+    assert val.shape == (4, 20, cheap_model.num_classes)
+    cached = ee.curve_from_probabilities(val, y[:20], test, y[20:], budgets=budgets)
+    assert cached.rows == direct.rows
+    assert cached.single_exits == direct.single_exits
+    with pytest.raises(ValueError, match="`test_probabilities` has shape"):
+        ee.curve_from_probabilities(val, y[:20], test[:, :5], y[20:], budgets=budgets)
+
+
 def test_curve_rows_carry_the_calibration_of_their_budget(cheap_model, data):
     x, y = data
     curve = EarlyExitModel(cheap_model).curve(x[:20], y[:20], x[20:], y[20:], budgets=(0.6, 1.0))

@@ -423,13 +423,29 @@ class EarlyExitModel:
 
         Does not change this model's thresholds. Returns an ``AccuracyFlopsCurve``.
         """
-        from keras_dmpo.inference.curves import AccuracyFlopsCurve
-
         val_probs, val_labels = self._validation_arrays(x_val, y_val, batch_size)
         if x_test is None:
             test_probs, test_labels = val_probs, val_labels
         else:
             test_probs, test_labels = self._validation_arrays(x_test, y_test, batch_size)
+        return self.curve_from_probabilities(val_probs, val_labels, test_probs, test_labels, budgets)
+
+    def curve_from_probabilities(self, val_probabilities, val_labels, test_probabilities, test_labels,
+                                 budgets=(0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0)):
+        """``curve`` from per-exit probabilities already computed (``(K, N, C)``
+        from ``exit_probabilities``) and integer labels ``(N,)``: re-reads a
+        trained model's outputs under other budgets without running it again."""
+        from keras_dmpo.inference.curves import AccuracyFlopsCurve
+
+        val_probs, test_probs = np.asarray(val_probabilities), np.asarray(test_probabilities)
+        val_labels = np.asarray(val_labels).reshape(-1).astype("int64")
+        test_labels = np.asarray(test_labels).reshape(-1).astype("int64")
+        for name, probs, labels in (("val_probabilities", val_probs, val_labels),
+                                    ("test_probabilities", test_probs, test_labels)):
+            expected = (self.num_exits, len(labels), self.model.num_classes)
+            if probs.shape != expected:
+                raise ValueError(f"`{name}` has shape {probs.shape}; expected {expected} "
+                                 "(exits, samples, classes), matching the labels.")
         rows = []
         for budget in budgets:
             try:
