@@ -118,8 +118,7 @@ def compiled_forward(layer, tokens):
 
 
 def litert_run(model, tokens):
-    from keras_dmpo.export.litert_run import make_interpreter
-    from keras_dmpo.export.tflite_convert import convert_to_tflite
+    from keras_dmpo.export.tflite_convert import convert_to_tflite, make_interpreter
 
     interpreter = make_interpreter(model_content=convert_to_tflite(model), num_threads=1)
     runner = interpreter.get_signature_runner()

@@ -23,12 +23,12 @@ import warnings
 import numpy as np
 
 # stdlib only: keeps this runtime free of Keras and TensorFlow
+from keras_dmpo import exit_rule
 from keras_dmpo.atomic_io import sha256_file as sha256_of_file
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
-CRITERIA = ("confidence", "entropy")
 QUANTIZATION_MODES = (None, "dynamic", "float16", "int8")
 # A manifest is a few KB; anything this large is not one (and would be slow
 # to parse).
@@ -42,54 +42,6 @@ TENSOR_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16",
 # to a model that expects another range.
 INPUT_RANGE_TOLERANCE = 0.5
 _SHOWN_INDICES = 5
-
-
-def exit_scores(probabilities, criterion):
-    """Exit scores in [0, 1] for a batch of probability vectors.
-
-    Args:
-        probabilities: ``(N, C)`` array of softmax outputs.
-        criterion: ``"confidence"`` (max probability) or ``"entropy"``
-            (``1 - H / ln C``, so 1 means one-hot and 0 means uniform).
-
-    Returns:
-        ``(N,)`` float64 array. A sample leaves at an exit when its score is
-        ``>=`` that exit's threshold.
-    """
-    p = np.asarray(probabilities, dtype=np.float64)
-    if criterion == "confidence":
-        return p.max(axis=-1)
-    if criterion == "entropy":
-        num_classes = p.shape[-1]
-        if num_classes < 2:
-            return np.ones(p.shape[:-1])
-        # p log p -> 0 as p -> 0; the clip only avoids log(0) warnings.
-        entropy = -np.sum(p * np.log(np.clip(p, 1e-30, None)), axis=-1)
-        return 1.0 - entropy / np.log(num_classes)
-    raise ValueError(f"`criterion` must be one of {CRITERIA}; got {criterion!r}.")
-
-
-def assign_exits(stage_probabilities, thresholds, criterion):
-    """Reference early-exit rule on full-batch outputs of every exit.
-
-    Args:
-        stage_probabilities: list of K ``(N, C)`` arrays, exit k's
-            probabilities for every sample.
-        thresholds: K thresholds (the last one is ignored: the last exit
-            always answers).
-        criterion: see ``exit_scores``.
-
-    Returns:
-        ``(N,)`` int64 array, the 0-based exit that answers each sample.
-    """
-    num_samples = np.asarray(stage_probabilities[0]).shape[0]
-    exit_index = np.full(num_samples, len(stage_probabilities) - 1, dtype=np.int64)
-    undecided = np.ones(num_samples, dtype=bool)
-    for k, probabilities in enumerate(stage_probabilities[:-1]):
-        leave = undecided & (exit_scores(probabilities, criterion) >= thresholds[k])
-        exit_index[leave] = k
-        undecided &= ~leave
-    return exit_index
 
 
 # -- non-finite input ----------------------------------------------------------
@@ -358,9 +310,9 @@ def validate_manifest(manifest, source="manifest.json"):
     ):
         check.fail("manifest['class_names']", class_names,
                    f"null or a list of {num_classes} strings (num_classes)")
-    criterion = check.require(manifest, "criterion", "the manifest", f"one of {CRITERIA}")
-    if criterion not in CRITERIA:
-        check.fail("manifest['criterion']", criterion, f"one of {list(CRITERIA)}")
+    criterion = check.require(manifest, "criterion", "the manifest", f"one of {exit_rule.CRITERIA}")
+    if criterion not in exit_rule.CRITERIA:
+        check.fail("manifest['criterion']", criterion, f"one of {list(exit_rule.CRITERIA)}")
     if manifest.get("quantization") not in QUANTIZATION_MODES:
         check.fail("manifest['quantization']", manifest.get("quantization"),
                    f"one of {list(QUANTIZATION_MODES)}")
@@ -493,27 +445,6 @@ def _resolve_bundle_file(directory, name, where):
             ".tflite file."
         )
     return real
-
-
-def _check_thresholds(thresholds, num_exits):
-    try:
-        values = [float(t) for t in thresholds]
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"`thresholds` must be {num_exits} numbers in [0, 1]; got {thresholds!r}."
-        ) from None
-    if len(values) != num_exits:
-        raise ValueError(
-            f"`thresholds` must have one value per exit ({num_exits}); got "
-            f"{len(values)}: {values}."
-        )
-    for value in values:
-        if not 0.0 <= value <= 1.0:  # also rejects NaN
-            raise ValueError(
-                f"`thresholds` must lie in [0, 1] (scores are in [0, 1]); got "
-                f"{value!r} in {values}."
-            )
-    return values
 
 
 class _Stage:
@@ -728,7 +659,7 @@ class StagedRuntime:
 
     @thresholds.setter
     def thresholds(self, values):
-        self._thresholds = _check_thresholds(values, self.num_exits)
+        self._thresholds = [float(t) for t in exit_rule.check_thresholds(values, self.num_exits)]
 
     # -- inference ------------------------------------------------------------
 
@@ -822,7 +753,7 @@ class StagedRuntime:
         batch_size = num_samples if batch_size is None else int(batch_size)
         probabilities = np.zeros((num_samples, self.num_classes), dtype=np.float32)
         exit_index = np.zeros(num_samples, dtype=np.int64)
-        batch_one = batch_size == 1 and self._batch1_fast_path
+        batch_one = batch_size == 1
         for start in range(0, num_samples, batch_size):
             stop = min(start + batch_size, num_samples)
             if batch_one:
@@ -838,18 +769,14 @@ class StagedRuntime:
             "flops": self.flops_per_exit[exit_index],
         }
 
-    # Batch 1 (what a phone does) skips the survivor bookkeeping; the
-    # benchmark turns it off to measure what it saves.
-    _batch1_fast_path = True
-
     def _predict_one(self, x):
-        """One image ``(1, H, W, C)``: the same rule as ``_predict_batch``."""
-        last = self.num_exits - 1
+        """One image ``(1, H, W, C)`` (what a phone does): the same rule as
+        ``_predict_batch`` without its survivor bookkeeping."""
         value = x
         for k, stage in enumerate(self._stages):
             stage.run_single(value)
             p = stage.output("probabilities")
-            if k == last or exit_scores(p, self.criterion)[0] >= self._thresholds[k]:
+            if exit_rule.leaves(k, p, self._thresholds, self.criterion)[0]:
                 return p[0], k
             value = stage.output("tokens")
         raise AssertionError("unreachable: the last stage always answers")
@@ -864,10 +791,7 @@ class StagedRuntime:
         for k, stage in enumerate(self._stages):
             outputs = stage(**feed)
             p = outputs["probabilities"]
-            if k == last:
-                leave = np.ones(len(alive), dtype=bool)
-            else:
-                leave = exit_scores(p, self.criterion) >= self._thresholds[k]
+            leave = exit_rule.leaves(k, p, self._thresholds, self.criterion)
             probabilities[alive[leave]] = p[leave]
             exit_index[alive[leave]] = k
             if k == last or leave.all():

@@ -109,6 +109,13 @@ def raw_images(n=NUM_IMAGES, seed=0):
     return rng.integers(0, 256, size=(n,) + TINY_VIT["image_shape"]).astype("uint8")
 
 
+def export_spec(exits, thresholds, criterion="confidence", **changes):
+    """An ExportSpec for the tiny stage models (``changes`` override fields)."""
+    from keras_dmpo.export.spec import ExportSpec
+
+    return ExportSpec(**{**export_kwargs(exits, thresholds, criterion), **changes})
+
+
 def export_kwargs(exits, thresholds, criterion="confidence"):
     from conftest import TINY_VIT
 
@@ -133,7 +140,7 @@ def make_float_export(directory):
     probabilities of ``raw_images()``) and returns ``(export_dir, reference)``.
     """
     from keras_dmpo.export.tflite import export_stage_graphs
-    from keras_dmpo.litert import exit_scores
+    from keras_dmpo.exit_rule import exit_scores
 
     models, monolithic = build_stage_models()
     images = raw_images()
@@ -143,10 +150,7 @@ def make_float_export(directory):
     t1 = midpoint_threshold(exit_scores(probabilities[0], "confidence"), 1 / 3)
     t2 = midpoint_threshold(exit_scores(probabilities[1], "confidence"), 1 / 2)
     export_dir = os.path.join(directory, "export")
-    export_stage_graphs(
-        export_dir, models, monolithic_model=monolithic,
-        **export_kwargs(EXITS, [t1, t2, 0.0]),
-    )
+    export_stage_graphs(export_dir, models, export_spec(EXITS, [t1, t2, 0.0]), monolithic_model=monolithic)
     mono = np.asarray(monolithic(model_images)["probabilities"])
     reference = {f"exit_{k + 1}": p for k, p in enumerate(probabilities)}
     reference["monolithic"] = mono

@@ -112,12 +112,14 @@ def _randomize(model, seed=0):
 
 def check_tflite_parity(model, inputs, reference, atol=1e-4):
     """Convert with TFLITE_BUILTINS only and compare LiteRT with Keras."""
-    from keras_dmpo.export.litert_run import make_interpreter, run_signature
-    from keras_dmpo.export.tflite_convert import convert_to_tflite
+    from keras_dmpo.export.tflite_convert import convert_to_tflite, make_interpreter
 
     flatbuffer = convert_to_tflite(model)
     interpreter = make_interpreter(model_content=flatbuffer)
-    out = run_signature(interpreter, [np.asarray(x) for x in inputs])
+    # The default signature, its inputs in order, as float32.
+    names = next(iter(interpreter.get_signature_list().values()))["inputs"]
+    runner = interpreter.get_signature_runner()
+    out = runner(**{n: np.asarray(x, dtype=np.float32) for n, x in zip(names, inputs)})
     got = [out[k] for k in sorted(out)]
     assert len(got) == len(reference)
     # Output names are not ordered like Keras outputs: match by shape and value.

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from conftest import build_tiny_backbone
 
+from keras_dmpo import exit_rule
 from keras_dmpo import DMPOClassifier, EarlyExitModel, PhaseCallback, PhaseSchedule
 from keras_dmpo.inference import calibration as calib
 from keras_dmpo.litert import StagedRuntime
@@ -121,7 +122,7 @@ def trained_family(request, family_presets):
     ee = EarlyExitModel(model)
     record = ee.calibrate(x[32:], y[32:], flops_budget=0.9)
     assert record is not None and len(ee.thresholds) == ee.num_exits
-    scores = calib.exit_scores(ee.exit_probabilities(x[32:]), ee.criterion)
+    scores = exit_rule.exit_scores(ee.exit_probabilities(x[32:]), ee.criterion)
     ee.thresholds = [float(np.median(s)) for s in scores[:-1]] + [0.0]
     expected = ee.predict(x[32:])
     assert len(set(expected["exit_index"].tolist())) >= 2

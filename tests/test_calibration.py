@@ -6,6 +6,7 @@ import time
 import numpy as np
 import pytest
 
+from keras_dmpo import exit_rule
 from keras_dmpo.inference import calibration as C
 
 FLOPS = np.array([10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0])
@@ -36,16 +37,18 @@ def brute_force_exits(scores, thresholds):
 def test_exit_scores():
     probabilities = np.array([[[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0]]])
     np.testing.assert_allclose(
-        C.exit_scores(probabilities, "confidence"), [[1.0, 1 / 3, 0.5]]
+        exit_rule.exit_scores(probabilities, "confidence"), [[1.0, 1 / 3, 0.5]]
     )
     np.testing.assert_allclose(
-        C.exit_scores(probabilities, "entropy"),
+        exit_rule.exit_scores(probabilities, "entropy"),
         [[1.0, 0.0, 1 - np.log(2) / np.log(3)]], atol=1e-12,
     )
     with pytest.raises(ValueError, match="'margin'"):
-        C.exit_scores(probabilities, "margin")
+        exit_rule.exit_scores(probabilities, "margin")
+    # One exit's (N, C) outputs give (N,) scores: the same rule per stage.
+    np.testing.assert_allclose(exit_rule.exit_scores(probabilities[0], "confidence"), [1.0, 1 / 3, 0.5])
     with pytest.raises(ValueError, match="shape"):
-        C.exit_scores(probabilities[0], "confidence")
+        exit_rule.exit_scores(np.float64(0.5), "confidence")
 
 
 def test_apply_thresholds_matches_brute_force():
@@ -54,10 +57,10 @@ def test_apply_thresholds_matches_brute_force():
     for _ in range(5):
         thresholds = rng.uniform(size=4)
         np.testing.assert_array_equal(
-            C.apply_thresholds(scores, thresholds), brute_force_exits(scores, thresholds)
+            exit_rule.assign_exits(scores, thresholds), brute_force_exits(scores, thresholds)
         )
     # The last threshold is ignored: the last exit always answers.
-    assert (C.apply_thresholds(scores, [1.0] * 4) == 3).sum() == (scores[:3] < 1.0).all(0).sum()
+    assert (exit_rule.assign_exits(scores, [1.0] * 4) == 3).sum() == (scores[:3] < 1.0).all(0).sum()
 
 
 @pytest.mark.parametrize(
@@ -73,7 +76,7 @@ def test_apply_thresholds_matches_brute_force():
 def test_threshold_errors(thresholds, match):
     scores, _ = synthetic(10, 4)
     with pytest.raises(ValueError, match=match):
-        C.apply_thresholds(scores, thresholds)
+        exit_rule.assign_exits(scores, thresholds)
 
 
 def test_expected_flops_and_accuracy_helpers():
@@ -85,7 +88,7 @@ def test_expected_flops_and_accuracy_helpers():
 
 
 def evaluate(scores, correct, thresholds):
-    exits = C.apply_thresholds(scores, thresholds)
+    exits = exit_rule.assign_exits(scores, thresholds)
     return C.exit_accuracy(exits, correct), C.expected_flops(exits, FLOPS[: scores.shape[0]])
 
 
@@ -121,10 +124,10 @@ def test_calibration_is_deterministic_and_uses_midpoints():
     for k, threshold in enumerate(first.thresholds[:-1]):
         assert not np.any(scores[k] == threshold), (k, threshold)
     # A tiny perturbation of the scores changes no exit.
-    exits = C.apply_thresholds(scores, first.thresholds)
+    exits = exit_rule.assign_exits(scores, first.thresholds)
     for noise in (1e-7, -1e-7):
         np.testing.assert_array_equal(
-            C.apply_thresholds(np.clip(scores + noise, 0, 1), first.thresholds), exits
+            exit_rule.assign_exits(np.clip(scores + noise, 0, 1), first.thresholds), exits
         )
 
 

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_dmpo import exit_rule
 from keras_dmpo import DMPOClassifier, EarlyExitModel
 from keras_dmpo.inference import calibration as calib
 
@@ -37,7 +38,7 @@ def cheap_model(tiny_vit_preset):
 
 def reference_predictions(ee, x, thresholds):
     probabilities = ee.exit_probabilities(x)
-    index = calib.apply_thresholds(calib.exit_scores(probabilities, ee.criterion), thresholds)
+    index = exit_rule.assign_exits(exit_rule.exit_scores(probabilities, ee.criterion), thresholds)
     return index, probabilities[index, np.arange(len(x))]
 
 
@@ -45,7 +46,7 @@ def reference_predictions(ee, x, thresholds):
 def test_batched_early_exit_equals_all_exits_reference(dmpo_model, data, criterion):
     x, _ = data
     ee = EarlyExitModel(dmpo_model, criterion=criterion)
-    scores = calib.exit_scores(ee.exit_probabilities(x), criterion)
+    scores = exit_rule.exit_scores(ee.exit_probabilities(x), criterion)
     # Thresholds at medians of the observed scores: every exit gets samples.
     ee.thresholds = [float(np.median(s)) for s in scores[:-1]] + [0.0]
     index, probabilities = reference_predictions(ee, x, ee.thresholds)

@@ -14,13 +14,13 @@ import keras
 import numpy as np
 import pytest
 
+from keras_dmpo import exit_rule
 from keras_dmpo import DMPOClassifier
 from keras_dmpo import EarlyExitModel
 from keras_dmpo import PhaseCallback
 from keras_dmpo import PhaseSchedule
 from keras_dmpo.inference import calibration as calib
 from keras_dmpo.litert import StagedRuntime
-from keras_dmpo.litert import assign_exits
 
 NUM_CLASSES = 3
 EXITS = [1, 2, 3]  # on the 4-block tiny ViT: the last block is added (K = 4)
@@ -65,7 +65,7 @@ def trained(tiny_vit_preset, data):
     changed = [not np.array_equal(a, b) for a, b in zip(before, model.get_weights())]
     assert any(changed), "fit did not change any weight"
     ee = EarlyExitModel(model)
-    scores = calib.exit_scores(ee.exit_probabilities(x), ee.criterion)
+    scores = exit_rule.exit_scores(ee.exit_probabilities(x), ee.criterion)
     ee.thresholds = [_midpoints(s) for s in scores[:-1]] + [0.0]
     expected = ee.predict(x)
     # Every exit answers some images (a real test of the staged loop).
@@ -154,7 +154,8 @@ def test_onnx_export_matches_early_exit_model(trained, tmp_path):
         probabilities.append(outputs["probabilities"])
         if "next_tokens" in outputs:
             feed = {"tokens": outputs["next_tokens"]}
-    exit_index = assign_exits(probabilities, manifest["thresholds"], manifest["criterion"])
+    exit_index = exit_rule.assign_exits(
+        exit_rule.exit_scores(np.stack(probabilities), manifest["criterion"]), manifest["thresholds"])
     np.testing.assert_array_equal(exit_index, expected["exit_index"])
     chosen = np.stack(probabilities)[exit_index, np.arange(len(x))]
     diff = float(np.abs(chosen - expected["probabilities"]).max())

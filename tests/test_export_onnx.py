@@ -8,7 +8,7 @@ import pytest
 
 from export_checks import EXITS
 from export_checks import build_stage_models
-from export_checks import export_kwargs
+from export_checks import export_spec
 from export_checks import keras_exit_probabilities
 from export_checks import load_manifest
 from export_checks import raw_images
@@ -28,9 +28,7 @@ def test_onnx_stage_graphs_match_keras(tmp_path):
     models, _ = build_stage_models()
     images = raw_images(n=6).astype("float32") / 255
     directory = str(tmp_path / "onnx")
-    manifest = export_onnx_stage_graphs(
-        directory, models, **export_kwargs(EXITS, [0.5, 0.5, 0.0])
-    )
+    manifest = export_onnx_stage_graphs(directory, models, export_spec(EXITS, [0.5, 0.5, 0.0]))
     assert manifest["format"] == "onnx" and manifest["format_version"] == 1
     assert sorted(os.listdir(directory)) == [
         "manifest.json", "stage_1.onnx", "stage_2.onnx", "stage_3.onnx",

@@ -10,7 +10,7 @@ import pytest
 
 from export_checks import EXITS
 from export_checks import build_stage_models
-from export_checks import export_kwargs
+from export_checks import export_spec
 from export_checks import float_export
 from export_checks import keras_exit_probabilities
 from export_checks import load_manifest
@@ -74,37 +74,54 @@ def test_manifest_schema(tmp_path_factory):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"thresholds": [0.5, 0.5]}, r"`thresholds` must be 3 numbers in \[0, 1\] \(one per stage\); got \[0.5, 0.5\]"),
-        ({"thresholds": [0.5, 1.5, 0.0]}, r"`thresholds` must be numbers in \[0, 1\] \(no NaN\); got \[0.5, 1.5, 0.0\]"),
-        ({"thresholds": [float("nan"), 0.5, 0.0]}, r"`thresholds` must be numbers in \[0, 1\] \(no NaN\); got \[nan"),
+        ({"thresholds": [0.5, 0.5]}, r"`thresholds` has 2 values; expected 3 \(one per exit"),
+        ({"thresholds": [0.5, 1.5, 0.0]}, r"`thresholds` must be in \[0, 1\] \(scores are\); got \[1.5\]"),
+        ({"thresholds": [float("nan"), 0.5, 0.0]}, r"`thresholds` must be in \[0, 1\] \(scores are\); got \[nan\]"),
         ({"criterion": "margin"}, r"`criterion` must be one of \('confidence', 'entropy'\); got 'margin'"),
-        ({"quantization": "int4"}, r"`quantization` must be one of \(None, 'dynamic', 'float16', 'int8'\); got 'int4'"),
-        ({"quantization": "int8"}, r"`quantization='int8'` needs `representative_data`.*got None"),
-        ({"quantization": "int8", "representative_data": np.zeros((4, 28, 28, 3))},
-         r"`representative_data` must be a non-empty array of shape \(N, 32, 32, 3\)"),
-        ({"exits": [1, 3]}, r"`exits` must be 3 increasing 1-based block numbers"),
+        ({"exits": [1, 3, 3]}, r"`exits` must be increasing 1-based block numbers"),
         ({"flops_per_exit": [3.0, 2.0, 1.0]}, r"`flops_per_exit` must be 3 positive, non-decreasing"),
         ({"full_model_flops": -1}, r"`full_model_flops` must be a positive number; got -1"),
         ({"preprocessing": {"scale": [1.0, 2.0]}}, r"`preprocessing\['scale'\]` must be a number or 3 numbers"),
         ({"preprocessing": {"resize": [64, 64]}}, r"`preprocessing\['resize'\]` must be the model's image size \[32, 32\]"),
+        ({"extra": {"x": object()}}, r"`extra` must be JSON-serialisable"),
+    ],
+)
+def test_bad_spec(change, message):
+    arguments = {"exits": EXITS, "thresholds": [0.5, 0.5, 0.0], **change}
+    with pytest.raises(ValueError, match=message):
+        export_spec(**arguments)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"quantization": "int4"}, r"`quantization` must be one of \(None, 'dynamic', 'float16', 'int8'\); got 'int4'"),
+        ({"quantization": "int8"}, r"`quantization='int8'` needs `representative_data`.*got None"),
+        ({"quantization": "int8", "representative_data": np.zeros((4, 28, 28, 3))},
+         r"`representative_data` must be a non-empty array of shape \(N, 32, 32, 3\)"),
     ],
 )
 def test_bad_arguments(stage_models, tmp_path, change, message):
     models, _ = stage_models
-    kwargs = {**export_kwargs(EXITS, [0.5, 0.5, 0.0]), **change}
     with pytest.raises(ValueError, match=message):
-        export_stage_graphs(str(tmp_path / "out"), models, **kwargs)
+        export_stage_graphs(str(tmp_path / "out"), models, export_spec(EXITS, [0.5, 0.5, 0.0]), **change)
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_spec_and_models_must_agree(stage_models, tmp_path):
+    models, _ = stage_models
+    with pytest.raises(ValueError, match=r"`stage_models` has 2 models; the export spec has 3 exits"):
+        export_stage_graphs(str(tmp_path / "out"), models[:2], export_spec(EXITS, [0.5, 0.5, 0.0]))
 
 
 def test_wrong_stage_interface(stage_models, tmp_path):
     models, monolithic = stage_models
     with pytest.raises(ValueError, match=r"`stage_models\[1\]` must take one input named 'tokens'; it has inputs \['images'\]"):
         export_stage_graphs(str(tmp_path / "out"), [models[0], monolithic, models[2]],
-                            **export_kwargs(EXITS, [0.5, 0.5, 0.0]))
+                            export_spec(EXITS, [0.5, 0.5, 0.0]))
     with pytest.raises(ValueError, match=r"`stage_models\[2\]` must return a dict with keys \['probabilities'\]"):
         export_stage_graphs(str(tmp_path / "out"), [models[0], models[1], models[1]],
-                            **export_kwargs(EXITS, [0.5, 0.5, 0.0]))
+                            export_spec(EXITS, [0.5, 0.5, 0.0]))
 
 
 def test_non_empty_directory_is_refused(stage_models, tmp_path):
@@ -113,7 +130,7 @@ def test_non_empty_directory_is_refused(stage_models, tmp_path):
     target.mkdir()
     (target / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match=r"taken.* is not empty; pass overwrite=True"):
-        export_stage_graphs(str(target), models, **export_kwargs(EXITS, [0.5, 0.5, 0.0]))
+        export_stage_graphs(str(target), models, export_spec(EXITS, [0.5, 0.5, 0.0]))
     assert (target / "notes.txt").read_text() == "mine"
 
 
@@ -134,9 +151,9 @@ def test_failed_export_leaves_nothing(stage_models, tmp_path, monkeypatch):
         return real_convert(model, **kwargs)
 
     monkeypatch.setattr(tflite_export, "convert_to_tflite", failing_convert)
-    kwargs = export_kwargs(EXITS, [0.5, 0.5, 0.0])
+    spec = export_spec(EXITS, [0.5, 0.5, 0.0])
     with pytest.raises(RuntimeError, match="simulated conversion failure"):
-        export_stage_graphs(str(tmp_path / "out"), models, **kwargs)
+        export_stage_graphs(str(tmp_path / "out"), models, spec)
     assert os.listdir(tmp_path) == []  # no target, no leftover staging dir
 
     # With overwrite=True a failure keeps the previous export untouched.
@@ -146,7 +163,7 @@ def test_failed_export_leaves_nothing(stage_models, tmp_path, monkeypatch):
     calls.clear()
     fail_at[0] = 1
     with pytest.raises(RuntimeError, match="simulated conversion failure"):
-        export_stage_graphs(str(previous), models, overwrite=True, **kwargs)
+        export_stage_graphs(str(previous), models, spec, overwrite=True)
     assert sorted(os.listdir(tmp_path)) == ["previous"]
     assert (previous / "manifest.json").read_text() == "{}"
 
@@ -184,8 +201,8 @@ def test_quantized_exports(tmp_path, quantization):
     model_images = images.astype("float32") / 255
     calibration = raw_images(n=16, seed=2).astype("float32") / 255
     manifest = export_stage_graphs(
-        str(tmp_path / quantization), models, quantization=quantization,
-        representative_data=calibration, **export_kwargs(exits, [0.0] * len(exits)),
+        str(tmp_path / quantization), models, export_spec(exits, [0.0] * len(exits)),
+        quantization=quantization, representative_data=calibration,
     )
     assert manifest["quantization"] == quantization
     runtime = StagedRuntime(str(tmp_path / quantization))

@@ -151,15 +151,14 @@ light_stage_models = _namespace["light_stage_models"]
 
 SETUP = {
     "export": LIGHT_MODELS + r"""
-from export_checks import export_kwargs
+from export_checks import export_spec
 from keras_dmpo.export.tflite import export_stage_graphs
 
 def run(c):
     models = light_stage_models(seed=c.get("seed", 0))
     mark("BUILT")
-    export_stage_graphs(c["target"], models, overwrite=c["overwrite"],
-                        extra_metadata={"writer": c["writer"]},
-                        **export_kwargs([2, 4], [0.5, 0.0]))
+    export_stage_graphs(c["target"], models, export_spec([2, 4], [0.5, 0.0], extra={"writer": c["writer"]}),
+                        overwrite=c["overwrite"])
 """,
     "cli": r"""
 from keras_dmpo import cli
@@ -423,12 +422,11 @@ def check_exports(parent, target, writers):
 
 
 def export_in_process(target, models, writer, overwrite=True):
-    from export_checks import export_kwargs
+    from export_checks import export_spec
     from keras_dmpo.export.tflite import export_stage_graphs
 
-    return export_stage_graphs(target, models, overwrite=overwrite,
-                               extra_metadata={"writer": writer},
-                               **export_kwargs([2, 4], [0.5, 0.0]))
+    return export_stage_graphs(target, models, export_spec([2, 4], [0.5, 0.0], extra={"writer": writer}),
+                               overwrite=overwrite)
 
 
 EXPORT_ENV = dict(KERAS_BACKEND="tensorflow")
@@ -505,7 +503,7 @@ def test_two_processes_exporting_to_one_directory(tmp_path, zygotes, overwrite):
 
 def test_export_lock_and_debris_in_process(tmp_path):
     """The publication mechanics without TensorFlow (every backend)."""
-    from keras_dmpo.export import manifest as manifest_lib
+    from keras_dmpo.export import bundle as manifest_lib
 
     target = str(tmp_path / "out")
 

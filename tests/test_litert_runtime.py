@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from export_checks import float_export
+from keras_dmpo import exit_rule
+from keras_dmpo.exit_rule import exit_scores
 from keras_dmpo.litert import StagedRuntime
-from keras_dmpo.litert import assign_exits
-from keras_dmpo.litert import exit_scores
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def exported(tmp_path_factory):
 
 def _reference(reference, thresholds, criterion="confidence"):
     probabilities = [reference[f"exit_{k}"] for k in (1, 2, 3)]
-    exit_index = assign_exits(probabilities, thresholds, criterion)
+    exit_index = exit_rule.assign_exits(exit_scores(np.stack(probabilities), criterion), thresholds)
     chosen = np.stack(probabilities)[exit_index, np.arange(len(exit_index))]
     return exit_index, chosen
 
@@ -71,9 +71,9 @@ def test_stages_load_lazily_and_thresholds_override(exported):
     out = runtime.predict(reference["images"][:3], batch_size=1)
     # Scores of 1.0 exactly are rare; the last exit answers the rest.
     assert (out["exit_index"] == 2).sum() >= 2
-    with pytest.raises(ValueError, match=r"`thresholds` must have one value per exit \(3\)"):
+    with pytest.raises(ValueError, match=r"`thresholds` has 1 values; expected 3 \(one per exit"):
         runtime.thresholds = [0.5]
-    with pytest.raises(ValueError, match=r"`thresholds` must lie in \[0, 1\].*nan"):
+    with pytest.raises(ValueError, match=r"`thresholds` must be in \[0, 1\].*nan"):
         runtime.thresholds = [float("nan"), 0.5, 0.0]
 
 

@@ -18,12 +18,9 @@ difference: ONNX forbids an input and an output of the same name, so the
 tokens output is called ``"next_tokens"`` (input ``"tokens"`` as in TFLite).
 """
 
-import hashlib
-import os
-
 import numpy as np
 
-from keras_dmpo.export import manifest as manifest_lib
+from keras_dmpo.export import bundle
 from keras_dmpo.export.tflite_convert import check_tensorflow_backend
 
 CREATED_BY = "keras_dmpo.export.onnx.export_onnx_stage_graphs"
@@ -32,23 +29,8 @@ DEFAULT_OPSET = 17
 TOKEN_OUTPUT = "next_tokens"
 
 
-def export_onnx_stage_graphs(
-    directory,
-    stage_models,
-    *,
-    exits,
-    thresholds,
-    criterion,
-    flops_per_exit,
-    full_model_flops,
-    image_shape,
-    preprocessing,
-    class_names=None,
-    monolithic_model=None,
-    overwrite=False,
-    extra_metadata=None,
-    opset=DEFAULT_OPSET,
-):
+def export_onnx_stage_graphs(directory, stage_models, spec, *, monolithic_model=None, overwrite=False,
+                             opset=DEFAULT_OPSET):
     """Write ``stage_k.onnx`` (and ``monolithic.onnx``) plus ``manifest.json``.
 
     Arguments are those of ``keras_dmpo.export.tflite.export_stage_graphs``
@@ -58,54 +40,26 @@ def export_onnx_stage_graphs(
     Returns:
         The manifest (dict) that was written.
 
-    Example:
-    >>> manifest = export_onnx_stage_graphs(
-    ...     "out_onnx/", [stage_1, stage_2], exits=[2, 4],
-    ...     thresholds=[0.9, 0.0], criterion="confidence",
-    ...     flops_per_exit=[4e6, 8e6], full_model_flops=7.9e6,
-    ...     image_shape=(32, 32, 3), preprocessing={"scale": 1 / 255})
-    >>> import onnxruntime
-    >>> session = onnxruntime.InferenceSession("out_onnx/stage_1.onnx")
+    Example (TensorFlow backend, with the onnx extra installed):
+
+    >>> manifest = export_onnx_stage_graphs("out_onnx/", stage_models, spec)  # doctest: +SKIP
+    >>> import onnxruntime  # doctest: +SKIP
+    >>> session = onnxruntime.InferenceSession("out_onnx/stage_1.onnx")  # doctest: +SKIP
     """
-    stage_models = manifest_lib.check_stage_models(stage_models)
-    checked = manifest_lib.check_common_arguments(
-        len(stage_models),
-        exits=exits,
-        thresholds=thresholds,
-        criterion=criterion,
-        flops_per_exit=flops_per_exit,
-        full_model_flops=full_model_flops,
-        image_shape=image_shape,
-        preprocessing=preprocessing,
-        class_names=class_names,
-        extra_metadata=extra_metadata,
-    )
-    manifest_lib.check_output_directory(directory, overwrite)
+    stage_models = bundle.check_stage_models(stage_models)
+    spec.check_num_stages(len(stage_models))
+    bundle.check_output_directory(directory, overwrite)
     check_tensorflow_backend("export_onnx_stage_graphs")
 
-    with manifest_lib.staging_directory(directory, overwrite) as staging:
-        entries = []
-        for k, model in enumerate(stage_models):
-            file_entry = _convert_and_write(model, staging, f"stage_{k + 1}.onnx", opset)
-            entries.append(manifest_lib.stage_entry(k, checked, file_entry))
-        probabilities = [o for o in entries[-1]["outputs"] if o["name"] == "probabilities"]
-        if not probabilities:
-            raise RuntimeError(f"The last stage has no 'probabilities' output: {entries[-1]}.")
-        manifest = manifest_lib.base_manifest(
-            "onnx",
-            checked,
-            quantization=None,
-            num_classes=probabilities[0]["shape"][-1],
-            created_by=CREATED_BY,
-        )
-        manifest["opset"] = int(opset)
-        manifest["stages"] = entries
-        if monolithic_model is not None:
-            entry = _convert_and_write(monolithic_model, staging, "monolithic.onnx", opset)
-            entry["flops"] = checked["full_model_flops"]
-            manifest["monolithic"] = entry
-        manifest_lib.write_manifest(staging, manifest)
-    return manifest
+    def convert(model, index):
+        proto = convert_to_onnx(model, opset=opset)
+        return proto.SerializeToString(), _graph_io(proto)
+
+    return bundle.write_bundle(
+        directory, spec, stage_models, convert, fmt="onnx", suffix="onnx", created_by=CREATED_BY,
+        monolithic_model=monolithic_model, quantization=None, overwrite=overwrite,
+        manifest_extra={"opset": int(opset)},
+    )
 
 
 def convert_to_onnx(model, opset=DEFAULT_OPSET):
@@ -187,20 +141,6 @@ def _check_supported(proto, name):
     unsupported = sorted({n.op_type for n in proto.graph.node if n.op_type == "Erfc"})
     if unsupported:
         raise RuntimeError(f"ONNX graph of {name!r} still has ops {unsupported}.")
-
-
-def _convert_and_write(model, staging, file_name, opset):
-    proto = convert_to_onnx(model, opset=opset)
-    payload = proto.SerializeToString()
-    with open(os.path.join(staging, file_name), "wb") as handle:
-        handle.write(payload)
-    entry = {
-        "file": file_name,
-        "sha256": hashlib.sha256(payload).hexdigest(),
-        "size_bytes": len(payload),
-    }
-    entry.update(_graph_io(proto))
-    return entry
 
 
 def _graph_io(proto):

@@ -13,17 +13,13 @@ Conversion runs on the TensorFlow backend (``EarlyExitModel.export_tflite``
 does it in a TensorFlow subprocess on JAX and torch).
 """
 
-import hashlib
-import json
-import os
-
 import numpy as np
 
-from keras_dmpo.export import manifest as manifest_lib
+from keras_dmpo.export import bundle
 from keras_dmpo.export.tflite_convert import QUANTIZATIONS
 from keras_dmpo.export.tflite_convert import check_tensorflow_backend
 from keras_dmpo.export.tflite_convert import convert_to_tflite
-from keras_dmpo.litert import validate_manifest
+from keras_dmpo.export.tflite_convert import make_interpreter
 
 CREATED_BY = "keras_dmpo.export.tflite.export_stage_graphs"
 
@@ -31,20 +27,12 @@ CREATED_BY = "keras_dmpo.export.tflite.export_stage_graphs"
 def export_stage_graphs(
     directory,
     stage_models,
+    spec,
     *,
-    exits,
-    thresholds,
-    criterion,
-    flops_per_exit,
-    full_model_flops,
-    image_shape,
-    preprocessing,
-    class_names=None,
     monolithic_model=None,
     quantization=None,
     representative_data=None,
     overwrite=False,
-    extra_metadata=None,
 ):
     """Write ``stage_k.tflite`` files, ``monolithic.tflite`` and ``manifest.json``.
 
@@ -59,19 +47,8 @@ def export_stage_graphs(
             stages take ``"tokens"`` and return both; the last stage takes
             ``"tokens"`` and returns ``{"probabilities"}``. With K == 1 the
             only stage maps images to ``{"probabilities"}``.
-        exits: K increasing 1-based block numbers, one per stage.
-        thresholds: K exit thresholds in [0, 1] (the last exit always answers;
-            its threshold is kept for the record).
-        criterion: ``"confidence"`` (max softmax) or ``"entropy"``
-            (``1 - H / ln C``).
-        flops_per_exit: K cumulative FLOPs per image to answer at exit k.
-        full_model_flops: FLOPs of the backbone with only the last head (100%).
-        image_shape: ``(H, W, C)`` of the model input.
-        preprocessing: dict, ``x_model = x_raw * scale + offset`` with
-            ``scale``/``offset`` numbers or per-channel lists, ``input_range``
-            of the raw pixels (``[0, 255]``: uint8 input), ``resize`` (must be
-            ``[H, W]``), ``channels``. Missing keys get identity defaults.
-        class_names: optional list of C names.
+        spec: the ``keras_dmpo.export.spec.ExportSpec`` (exits, thresholds,
+            criterion, FLOPs, image shape, preprocessing, class names).
         monolithic_model: optional Keras model images -> ``{"probabilities"}``
             of the last exit, exported as ``monolithic.tflite`` for comparison.
         quantization: ``None`` (float32), ``"dynamic"``, ``"float16"`` or
@@ -80,8 +57,6 @@ def export_stage_graphs(
             model-space images; stage k > 1 is calibrated on the tokens the
             preceding Keras stages compute from them.
         overwrite: replace a non-empty ``directory``.
-        extra_metadata: optional JSON-serialisable dict stored as
-            ``manifest["extra"]``.
 
     Returns:
         The manifest (dict) that was written.
@@ -92,70 +67,55 @@ def export_stage_graphs(
         RuntimeError: when a graph does not convert with builtin ops only, or
             not on the TensorFlow backend.
 
-    Example:
-    >>> manifest = export_stage_graphs(
-    ...     "out/", [stage_1, stage_2], exits=[2, 4], thresholds=[0.9, 0.0],
-    ...     criterion="confidence", flops_per_exit=[4e6, 8e6],
-    ...     full_model_flops=7.9e6, image_shape=(32, 32, 3),
-    ...     preprocessing={"scale": 1 / 255, "input_range": [0, 255]})
-    >>> [s["file"] for s in manifest["stages"]]
+    Example (TensorFlow backend; ``stage_models`` and ``spec`` as above, or
+    ``EarlyExitModel.export_tflite``, which builds both):
+
+    >>> manifest = export_stage_graphs("out/", stage_models, spec)  # doctest: +SKIP
+    >>> [s["file"] for s in manifest["stages"]]  # doctest: +SKIP
     ['stage_1.tflite', 'stage_2.tflite']
     """
-    stage_models = manifest_lib.check_stage_models(stage_models)
-    checked = manifest_lib.check_common_arguments(
-        len(stage_models),
-        exits=exits,
-        thresholds=thresholds,
-        criterion=criterion,
-        flops_per_exit=flops_per_exit,
-        full_model_flops=full_model_flops,
-        image_shape=image_shape,
-        preprocessing=preprocessing,
-        class_names=class_names,
-        extra_metadata=extra_metadata,
-    )
+    stage_models = bundle.check_stage_models(stage_models)
+    spec.check_num_stages(len(stage_models))
     if quantization not in QUANTIZATIONS:
-        raise ValueError(
-            f"`quantization` must be one of {QUANTIZATIONS}; got {quantization!r}."
-        )
-    calibration = manifest_lib.check_int8_data(
-        representative_data, checked["image_shape"], quantization
-    )
-    manifest_lib.check_output_directory(directory, overwrite)
+        raise ValueError(f"`quantization` must be one of {QUANTIZATIONS}; got {quantization!r}.")
+    calibration = check_int8_data(representative_data, spec.image_shape, quantization)
+    bundle.check_output_directory(directory, overwrite)
     _check_stage_signatures(stage_models, monolithic_model)
     check_tensorflow_backend("export_stage_graphs")
 
-    with manifest_lib.staging_directory(directory, overwrite) as staging:
-        stage_inputs = calibration
-        entries = []
-        for k, model in enumerate(stage_models):
-            file_entry = _convert_and_write(
-                model, staging, f"stage_{k + 1}.tflite", quantization, stage_inputs
-            )
-            entries.append(manifest_lib.stage_entry(k, checked, file_entry))
-            if calibration is not None and k + 1 < len(stage_models):
-                stage_inputs = _stage_tokens(model, stage_inputs)
-        num_classes = _num_classes(entries[-1])
-        manifest = manifest_lib.base_manifest(
-            "tflite",
-            checked,
-            quantization=quantization,
-            num_classes=num_classes,
-            created_by=CREATED_BY,
+    stage_inputs = [calibration]  # int8: what the next stage is calibrated on
+
+    def convert(model, index):
+        data = calibration if index is None else stage_inputs[0]
+        flatbuffer = convert_to_tflite(model, quantization=quantization,
+                                       representative_data=data if quantization == "int8" else None)
+        if data is not None and index is not None and index + 1 < len(stage_models):
+            stage_inputs[0] = _stage_tokens(model, data)
+        return flatbuffer, signature_io(flatbuffer)
+
+    return bundle.write_bundle(
+        directory, spec, stage_models, convert, fmt="tflite", suffix="tflite", created_by=CREATED_BY,
+        monolithic_model=monolithic_model, quantization=quantization, overwrite=overwrite,
+    )
+
+
+def check_int8_data(representative_data, image_shape, quantization):
+    """For int8, check the calibration images and return them as float32; else None."""
+    if quantization != "int8":
+        return None
+    if representative_data is None:
+        raise ValueError(
+            "`quantization='int8'` needs `representative_data`: a numpy array "
+            f"of typical model-input images of shape (N, {', '.join(map(str, image_shape))}) "
+            "(100-500 images) to calibrate activation ranges; got None."
         )
-        manifest["stages"] = entries
-        if monolithic_model is not None:
-            entry = _convert_and_write(
-                monolithic_model, staging, "monolithic.tflite", quantization, calibration
-            )
-            entry["flops"] = checked["full_model_flops"]
-            manifest["monolithic"] = entry
-        # The runtime's own schema check: an export it would refuse is a bug
-        # here, caught before anything is published.
-        validate_manifest(json.loads(json.dumps(manifest)), source="the new manifest")
-        # Last: a directory with a manifest is a complete export.
-        manifest_lib.write_manifest(staging, manifest)
-    return manifest
+    data = np.asarray(representative_data, dtype=np.float32)
+    if data.ndim != 4 or list(data.shape[1:]) != list(image_shape) or not len(data):
+        raise ValueError(
+            f"`representative_data` must be a non-empty array of shape (N, {', '.join(map(str, image_shape))}); "
+            f"got 'array of shape {data.shape}'."
+        )
+    return data
 
 
 def _check_stage_signatures(stage_models, monolithic_model):
@@ -199,31 +159,11 @@ def _stage_tokens(model, inputs, batch_size=32):
     return np.concatenate(chunks, axis=0)
 
 
-def _convert_and_write(model, staging, file_name, quantization, calibration):
-    flatbuffer = convert_to_tflite(
-        model,
-        quantization=quantization,
-        representative_data=calibration if quantization == "int8" else None,
-    )
-    path = os.path.join(staging, file_name)
-    with open(path, "wb") as handle:
-        handle.write(flatbuffer)
-    entry = {
-        "file": file_name,
-        "sha256": hashlib.sha256(flatbuffer).hexdigest(),
-        "size_bytes": len(flatbuffer),
-    }
-    entry.update(signature_io(flatbuffer))
-    return entry
-
-
 def signature_io(flatbuffer):
     """Signature key and input/output specs as the LiteRT runner sees them.
 
     Shapes come from ``shape_signature`` (``-1`` for the batch dimension).
     """
-    from keras_dmpo.export.litert_run import make_interpreter
-
     interpreter = make_interpreter(model_content=flatbuffer)
     signatures = interpreter.get_signature_list()
     if len(signatures) != 1:
@@ -246,10 +186,3 @@ def signature_io(flatbuffer):
         "inputs": specs(runner.get_input_details()),
         "outputs": specs(runner.get_output_details()),
     }
-
-
-def _num_classes(entry):
-    for spec in entry["outputs"]:
-        if spec["name"] == "probabilities":
-            return int(spec["shape"][-1])
-    raise RuntimeError(f"{entry['file']} has no 'probabilities' output: {entry['outputs']}.")

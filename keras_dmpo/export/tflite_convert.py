@@ -172,15 +172,10 @@ def _as_representative_dataset(data):
     return generator
 
 
-def write_bytes_atomically(path, payload):
-    """Write ``payload`` to ``path`` through a temporary file and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def make_interpreter(model_content=None, model_path=None, num_threads=None):
+    """A LiteRT interpreter with its tensors allocated."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=model_content, model_path=model_path, num_threads=num_threads)
+    interpreter.allocate_tensors()
+    return interpreter

@@ -1,8 +1,8 @@
-"""Exit scores, exit rules and threshold calibration for a FLOPs budget (numpy).
+"""Threshold calibration for a FLOPs budget (numpy).
 
-A sample leaves at the first exit ``k`` whose score is ``>= thresholds[k]``;
-the last exit always answers (its threshold is stored as 0.0 and ignored).
-Scores are in [0, 1] for both criteria, so thresholds are too.
+The rule that thresholds drive (score each exit, the first exit whose score
+passes its threshold answers, the last exit always answers) lives in
+``keras_dmpo.exit_rule``; this module searches thresholds for it.
 
 ``calibrate_thresholds`` starts from MSDNet's geometric exit proportions
 (Huang et al., 2018) and improves them by a deterministic coordinate search.
@@ -16,99 +16,10 @@ import math
 
 import numpy as np
 
-CRITERIA = ("confidence", "entropy")
+from keras_dmpo import exit_rule
+
 # Relative slack when comparing FLOPs with the budget (float rounding only).
 _BUDGET_RTOL = 1e-9
-
-
-def exit_scores(probabilities, criterion="confidence"):
-    """Per-exit confidence scores in [0, 1].
-
-    Args:
-        probabilities: ``(K, N, C)`` softmax outputs of the K exits.
-        criterion: ``"confidence"`` (max probability) or ``"entropy"``
-            (``1 - H / ln C``, H the entropy in nats; 1 for ``C == 1``).
-
-    Returns:
-        ``(K, N)`` float64 scores.
-    """
-    if criterion not in CRITERIA:
-        raise ValueError(
-            f"Unknown `criterion` {criterion!r}; expected one of {CRITERIA}."
-        )
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    if probabilities.ndim != 3:
-        raise ValueError(
-            "`probabilities` must have shape (num_exits, num_samples, "
-            f"num_classes); got shape {probabilities.shape}."
-        )
-    if criterion == "confidence":
-        scores = probabilities.max(axis=-1)
-    else:
-        num_classes = probabilities.shape[-1]
-        if num_classes < 2:
-            return np.ones(probabilities.shape[:2])
-        p = np.clip(probabilities, 0.0, 1.0)
-        # 0 * log 0 = 0: use log(1) where p == 0.
-        entropy = -np.sum(p * np.log(np.where(p > 0, p, 1.0)), axis=-1)
-        scores = 1.0 - entropy / math.log(num_classes)
-    return np.clip(scores, 0.0, 1.0)
-
-
-def _check_scores(scores):
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.ndim != 2 or scores.shape[0] == 0 or scores.shape[1] == 0:
-        raise ValueError(
-            "`scores` must be a non-empty (num_exits, num_samples) array; got "
-            f"shape {scores.shape}."
-        )
-    if not np.all(np.isfinite(scores)):
-        raise ValueError("`scores` contains NaN or infinite values.")
-    return scores
-
-
-def check_thresholds(thresholds, num_exits):
-    """Validate thresholds: ``num_exits`` finite values in [0, 1].
-
-    Returns:
-        float64 array of length ``num_exits``.
-    """
-    try:
-        values = np.asarray(thresholds, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"`thresholds` must be {num_exits} numbers in [0, 1]; got {thresholds!r}."
-        ) from None
-    if values.size != num_exits:
-        raise ValueError(
-            f"`thresholds` has {values.size} values; expected {num_exits} "
-            f"(one per exit, the last one ignored). Got {thresholds!r}."
-        )
-    bad = [float(v) for v in values if not 0.0 <= v <= 1.0]  # NaN fails too
-    if bad:
-        raise ValueError(
-            f"`thresholds` must be in [0, 1] (scores are); got {bad} in "
-            f"{values.tolist()}."
-        )
-    return values
-
-
-def apply_thresholds(scores, thresholds):
-    """Exit index per sample: the first ``k`` with ``score >= threshold_k``.
-
-    Args:
-        scores: ``(K, N)`` scores.
-        thresholds: ``K`` values in [0, 1]; the last one is ignored (the last
-            exit always answers).
-
-    Returns:
-        ``(N,)`` int64 0-based exit indices.
-    """
-    scores = _check_scores(scores)
-    thresholds = check_thresholds(thresholds, scores.shape[0])
-    passed = scores >= thresholds[:, None]
-    passed[-1] = True
-    return np.argmax(passed, axis=0).astype(np.int64)
 
 
 def expected_flops(exit_index, flops_per_exit):
@@ -220,10 +131,7 @@ def _snap(threshold, values):
 
 
 def _evaluate(scores, correct, flops, thresholds):
-    exits = np.argmax(
-        np.concatenate([scores[:-1] >= thresholds[:-1, None], np.ones((1, scores.shape[1]), bool)]),
-        axis=0,
-    )
+    exits = exit_rule.first_exit(exit_rule.passes(scores, thresholds[:, None]))
     columns = np.arange(scores.shape[1])
     return int(correct[exits, columns].sum()), float(flops[exits].sum()), exits
 
@@ -272,7 +180,7 @@ def geometric_thresholds(scores, flops_per_exit, budget_flops):
         # Same survivors pass (>= is kept), but at a midpoint between scores.
         threshold = min(1.0, _snap(threshold, scores[k]))
         thresholds[k] = threshold
-        leaving = alive & (scores[k] >= threshold)
+        leaving = alive & exit_rule.passes(scores[k], threshold)
         exited += int(leaving.sum())
         alive &= ~leaving
     return thresholds
@@ -292,13 +200,12 @@ def _coordinate_search(scores, correct, flops, budget_total, thresholds, candida
     for _ in range(max_sweeps):
         improved = False
         for k in range(num_exits - 1):
-            passed = scores[:-1] >= thresholds[:-1, None]
+            passed = exit_rule.passes(scores, thresholds[:, None])
             before = passed[:k].any(axis=0)
             # Where a sample goes if it does not leave at k.
-            later = np.concatenate([passed[k + 1:], np.ones((1, num_samples), bool)])
-            fallback = k + 1 + np.argmax(later, axis=0)
+            fallback = k + 1 + exit_rule.first_exit(passed[k + 1:])
             fixed = before
-            first = np.argmax(np.concatenate([passed, np.ones((1, num_samples), bool)]), axis=0)
+            first = exit_rule.first_exit(passed)
             fixed_correct = int(correct[first[fixed], columns[fixed]].sum())
             fixed_flops = float(flops[first[fixed]].sum())
             reach = ~before
@@ -314,7 +221,9 @@ def _coordinate_search(scores, correct, flops, budget_total, thresholds, candida
             base_correct = fixed_correct + int(stay_correct.sum())
             base_flops = fixed_flops + float(stay_flops.sum())
             cand = candidates[k]
-            leaving = np.searchsorted(-s_sorted, -cand, side="right")  # count s >= c
+            # How many survivors pass each candidate: exit_rule.passes (>=),
+            # counted on sorted scores for all candidates at once.
+            leaving = np.searchsorted(-s_sorted, -cand, side="right")
             totals_correct = base_correct + gain_correct[leaving]
             totals_flops = base_flops + gain_flops[leaving]
             feasible = totals_flops <= budget_total
@@ -359,7 +268,7 @@ def calibrate_thresholds(
     3. Return the best result over the starts.
 
     Args:
-        scores: ``(K, N)`` validation scores in [0, 1] (``exit_scores``).
+        scores: ``(K, N)`` validation scores in [0, 1] (``exit_rule.exit_scores``).
         correct: ``(K, N)`` bool, whether exit k's prediction is right.
         flops_per_exit: ``K`` cumulative FLOPs per sample, non-decreasing.
         budget_flops: mean FLOPs per sample allowed (absolute), in
@@ -376,13 +285,7 @@ def calibrate_thresholds(
         ValueError: empty or mismatched data, NaN scores, bad FLOPs, or a
             budget outside the valid range (naming ``flops_budget``).
     """
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.ndim != 2 or scores.size == 0:
-        raise ValueError(
-            "`scores` must be a non-empty (num_exits, num_samples) array; got "
-            f"shape {scores.shape}. Calibration needs validation data."
-        )
-    scores = _check_scores(scores)
+    scores = exit_rule.check_scores(scores)
     correct = np.asarray(correct)
     if correct.shape != scores.shape:
         raise ValueError(

@@ -6,13 +6,13 @@ import os
 import keras
 import numpy as np
 
-from keras_dmpo import atomic_io
+from keras_dmpo import atomic_io, exit_rule
 from keras_dmpo.inference import calibration as calib
+from keras_dmpo.inference import stage_export
 from keras_dmpo.inference.flops import ExitCostConfig, dmpo_flops_per_exit
 from keras_dmpo.inference.stage_runner import StageRunner, pad_rows
 from keras_dmpo.inputs import check_images, check_labels
 
-CRITERIA = ("confidence", "entropy")
 SIDECAR_SUFFIX = ".early_exit.json"
 
 
@@ -184,8 +184,7 @@ class EarlyExitModel:
                 "`model` must be a keras_dmpo.DMPOClassifier (a model with exits); got "
                 f"{type(model).__name__}. Build one with DMPOClassifier.from_preset(...)."
             )
-        if criterion not in CRITERIA:
-            raise ValueError(f"`criterion` must be one of {CRITERIA}; got {criterion!r}.")
+        exit_rule.check_criterion(criterion)
         self.model = model
         self.criterion = criterion
         self.exits = tuple(model.exits)
@@ -229,7 +228,7 @@ class EarlyExitModel:
     def thresholds(self, values):
         if values is None:
             values = [1.0] * (self.num_exits - 1) + [0.0]
-        self._thresholds = [float(t) for t in calib.check_thresholds(values, self.num_exits)]
+        self._thresholds = [float(t) for t in exit_rule.check_thresholds(values, self.num_exits)]
 
     @property
     def flops_fractions(self):
@@ -307,11 +306,7 @@ class EarlyExitModel:
             for k, stage in enumerate(stages):
                 out = stage(inputs, batch_size)
                 probs = out["probabilities"]
-                if k == self.num_exits - 1:
-                    leave = np.ones(len(alive), bool)
-                else:
-                    scores = calib.exit_scores(probs[None], self.criterion)[0]
-                    leave = scores >= self._thresholds[k]
+                leave = exit_rule.leaves(k, probs, self._thresholds, self.criterion)
                 rows = start + alive[leave]
                 probabilities[rows] = probs[leave]
                 exit_index[rows] = k
@@ -406,7 +401,7 @@ class EarlyExitModel:
         return calibration
 
     def _calibrate_arrays(self, probabilities, labels, budget, store=True):
-        scores = calib.exit_scores(probabilities, self.criterion)
+        scores = exit_rule.exit_scores(probabilities, self.criterion)
         correct = probabilities.argmax(-1) == labels[None, :]
         result = calib.calibrate_thresholds(
             scores, correct, self.flops_per_exit, budget, full_model_flops=self.full_model_flops
@@ -453,16 +448,16 @@ class EarlyExitModel:
             except ValueError:
                 continue  # below the first exit: not reachable
             result = self._calibrate_arrays(val_probs, val_labels, absolute, store=False)
-            scores = calib.exit_scores(test_probs, self.criterion)
-            index = calib.apply_thresholds(scores, result.thresholds)
+            index = exit_rule.assign_exits(exit_rule.exit_scores(test_probs, self.criterion),
+                                           result.thresholds)
             correct = test_probs.argmax(-1) == test_labels[None, :]
             rows.append({
                 "budget": float(budget),
                 "thresholds": list(result.thresholds),
                 "validation_accuracy": float(result.validation_accuracy),
                 "validation_fraction": float(result.expected_flops / self.full_model_flops),
-                "test_accuracy": float(correct[index, np.arange(len(index))].mean()),
-                "test_fraction": float(np.asarray(self.flops_per_exit)[index].mean() / self.full_model_flops),
+                "test_accuracy": calib.exit_accuracy(index, correct),
+                "test_fraction": calib.expected_flops(index, self.flops_per_exit) / self.full_model_flops,
                 "exit_fractions": calib.exit_fractions(index, self.num_exits),
                 "calibration": result.to_dict(),
             })
@@ -625,18 +620,17 @@ class EarlyExitModel:
         Returns:
             The manifest (dict).
         """
-        from keras_dmpo.export import early_exit_export
-
-        return early_exit_export.export_tflite(
-            self, directory, quantization=quantization,
+        return stage_export.export(
+            self, "tflite", directory, quantization=quantization,
             representative_data=representative_data, overwrite=overwrite,
             class_names=class_names,
         )
 
     def export_onnx(self, directory, overwrite=False, class_names=None):
         """Write the stage graphs as ONNX with a manifest (TF subprocess on JAX/torch)."""
-        from keras_dmpo.export import early_exit_export
+        return stage_export.export(self, "onnx", directory, overwrite=overwrite, class_names=class_names)
 
-        return early_exit_export.export_onnx(
-            self, directory, overwrite=overwrite, class_names=class_names
-        )
+    def export_spec(self, class_names=None):
+        """The ``keras_dmpo.export.spec.ExportSpec`` of this model as it stands
+        (exits, thresholds, criterion, FLOPs, image shape, preprocessing)."""
+        return stage_export.export_spec(self, class_names)

@@ -1,0 +1,49 @@
+"""``python -m keras_dmpo.export``: export a saved EarlyExitModel on TensorFlow.
+
+The entry point that ``EarlyExitModel.export_tflite`` / ``export_onnx`` run
+in a ``KERAS_BACKEND=tensorflow`` subprocess when the caller's backend is JAX
+or torch (the converters trace TensorFlow graphs). Like the CLI, it sits on
+top of the package: nothing imports it.
+"""
+
+import argparse
+import json
+
+import numpy as np
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m keras_dmpo.export",
+                                     description="Export a saved EarlyExitModel (TensorFlow backend).")
+    parser.add_argument("format", choices=["tflite", "onnx"])
+    parser.add_argument("model", help="an EarlyExitModel saved with .save() (.keras)")
+    parser.add_argument("directory")
+    parser.add_argument("--quantization", default=None)
+    parser.add_argument("--representative-data", default=None, help=".npy of model-space images (int8)")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--class-names", default=None, help="JSON list of names")
+    parser.add_argument("--exact-variables", default=None,
+                        help="npz of variables keras-hub recomputes on load (see recomputed_on_load)")
+    args = parser.parse_args(argv)
+
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise SystemExit("run with KERAS_BACKEND=tensorflow")
+    from keras_dmpo.inference.early_exit import EarlyExitModel
+    from keras_dmpo.models.backbone_families import recomputed_on_load
+
+    ee = EarlyExitModel.load(args.model)
+    if args.exact_variables:
+        with np.load(args.exact_variables) as exact:
+            for name, variable in recomputed_on_load(ee.model.backbone).items():
+                variable.assign(exact[name])
+    class_names = None if args.class_names is None else json.loads(args.class_names)
+    data = None if args.representative_data is None else np.load(args.representative_data)
+    export = ee.export_tflite if args.format == "tflite" else ee.export_onnx
+    kwargs = {"quantization": args.quantization, "representative_data": data} if args.format == "tflite" else {}
+    export(args.directory, overwrite=args.overwrite, class_names=class_names, **kwargs)
+
+
+if __name__ == "__main__":
+    main()

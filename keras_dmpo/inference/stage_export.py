@@ -1,0 +1,112 @@
+"""EarlyExitModel -> TFLite / ONNX stage graphs, from any backend.
+
+The converters trace TensorFlow graphs. On the TensorFlow backend we convert
+in-process; on JAX and torch the model is saved (``.keras`` + thresholds) and
+``python -m keras_dmpo.export`` rebuilds and converts it under
+``KERAS_BACKEND=tensorflow`` (weights are backend-independent; measured
+difference ~1e-6).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import keras
+import numpy as np
+
+from keras_dmpo.export import bundle
+from keras_dmpo.export.spec import ExportSpec
+from keras_dmpo.export.tflite import check_int8_data
+from keras_dmpo.export.tflite_convert import QUANTIZATIONS
+from keras_dmpo.models.backbone_families import recomputed_on_load
+
+# DMPOClassifier takes images in [0, 1]; the app rescales uint8 pixels to that range.
+IDENTITY_PREPROCESSING = {"scale": 1.0, "offset": 0.0, "input_range": [0.0, 1.0]}
+
+
+def export_spec(ee, class_names=None):
+    """The ``ExportSpec`` of an ``EarlyExitModel`` as it stands."""
+    image_shape = list(ee.model.image_shape)
+    return ExportSpec(
+        exits=ee.exits,
+        thresholds=ee.thresholds,
+        criterion=ee.criterion,
+        flops_per_exit=ee.flops_per_exit,
+        full_model_flops=ee.full_model_flops,
+        image_shape=image_shape,
+        preprocessing={**IDENTITY_PREPROCESSING, "resize": image_shape[:2], "channels": image_shape[2]},
+        class_names=class_names,
+        extra={
+            "stage_flops": ee.stage_flops,
+            "calibration": None if ee.calibration is None else ee.calibration.to_dict(),
+        },
+    )
+
+
+def export(ee, fmt, directory, *, quantization=None, representative_data=None, overwrite=False,
+           class_names=None):
+    """Export ``ee`` as ``fmt`` ("tflite" or "onnx"); returns the manifest.
+
+    Bad arguments fail here, in the caller's process, before any conversion
+    or subprocess.
+    """
+    directory = os.fspath(directory)
+    spec = export_spec(ee, class_names)
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"`quantization` must be one of {QUANTIZATIONS}; got {quantization!r}.")
+    check_int8_data(representative_data, spec.image_shape, quantization)
+    bundle.check_output_directory(directory, overwrite)
+    if keras.backend.backend() != "tensorflow":
+        return _in_tensorflow_subprocess(fmt, ee, directory, quantization, representative_data,
+                                         overwrite, class_names)
+    stage_models = ee.model.build_stage_models(probabilities=True)
+    monolithic = ee.model.build_single_exit_model()
+    if fmt == "tflite":
+        from keras_dmpo.export.tflite import export_stage_graphs
+
+        return export_stage_graphs(
+            directory, stage_models, spec, monolithic_model=monolithic, quantization=quantization,
+            representative_data=None if representative_data is None else np.asarray(representative_data, "float32"),
+            overwrite=overwrite,
+        )
+    # The ONNX writer needs the onnx extra (tf2onnx): imported only when asked for.
+    from keras_dmpo.export.onnx import export_onnx_stage_graphs
+
+    return export_onnx_stage_graphs(directory, stage_models, spec, monolithic_model=monolithic,
+                                    overwrite=overwrite)
+
+
+def _in_tensorflow_subprocess(fmt, ee, directory, quantization, representative_data, overwrite, class_names):
+    with tempfile.TemporaryDirectory(prefix="keras_dmpo_export_") as tmp:
+        model_path = os.path.join(tmp, "model.keras")
+        ee.save(model_path)
+        command = [sys.executable, "-m", "keras_dmpo.export", fmt, model_path, os.path.abspath(directory)]
+        exact = {
+            name: keras.ops.convert_to_numpy(variable)
+            for name, variable in recomputed_on_load(ee.model.backbone).items()
+        }
+        if exact:
+            exact_path = os.path.join(tmp, "exact_variables.npz")
+            np.savez(exact_path, **exact)
+            command += ["--exact-variables", exact_path]
+        if quantization:
+            command += ["--quantization", quantization]
+        if representative_data is not None:
+            data_path = os.path.join(tmp, "representative.npy")
+            np.save(data_path, np.asarray(representative_data, "float32"))
+            command += ["--representative-data", data_path]
+        if overwrite:
+            command.append("--overwrite")
+        if class_names is not None:
+            command += ["--class-names", json.dumps([str(c) for c in class_names])]
+        env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
+        if result.returncode != 0:
+            tail = "\n".join(result.stderr.strip().splitlines()[-15:])
+            raise RuntimeError(
+                f"{fmt} export in the TensorFlow subprocess failed (exit {result.returncode}):\n{tail}"
+            )
+    with open(os.path.join(directory, "manifest.json")) as handle:
+        return json.load(handle)
