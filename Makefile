@@ -8,10 +8,11 @@ STAMP := $(VENV)/.keras_dmpo-installed
 
 .PHONY: install demo test data weights clean
 
-# Re-installs only when pyproject.toml changes; otherwise a no-op.
-$(STAMP): pyproject.toml
+# Re-installs only when pyproject.toml or constraints.txt changes; otherwise a
+# no-op. constraints.txt holds the exact versions (pyproject.toml has ranges).
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[all]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[all]"
 	@touch $(STAMP)
 
 install: $(STAMP)

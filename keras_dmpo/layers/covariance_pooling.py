@@ -109,7 +109,7 @@ class CovariancePooling(keras.layers.Layer):
 
     Example:
     >>> pooling = CovariancePooling(dim=16, iterations=5)
-    >>> pooling(np.zeros((2, 17, 32))).shape
+    >>> tuple(pooling(np.random.rand(2, 17, 32)).shape)  # 16 * 17 / 2 features
     (2, 136)
     """
 

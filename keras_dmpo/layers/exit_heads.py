@@ -43,7 +43,7 @@ class LinearExitHead(keras.layers.Layer):
 
     Example:
     >>> head = LinearExitHead(num_classes=10)
-    >>> head(np.zeros((2, 17, 32))).shape
+    >>> tuple(head(np.random.rand(2, 17, 32)).shape)
     (2, 10)
     """
 
@@ -161,7 +161,7 @@ class CovarianceExitHead(keras.layers.Layer):
 
     Example:
     >>> head = CovarianceExitHead(num_classes=10, covariance_dim=16)
-    >>> head(np.zeros((2, 17, 32))).shape
+    >>> tuple(head(np.random.rand(2, 17, 32)).shape)
     (2, 10)
     """
 

@@ -30,9 +30,14 @@ class ParallelAdapter(keras.layers.Layer):
         training: bool, whether dropout is active.
 
     Example:
-    >>> block = backbone.get_layer("vit_encoder").encoder_layers[0]
+    >>> import keras_hub
+    >>> block = keras_hub.layers.TransformerEncoder(intermediate_dim=64, num_heads=2)
+    >>> h = np.random.rand(2, 17, 32).astype("float32")  # (batch, tokens, width)
+    >>> block_out = block(h)  # in DMPOClassifier: a frozen block of the backbone
     >>> adapter = ParallelAdapter(bottleneck_dim=8)
-    >>> h_next = adapter(h, block(h))  # equals block(h) at initialisation
+    >>> h_next = adapter(h, block_out)
+    >>> np.allclose(keras.ops.convert_to_numpy(h_next), keras.ops.convert_to_numpy(block_out))
+    True
     """
 
     def __init__(
