@@ -6,7 +6,8 @@ and methods defined there -- which covers everything ``keras_dmpo`` and
 ``keras_dmpo.layers`` export (checked below). An example is either doctest
 (``>>>``; the output shown is compared, with ``ELLIPSIS`` and
 ``NORMALIZE_WHITESPACE``) or a fenced ```` ```python ```` block (run as one
-piece; no output compared). An ``Example:`` section with neither fails.
+piece; no output compared). An ``Example:`` (or ``Example (...):``) section
+with neither fails.
 
 The conventions, as for doctest: an example sees its module's names, plus
 ``np`` (numpy) and ``keras``; anything else it imports or builds itself, with
@@ -29,7 +30,8 @@ import pytest
 import keras_dmpo
 
 FENCED = re.compile(r"```python\n(.*?)```", re.S)
-EXAMPLE_SECTION = re.compile(r"^\s*Examples?:\s*$", re.M)
+# "Example:", "Examples:", "Example (TensorFlow backend):" on a line of their own.
+EXAMPLE_SECTION = re.compile(r"^\s*Examples?\b[^\n]*:\s*$", re.M)
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE | doctest.FAIL_FAST
 
 # Examples in modules being restructured (issue 17) that do not run yet.
@@ -177,7 +179,7 @@ def test_collector_finds_both_styles_and_empty_sections():
         """
 
     def empty_section():
-        """Example:
+        """Example (on some backend):
 
         thing(h)
         """
