@@ -382,7 +382,7 @@ def run_one(dataset, method, seed, data, settings, preset_dir, backbone_source, 
     import numpy as np
 
     from keras_dmpo import EarlyExitModel, PhaseCallback, PhaseSchedule
-    from keras_dmpo.models.dmpo_classifier import load_preset_backbone
+    from keras_dmpo.models.options import load_preset_backbone
 
     start = time.time()
     env = _environment()
@@ -473,7 +473,7 @@ def run_one(dataset, method, seed, data, settings, preset_dir, backbone_source, 
             "exits": [int(e) for e in model.exits],
             "covariance_exits": [int(model.exits[i]) for i in model.covariance_positions],
             # exits whose predictor reads through a bypass (never the last one)
-            "bypass_exits": [int(e) for e, b in zip(model.exits, model._bypass_by_exit) if b is not None],
+            "bypass_exits": [int(e) for e in model.bypass_exits],
             "use_bypass": bool(model.exit_bypasses), "peft": model.peft,
             "adapter_dim": model.adapter_dim, "lora_rank": model.lora_rank, "bypass_dim": model.bypass_dim,
             "covariance_dim": model.covariance_dim, "covariance_iterations": model.covariance_iterations,

@@ -13,7 +13,6 @@ from keras_dmpo.version import __version__
 _LAZY_ATTRIBUTES = {
     "DMPOClassifier": ("keras_dmpo.models.dmpo_classifier", "DMPOClassifier"),
     "ViTStages": ("keras_dmpo.models.vit_stages", "ViTStages"),
-    "split_vit_stages": ("keras_dmpo.models.vit_stages", "split_vit_stages"),
     "PhaseSchedule": ("keras_dmpo.training.phase_schedule", "PhaseSchedule"),
     "PhaseCallback": ("keras_dmpo.training.phase_schedule", "PhaseCallback"),
     "EarlyExitModel": ("keras_dmpo.inference.early_exit", "EarlyExitModel"),
@@ -22,7 +21,7 @@ _LAZY_ATTRIBUTES = {
 }
 _LAZY_SUBMODULES = {
     "layers", "models", "training", "inference", "export", "litert",
-    "datasets", "cli",
+    "datasets", "cli", "exit_rule",
 }
 
 __all__ = sorted(list(_LAZY_ATTRIBUTES) + list(_LAZY_SUBMODULES) + ["__version__"])

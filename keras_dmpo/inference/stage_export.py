@@ -18,7 +18,8 @@ import numpy as np
 
 from keras_dmpo.export import bundle
 from keras_dmpo.export.spec import ExportSpec
-from keras_dmpo.export.tflite import check_int8_data
+from keras_dmpo.export.onnx import export_onnx_stage_graphs
+from keras_dmpo.export.tflite import check_int8_data, export_stage_graphs
 from keras_dmpo.export.tflite_convert import QUANTIZATIONS
 from keras_dmpo.models.backbone_families import recomputed_on_load
 
@@ -64,16 +65,11 @@ def export(ee, fmt, directory, *, quantization=None, representative_data=None, o
     stage_models = ee.model.build_stage_models(probabilities=True)
     monolithic = ee.model.build_single_exit_model()
     if fmt == "tflite":
-        from keras_dmpo.export.tflite import export_stage_graphs
-
         return export_stage_graphs(
             directory, stage_models, spec, monolithic_model=monolithic, quantization=quantization,
             representative_data=None if representative_data is None else np.asarray(representative_data, "float32"),
             overwrite=overwrite,
         )
-    # The ONNX writer needs the onnx extra (tf2onnx): imported only when asked for.
-    from keras_dmpo.export.onnx import export_onnx_stage_graphs
-
     return export_onnx_stage_graphs(directory, stage_models, spec, monolithic_model=monolithic,
                                     overwrite=overwrite)
 

@@ -2,4 +2,4 @@
 
 # Importing the package registers DMPOClassifier for keras.models.load_model.
 from keras_dmpo.models.dmpo_classifier import DMPOClassifier  # noqa: E402,F401
-from keras_dmpo.models.vit_stages import ViTStages, split_vit_stages  # noqa: E402,F401
+from keras_dmpo.models.vit_stages import ViTStages  # noqa: E402,F401

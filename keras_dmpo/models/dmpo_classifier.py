@@ -12,86 +12,17 @@ from keras_dmpo.layers import (
     LinearExitHead,
     ParallelAdapter,
 )
-from keras_dmpo.models.vit_stages import ViTStages, load_vit_backbone
-
-PEFT_METHODS = ("adapter", "lora", None)
-
-# torchvision's ImageNet statistics, which DINOv2 (and most ViTs trained in
-# PyTorch) expect after scaling pixels to [0, 1].
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def resolve_input_normalization(value, channels):
-    """``(scale, offset)`` arrays such that ``x * scale + offset`` normalises
-    images in [0, 1], or None for no normalisation.
-
-    Args:
-        value: None, ``"imagenet"``, or a dict ``{"mean": [...], "std": [...]}``
-            with one number or one per channel.
-        channels: the image channels.
-    """
-    if value is None:
-        return None
-    if value == "imagenet":
-        value = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-    if not isinstance(value, dict) or set(value) != {"mean", "std"}:
-        raise ValueError(
-            "`input_normalization` must be None, 'imagenet' or a dict "
-            f"{{'mean': [...], 'std': [...]}}; got {value!r}."
-        )
-    arrays = []
-    for key in ("mean", "std"):
-        array = np.asarray(value[key], dtype="float64").reshape(-1)
-        if array.size == 1:
-            array = np.repeat(array, channels)
-        if array.size != channels or not np.all(np.isfinite(array)):
-            raise ValueError(
-                f"`input_normalization['{key}']` must be one finite number or "
-                f"{channels} (one per channel); got {value[key]!r}."
-            )
-        arrays.append(array)
-    mean, std = arrays
-    if np.any(std <= 0):
-        raise ValueError(f"`input_normalization['std']` must be > 0; got {value['std']!r}.")
-    return (1.0 / std).astype("float32"), (-mean / std).astype("float32")
-
-
-def resolve_covariance_exits(covariance_exits, exits, num_layers):
-    """0-based positions in ``exits`` that get a covariance head.
-
-    ``"early"``: exits in the first half of the depth (block <= num_layers / 2);
-    ``"all"``; ``"none"``/``None``; or a list of 1-based exit *block numbers*
-    that must appear in ``exits``.
-    """
-    if covariance_exits in (None, "none"):
-        return ()
-    if covariance_exits == "early":
-        return tuple(i for i, e in enumerate(exits) if e <= num_layers / 2 and i < len(exits) - 1)
-    if covariance_exits == "all":
-        # Every exit but the last, which reads the backbone's final LayerNorm
-        # through a linear head (DESIGN.md §1).
-        return tuple(range(len(exits) - 1))
-    if isinstance(covariance_exits, str):
-        raise ValueError(
-            "`covariance_exits` must be 'early', 'all', 'none' or a list of exit "
-            f"block numbers; got {covariance_exits!r}."
-        )
-    positions = []
-    for block in covariance_exits:
-        if block == exits[-1]:
-            raise ValueError(
-                f"`covariance_exits` contains the last exit (block {block}); the last "
-                "exit always uses the backbone's final LayerNorm and a linear head."
-            )
-        if block not in exits:
-            raise ValueError(
-                f"`covariance_exits` contains block {block}, which is not an "
-                f"exit; exits are {list(exits)}."
-            )
-        positions.append(exits.index(block))
-    return tuple(sorted(positions))
-
+from keras_dmpo.inputs import check_images, check_labels, first_batch
+from keras_dmpo.models import losses, stage_models
+from keras_dmpo.models.options import (
+    PEFT_METHODS,
+    freeze_backbone,
+    load_preset_backbone,
+    resolve_covariance_exits,
+    resolve_input_normalization,
+)
+from keras_dmpo.models.vit_stages import ViTStages
+from keras_dmpo.training.loss_weights import validate_loss_weights
 
 @keras.saving.register_keras_serializable(package="keras_dmpo")
 class DMPOClassifier(keras.Model):
@@ -192,7 +123,7 @@ class DMPOClassifier(keras.Model):
                 f"`covariance_dim`={covariance_dim} is larger than the backbone "
                 f"width {stages.hidden_dim}."
             )
-        self._freeze_backbone(backbone, peft, lora_rank)
+        freeze_backbone(backbone, peft, lora_rank)
 
         # === Layers ===
         trunk_adapters = []
@@ -286,24 +217,7 @@ class DMPOClassifier(keras.Model):
         ]
         self._warned_no_phase_callback = False
 
-    # --- construction helpers -------------------------------------------
-    @staticmethod
-    def _freeze_backbone(backbone, peft, lora_rank):
-        if peft == "lora":
-            lora_layers = [
-                layer for layer in backbone._flatten_layers(include_self=False)
-                if getattr(layer, "lora_enabled", False)
-            ]
-            if lora_layers:  # rebuilt from a config that already has LoRA
-                for layer in backbone._flatten_layers(include_self=False):
-                    layer.trainable = False
-                for layer in lora_layers:
-                    layer.trainable = True
-            else:
-                backbone.enable_lora(lora_rank)
-        else:
-            backbone.trainable = False
-
+    # --- the forward pass, stage by stage ---------------------------------
     def _embed(self, images, training=None):
         """Stage 1's input: normalisation (if any) and the patch embedding."""
         if self._normalization is not None:
@@ -344,43 +258,23 @@ class DMPOClassifier(keras.Model):
     def build_single_exit_model(self):
         """images -> ``{"probabilities"}`` of the last exit, without the early
         heads: the "full model" that FLOPs fractions and latencies compare to."""
-        stages = self._stages
-        images = keras.Input(shape=stages.image_shape, name="images")
-        tokens = self._embed(images)
-        for k in range(len(stages.exits)):
-            tokens = self._run_trunk(k, tokens)
-        logits = self._predict_exit(len(stages.exits) - 1, tokens)
-        probabilities = keras.layers.Softmax(dtype="float32", name="softmax")(logits)
-        return keras.Model(images, {"probabilities": probabilities}, name="single_exit")
+        return stage_models.single_exit_model(self)
 
     def build_stage_models(self, probabilities=True):
-        """One functional model per stage, sharing this model's layers.
+        """One functional model per stage, sharing this model's layers (see
+        ``keras_dmpo.models.stage_models.stage_models``). Used for batched
+        early exit and for the TFLite stage graphs."""
+        return stage_models.stage_models(self, probabilities)
 
-        Stage 1 maps ``images`` to ``{"tokens", "probabilities"}``; middle
-        stages map ``tokens`` to ``{"tokens", "probabilities"}``; the last maps
-        ``tokens`` to ``{"probabilities"}``. With ``probabilities=False`` the
-        heads' logits are returned under ``"logits"``. Used for batched early
-        exit and for the TFLite stage graphs.
-        """
-        stages = self._stages
-        key = "probabilities" if probabilities else "logits"
-        models = []
-        num_exits = len(stages.exits)
-        for k in range(num_exits):
-            if k == 0:
-                inputs = keras.Input(shape=stages.image_shape, name="images")
-                tokens = self._embed(inputs)
-            else:
-                inputs = keras.Input(shape=(stages.num_tokens, stages.hidden_dim), name="tokens")
-                tokens = inputs
-            tokens, logits = self._run_stage(k, tokens)
-            if probabilities:
-                logits = keras.layers.Softmax(dtype="float32", name=f"stage_{k + 1}_softmax")(logits)
-            outputs = {key: logits}
-            if k < num_exits - 1:
-                outputs["tokens"] = tokens
-            models.append(keras.Model(inputs, outputs, name=f"stage_{k + 1}"))
-        return models
+    def exit_bypass(self, k):
+        """The ``BypassAdapter`` that exit ``k`` (0-based) reads through, or
+        None (the last exit, or a model without bypass)."""
+        return self._bypass_by_exit[k]
+
+    @property
+    def bypass_exits(self):
+        """Block numbers of the exits whose predictor reads through a bypass."""
+        return tuple(e for e, b in zip(self.exits, self._bypass_by_exit) if b is not None)
 
     # --- public properties ------------------------------------------------
     @property
@@ -438,7 +332,7 @@ class DMPOClassifier(keras.Model):
         total = 0.0
         for k, exit_logits in enumerate(logits):
             per_sample = keras.losses.categorical_crossentropy(targets, exit_logits, from_logits=True)
-            exit_loss = _weighted_mean(per_sample, sample_weight)
+            exit_loss = losses.weighted_mean(per_sample, sample_weight)
             self.exit_loss_trackers[k].update_state(exit_loss)
             total = total + weights[k] * exit_loss
         # Phase-2 self-distillation: early exits also match the last exit's
@@ -449,11 +343,11 @@ class DMPOClassifier(keras.Model):
         for k, exit_logits in enumerate(logits[:-1]):
             log_student = ops.log_softmax(exit_logits / temperature, axis=-1)
             kl = ops.sum(teacher * (ops.log(teacher + 1e-8) - log_student), axis=-1)
-            distill = distill + weights[k] * _weighted_mean(kl, sample_weight)
+            distill = distill + weights[k] * losses.weighted_mean(kl, sample_weight)
         total = total + ops.convert_to_tensor(self.distill_weight) * temperature**2 * distill
         for loss in self.losses:
             total = total + ops.cast(ops.sum(loss), "float32")
-        return _scale_loss_for_replicas(total)
+        return losses.scale_loss_for_replicas(total)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         targets = self._one_hot(y)
@@ -466,10 +360,10 @@ class DMPOClassifier(keras.Model):
         return super().compute_metrics(x, y, y_pred, sample_weight)
 
     def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
-        from keras_dmpo.training.phase_schedule import PhaseCallback
-
         self._check_inputs(x, y)
-        if not any(isinstance(c, PhaseCallback) for c in (callbacks or [])):
+        # A callback that schedules the loss weights says so (PhaseCallback
+        # does); asking it keeps the model free of the training package.
+        if not any(getattr(c, "controls_loss_weights", False) for c in (callbacks or [])):
             if not self._warned_no_phase_callback:
                 warnings.warn(
                     "DMPOClassifier.fit without a PhaseCallback: the per-exit loss "
@@ -507,8 +401,6 @@ class DMPOClassifier(keras.Model):
 
     # --- input checks -----------------------------------------------------
     def _check_inputs(self, x, y):
-        from keras_dmpo.inputs import check_images, check_labels, first_batch
-
         batch = first_batch(x, y)
         if batch is None:
             return
@@ -558,58 +450,3 @@ class DMPOClassifier(keras.Model):
         config = dict(config)
         config["backbone"] = keras.layers.deserialize(config["backbone"])
         return cls(**config)
-
-
-def load_preset_backbone(preset, image_shape=None):
-    """``(backbone, options)``: the preset's backbone and the DMPOClassifier
-    options that go with it (the one place that says which preset needs which
-    input normalisation).
-
-    A short name's defaults (``preset_registry.PRESET_DEFAULTS``) apply; a
-    DINOv2 backbone always gets ImageNet normalisation, as it was trained
-    with it. ``image_shape`` overrides the short name's default size.
-    """
-    from keras_dmpo import preset_registry
-
-    defaults = dict(preset_registry.PRESET_DEFAULTS.get(preset, {}))
-    default_shape = defaults.pop("image_shape", None)
-    backbone = load_vit_backbone(preset, image_shape=image_shape or default_shape)
-    if type(backbone).__name__ == "DINOV2Backbone":
-        defaults.setdefault("input_normalization", "imagenet")
-    return backbone, defaults
-
-
-def _scale_loss_for_replicas(loss):
-    """Divide by the replicas of a ``tf.distribute`` strategy, as Keras' own
-    losses do: TF's train step sums the replicas' gradients and multiplies the
-    logged loss back. Without this, ``MirroredStrategy`` on 2 devices logs
-    twice the loss and takes twice the step. A no-op elsewhere (JAX
-    ``keras.distribution`` runs one global program over the whole batch)."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        if replicas > 1:
-            loss = loss * (1.0 / replicas)
-    return loss
-
-
-def _weighted_mean(values, sample_weight):
-    if sample_weight is None:
-        return ops.mean(values)
-    return ops.sum(values * sample_weight) / ops.maximum(ops.sum(sample_weight), 1e-12)
-
-
-def validate_loss_weights(weights, num_exits, argument):
-    """Per-exit loss weights: ``num_exits`` finite, non-negative, not all zero."""
-    array = np.asarray(weights, dtype="float64").reshape(-1)
-    if array.shape[0] != num_exits:
-        raise ValueError(
-            f"`{argument}` must have one weight per exit ({num_exits}); got "
-            f"{array.shape[0]}: {list(np.round(array, 4))}."
-        )
-    if not np.all(np.isfinite(array)) or np.any(array < 0):
-        raise ValueError(f"`{argument}` must be finite and non-negative; got {array.tolist()}.")
-    if not np.any(array > 0):
-        raise ValueError(f"`{argument}` are all zero: no exit would be trained.")
-    return array.astype("float32")

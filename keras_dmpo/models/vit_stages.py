@@ -12,6 +12,7 @@ import os
 
 import keras
 
+from keras_dmpo import preset_registry
 from keras_dmpo.models.backbone_families import describe, find_family
 
 
@@ -207,11 +208,6 @@ class ViTStages:
         return self._tokens_model
 
 
-def split_vit_stages(backbone, exits=None):
-    """Split a keras-hub ViT into stages; see ``ViTStages``."""
-    return ViTStages(backbone, exits)
-
-
 def _known_preset_names():
     import keras_hub
 
@@ -242,8 +238,6 @@ def load_vit_backbone(preset, image_shape=None):
             yet, or a preset that is not a supported backbone.
     """
     import keras_hub
-
-    from keras_dmpo import preset_registry
 
     if not isinstance(preset, (str, os.PathLike)):
         raise ValueError(

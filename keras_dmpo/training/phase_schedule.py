@@ -8,7 +8,7 @@ optionally with self-distillation from the last exit.
 import keras
 import numpy as np
 
-from keras_dmpo.models.dmpo_classifier import validate_loss_weights
+from keras_dmpo.training.loss_weights import validate_loss_weights
 
 
 def deep_weights(num_exits):
@@ -152,6 +152,9 @@ class PhaseCallback(keras.callbacks.Callback):
     >>> model.fit(x, y, epochs=10,
     ...           callbacks=[PhaseCallback(PhaseSchedule(switch_fraction=0.5))])
     """
+
+    # DMPOClassifier.fit reads this: no warning about fixed loss weights.
+    controls_loss_weights = True
 
     def __init__(self, schedule=None, verbose=1):
         super().__init__()
