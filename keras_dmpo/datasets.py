@@ -30,6 +30,7 @@ import shutil
 import numpy as np
 
 from keras_dmpo import image_folders
+from keras_dmpo.optional_deps import require
 
 FASHION_MNIST_CLASS_NAMES = [
     "T-shirt/top",
@@ -421,8 +422,7 @@ def load_digits(
     >>> data["test"][0].shape
     (360, 28, 28, 3)
     """
-    from sklearn import datasets as sk_datasets
-
+    sk_datasets = require("sklearn.datasets", "digits", "load_digits (scikit-learn's digits)")
     _check_image_args(image_size, channels)
     _check_int("seed", seed, 0)
     _check_int("test_size", test_size, 1)

@@ -22,6 +22,7 @@ from keras_dmpo.inference.early_exit import EarlyExitModel
 from keras_dmpo.litert import StagedRuntime
 from keras_dmpo.models.dmpo_classifier import DMPOClassifier
 from keras_dmpo.models.options import load_preset_backbone
+from keras_dmpo.optional_deps import require
 from keras_dmpo.training.phase_schedule import PhaseCallback, PhaseSchedule
 from keras_dmpo.preset_registry import DEMO_PRESET, target_classes
 # Sized for <= 5 minutes on 2 idle CPU cores (README). DINOv2-S: 84 px (a 6x6
@@ -274,10 +275,9 @@ def _run_litert(ee, export_dir, x_test, keras_out=None, max_latency_images=500):
 
 
 def _plot_examples(ee, x, y, class_names, path, out=None, per_exit=4):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib = require("matplotlib", "plot", "The demo's figures")
+    matplotlib.use("Agg")  # files only: no display needed
+    plt = require("matplotlib.pyplot", "plot", "The demo's figures")
 
     if out is None:
         out = ee.predict(x[:512])

@@ -578,11 +578,19 @@ class StagedRuntime:
             when the runtime is created (fails early on a corrupt copy).
         thresholds: optional K thresholds in [0, 1] overriding the manifest's.
 
-    Example:
-    >>> rt = StagedRuntime("out/")
-    >>> out = rt.predict(images)           # (N, H, W, C), raw range
-    >>> out["labels"], out["exit_index"], out["flops"]
-    >>> rt.thresholds = [0.9, 0.8, 0.0]    # trade accuracy for compute
+    Example (the export made on the TensorFlow backend, in-process):
+
+    >>> from keras_dmpo import DMPOClassifier, EarlyExitModel
+    >>> model = DMPOClassifier.from_preset("dmpo_vit_tiny", num_classes=3, exits=[2, 8])
+    >>> manifest = EarlyExitModel(model, thresholds=[0.5, 0.0]).export_tflite("out/")
+    >>> rt = StagedRuntime("out/", num_threads=1)
+    >>> images = np.random.rand(4, 28, 28, 3).astype("float32")   # raw range [0, 1]
+    >>> out = rt.predict(images)
+    >>> out["labels"].shape, out["exit_index"].shape, out["flops"].shape
+    ((4,), (4,), (4,))
+    >>> rt.thresholds = [1.0, 0.0]    # trade compute for accuracy: all go deep
+    >>> rt.predict(images)["exit_index"].tolist()
+    [1, 1, 1, 1]
     """
 
     def __init__(self, directory, num_threads=None, verify_hashes=True, thresholds=None):

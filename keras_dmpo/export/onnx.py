@@ -22,6 +22,7 @@ import numpy as np
 
 from keras_dmpo.export import bundle
 from keras_dmpo.export.tflite_convert import check_tensorflow_backend
+from keras_dmpo.optional_deps import require
 
 CREATED_BY = "keras_dmpo.export.onnx.export_onnx_stage_graphs"
 DEFAULT_OPSET = 17
@@ -42,9 +43,14 @@ def export_onnx_stage_graphs(directory, stage_models, spec, *, monolithic_model=
 
     Example (TensorFlow backend, with the onnx extra installed):
 
-    >>> manifest = export_onnx_stage_graphs("out_onnx/", stage_models, spec)  # doctest: +SKIP
-    >>> import onnxruntime  # doctest: +SKIP
-    >>> session = onnxruntime.InferenceSession("out_onnx/stage_1.onnx")  # doctest: +SKIP
+    >>> import onnxruntime
+    >>> from keras_dmpo import DMPOClassifier, EarlyExitModel
+    >>> model = DMPOClassifier.from_preset("dmpo_vit_tiny", num_classes=3, exits=[2, 8])
+    >>> spec = EarlyExitModel(model).export_spec()
+    >>> manifest = export_onnx_stage_graphs("out_onnx/", model.build_stage_models(), spec)
+    >>> session = onnxruntime.InferenceSession("out_onnx/stage_1.onnx")
+    >>> [i.name for i in session.get_inputs()]
+    ['images']
     """
     stage_models = bundle.check_stage_models(stage_models)
     spec.check_num_stages(len(stage_models))
@@ -70,8 +76,8 @@ def convert_to_onnx(model, opset=DEFAULT_OPSET):
     """
     check_tensorflow_backend("ONNX conversion")
     import tensorflow as tf
-    import tf2onnx
 
+    tf2onnx = require("tf2onnx", "onnx", "ONNX export")
     if len(model.inputs) != 1:
         raise ValueError(f"Expected a single-input model; {model.name!r} has {len(model.inputs)}.")
     symbolic = model.inputs[0]
@@ -99,7 +105,7 @@ def convert_to_onnx(model, opset=DEFAULT_OPSET):
 
 def _erfc_as_one_minus_erf(ctx, node, name, args):
     # erfc(x) = 1 - erf(x); the node keeps its output name, so consumers stay.
-    from tf2onnx import utils
+    utils = require("tf2onnx.utils", "onnx", "ONNX export")
 
     x = node.input[0]
     dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(x))
@@ -113,7 +119,8 @@ def _erfc_as_one_minus_erf(ctx, node, name, args):
 def _freeze_captured_inputs(proto, concrete_function, keep):
     """Turn graph inputs that are captured TF tensors into constants."""
     import tensorflow as tf
-    from onnx import numpy_helper
+
+    numpy_helper = require("onnx.numpy_helper", "onnx", "ONNX export")
 
     captured = {
         internal.name: external
@@ -144,7 +151,7 @@ def _check_supported(proto, name):
 
 
 def _graph_io(proto):
-    from onnx import helper
+    helper = require("onnx.helper", "onnx", "ONNX export")
 
     def specs(values):
         out = []

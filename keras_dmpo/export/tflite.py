@@ -67,11 +67,14 @@ def export_stage_graphs(
         RuntimeError: when a graph does not convert with builtin ops only, or
             not on the TensorFlow backend.
 
-    Example (TensorFlow backend; ``stage_models`` and ``spec`` as above, or
-    ``EarlyExitModel.export_tflite``, which builds both):
+    Example (TensorFlow backend; ``EarlyExitModel.export_tflite`` does the
+    same from a tuned model on any backend):
 
-    >>> manifest = export_stage_graphs("out/", stage_models, spec)  # doctest: +SKIP
-    >>> [s["file"] for s in manifest["stages"]]  # doctest: +SKIP
+    >>> from keras_dmpo import DMPOClassifier, EarlyExitModel
+    >>> model = DMPOClassifier.from_preset("dmpo_vit_tiny", num_classes=3, exits=[2, 8])
+    >>> spec = EarlyExitModel(model, thresholds=[0.5, 0.0]).export_spec()
+    >>> manifest = export_stage_graphs("out/", model.build_stage_models(), spec)
+    >>> [s["file"] for s in manifest["stages"]]
     ['stage_1.tflite', 'stage_2.tflite']
     """
     stage_models = bundle.check_stage_models(stage_models)

@@ -46,8 +46,13 @@ def convert_to_tflite(model, quantization=None, representative_data=None):
         RuntimeError: when conversion fails or the result uses any non-builtin
             (Flex or custom) op.
 
-    Example:
+    Example (TensorFlow backend):
+
+    >>> inputs = keras.Input((4,), name="x")
+    >>> model = keras.Model(inputs, {"y": keras.layers.Dense(2)(inputs)})
     >>> flatbuffer = convert_to_tflite(model, quantization="float16")
+    >>> flatbuffer[4:8]   # the TFLite file identifier
+    b'TFL3'
     """
     check_tensorflow_backend("TFLite conversion")
     import tensorflow as tf

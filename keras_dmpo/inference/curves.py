@@ -3,6 +3,8 @@
 import dataclasses
 import json
 
+from keras_dmpo.optional_deps import require
+
 
 @dataclasses.dataclass
 class AccuracyFlopsCurve:
@@ -50,10 +52,9 @@ class AccuracyFlopsCurve:
 
     def plot(self, path, title="Early exit: accuracy vs FLOPs", label="early exit (calibrated)"):
         """Save a PNG: the calibrated curve, each exit alone, and the full model."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        matplotlib = require("matplotlib", "plot", "AccuracyFlopsCurve.plot")
+        matplotlib.use("Agg")  # files only: no display needed
+        plt = require("matplotlib.pyplot", "plot", "AccuracyFlopsCurve.plot")
 
         fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
         xs = [100 * r["test_fraction"] for r in self.rows]

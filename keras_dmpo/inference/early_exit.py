@@ -173,11 +173,21 @@ class EarlyExitModel:
             everywhere, i.e. practically no early exit until ``calibrate``.
         criterion: ``"confidence"`` or ``"entropy"``.
 
-    Example:
+    Example (an untuned model and random images, to show the calls):
+
+    >>> from keras_dmpo import DMPOClassifier
+    >>> model = DMPOClassifier.from_preset("dmpo_vit_tiny", num_classes=3, exits=[2, 4, 8])
+    >>> x_val, y_val = np.random.rand(32, 28, 28, 3), np.arange(32) % 3
     >>> ee = EarlyExitModel(model, criterion="confidence")
-    >>> ee.calibrate(x_val, y_val, flops_budget=0.3)
-    >>> out = ee.predict(x_test)   # labels, probabilities, exit_index, flops
-    >>> curve = ee.curve(x_val, y_val, x_test, y_test); curve.plot("curve.png")
+    >>> calibration = ee.calibrate(x_val, y_val, flops_budget=0.5)
+    >>> calibration.expected_fraction <= 0.5
+    True
+    >>> out = ee.predict(x_val)
+    >>> sorted(out)
+    ['exit_index', 'flops', 'labels', 'probabilities']
+    >>> curve = ee.curve(x_val, y_val, budgets=(0.5, 1.0))
+    >>> [row["budget"] for row in curve.rows]
+    [0.5, 1.0]
     """
 
     def __init__(self, model, thresholds=None, criterion="confidence"):

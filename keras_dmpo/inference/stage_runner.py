@@ -58,10 +58,12 @@ class StageRunner:
 
     Example:
 
-    ```python
-    runners = [StageRunner(s) for s in model.build_stage_models()]
-    out = runners[0](images, batch_size=64)   # {"tokens": ..., "probabilities": ...}
-    ```
+    >>> from keras_dmpo import DMPOClassifier
+    >>> model = DMPOClassifier.from_preset("dmpo_vit_tiny", num_classes=3, exits=[2, 8])
+    >>> runners = [StageRunner(s) for s in model.build_stage_models()]
+    >>> out = runners[0](np.random.rand(5, 28, 28, 3).astype("float32"), batch_size=64)
+    >>> {name: tuple(value.shape) for name, value in sorted(out.items())}
+    {'probabilities': (5, 3), 'tokens': (5, 50, 128)}
     """
 
     def __init__(self, stage):

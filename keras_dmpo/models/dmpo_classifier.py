@@ -76,11 +76,18 @@ class DMPOClassifier(keras.Model):
             of stage 1 of the exported graphs), so callers always pass
             images in [0, 1].
 
-    Example:
-    >>> model = DMPOClassifier.from_preset("dmpo_vit_tiny", num_classes=10)
+    Example (the shipped tiny preset; random images stand in for a data set):
+
+    >>> from keras_dmpo import PhaseCallback, PhaseSchedule
+    >>> model = DMPOClassifier.from_preset("dmpo_vit_tiny", num_classes=3, exits=[2, 4, 8])
+    >>> x = np.random.rand(16, 28, 28, 3).astype("float32")
+    >>> y = np.random.randint(0, 3, size=16)
     >>> model.compile(optimizer=keras.optimizers.AdamW(1e-3))
-    >>> model.fit(x, y, epochs=4, callbacks=[PhaseCallback(PhaseSchedule())])
-    >>> logits = model.predict(x)   # {"exit_1": (N, 10), ..., "exit_K": ...}
+    >>> history = model.fit(x, y, epochs=2, batch_size=8, verbose=0,
+    ...                     callbacks=[PhaseCallback(PhaseSchedule(), verbose=0)])
+    >>> logits = model.predict(x, verbose=0)
+    >>> {name: tuple(value.shape) for name, value in logits.items()}
+    {'exit_1': (16, 3), 'exit_2': (16, 3), 'exit_3': (16, 3)}
     """
 
     def __init__(

@@ -115,6 +115,8 @@ class ViTStages:
             answers. ``None`` gives ``default_exits(num_layers)``.
 
     Example:
+
+    >>> import keras_hub
     >>> backbone = keras_hub.models.ViTBackbone(
     ...     image_shape=(32, 32, 3), patch_size=8, num_layers=3, num_heads=2,
     ...     hidden_dim=32, mlp_dim=64)
@@ -122,6 +124,8 @@ class ViTStages:
     >>> stages.exits
     (1, 2, 3)
     >>> tokens = stages.tokens_model(np.zeros((2, 32, 32, 3)))  # one per exit
+    >>> {name: tuple(value.shape) for name, value in tokens.items()}
+    {'exit_1': (2, 17, 32), 'exit_2': (2, 17, 32), 'exit_3': (2, 17, 32)}
     """
 
     def __init__(self, backbone, exits=None):

@@ -149,8 +149,15 @@ class PhaseCallback(keras.callbacks.Callback):
         verbose: 1 prints a line when the phase changes.
 
     Example:
-    >>> model.fit(x, y, epochs=10,
-    ...           callbacks=[PhaseCallback(PhaseSchedule(switch_fraction=0.5))])
+
+    >>> from keras_dmpo import DMPOClassifier
+    >>> model = DMPOClassifier.from_preset("dmpo_vit_tiny", num_classes=3, exits=[2, 8])
+    >>> model.compile(optimizer="adamw")
+    >>> x, y = np.random.rand(8, 28, 28, 3), np.arange(8) % 3
+    >>> callback = PhaseCallback(PhaseSchedule(switch_fraction=0.5), verbose=0)
+    >>> history = model.fit(x, y, epochs=2, batch_size=4, verbose=0, callbacks=[callback])
+    >>> [int(p) for p in history.history["phase"]]   # phase 2 (early exits weighted) from mid-run
+    [1, 2]
     """
 
     # DMPOClassifier.fit reads this: no warning about fixed loss weights.
