@@ -47,8 +47,12 @@ def load(dataset, size, train_size, test_size):
 
     if dataset == "fashion_mnist":
         data = datasets.load_fashion_mnist(
-            image_size=size, channels=3, validation_size=1000, seed=0,
-            train_size=train_size, test_size=test_size,
+            image_size=size,
+            channels=3,
+            validation_size=1000,
+            seed=0,
+            train_size=train_size,
+            test_size=test_size,
         )
     else:
         data = datasets.load_digits(image_size=size, channels=3, seed=0)
@@ -88,7 +92,7 @@ def block_features(backbone, images, batch_size):
     prefix = stages.num_prefix_tokens
     chunks = []
     for start in range(0, len(images), batch_size):
-        batch = (images[start:start + batch_size] - MEAN) / STD
+        batch = (images[start : start + batch_size] - MEAN) / STD
         per_block = [keras.ops.convert_to_numpy(t) for t in model(batch)]
         rows = []
         for t in per_block:
@@ -113,7 +117,9 @@ def probe(train_features, y_train, test_features, y_test):
 
 def run(dataset, kind, args):
     # The default sizes keep the original file names; other sizes get their own file.
-    sizes = "" if (args.train_size, args.test_size) == (2000, 1000) else f"_{args.train_size}x{args.test_size}"
+    sizes = (
+        "" if (args.train_size, args.test_size) == (2000, 1000) else f"_{args.train_size}x{args.test_size}"
+    )
     path = os.path.join(RESULTS, f"{dataset}_{kind}_{args.image_size}px{sizes}.json")
     if os.path.exists(path) and not args.force:
         log(f"{path} exists, skipped")
@@ -126,9 +132,14 @@ def run(dataset, kind, args):
     forward_s = time.time() - start
     accuracies = probe(f_train, y_train, f_test, y_test)
     result = {
-        "dataset": dataset, "backbone": kind, "preset": PRESET, "image_size": args.image_size,
-        "train_images": int(len(x_train)), "test_images": int(len(x_test)),
-        "block_accuracy": accuracies, "forward_seconds": round(forward_s, 1),
+        "dataset": dataset,
+        "backbone": kind,
+        "preset": PRESET,
+        "image_size": args.image_size,
+        "train_images": int(len(x_train)),
+        "test_images": int(len(x_test)),
+        "block_accuracy": accuracies,
+        "forward_seconds": round(forward_s, 1),
         "images_per_second": round((len(x_train) + len(x_test)) / forward_s, 1),
         "date": time.strftime("%Y-%m-%d"),
     }

@@ -29,8 +29,14 @@ def main():
     model = DMPOClassifier.from_preset("dinov2_small_imgfocus", num_classes=10, image_shape=(112, 112, 3))
     model.compile(optimizer=keras.optimizers.AdamW(1e-3))
     before = [w.copy() for w in model.get_weights()]
-    model.fit(x[:16], y[:16], batch_size=16, epochs=1, verbose=0,
-              callbacks=[PhaseCallback(PhaseSchedule(), verbose=0)])
+    model.fit(
+        x[:16],
+        y[:16],
+        batch_size=16,
+        epochs=1,
+        verbose=0,
+        callbacks=[PhaseCallback(PhaseSchedule(), verbose=0)],
+    )
     changed = sum(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
     ee = EarlyExitModel(model)
     record = ee.calibrate(x[16:], y[16:], flops_budget=0.5)
@@ -39,9 +45,12 @@ def main():
         lite = StagedRuntime(os.path.join(tmp, "tflite")).predict(x[16:])
     keras_out = ee.predict(x[16:])
     result = {
-        "backend": keras.backend.backend(), "date": time.strftime("%Y-%m-%d %H:%M"),
-        "weights_changed_by_one_step": int(changed), "calibrated_fraction": round(record.expected_fraction, 4)
-        if hasattr(record, "expected_fraction") else None,
+        "backend": keras.backend.backend(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "weights_changed_by_one_step": int(changed),
+        "calibrated_fraction": round(record.expected_fraction, 4)
+        if hasattr(record, "expected_fraction")
+        else None,
         "thresholds": [round(t, 4) for t in ee.thresholds],
         "litert_same_exit": float(np.mean(lite["exit_index"] == keras_out["exit_index"])),
         "litert_same_label": float(np.mean(lite["labels"] == keras_out["labels"])),

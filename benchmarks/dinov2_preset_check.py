@@ -89,14 +89,30 @@ def flops_table(sizes=(112, 224)):
 
     rows = {}
     for size in sizes:
-        common = dict(image_shape=(size, size, 3), patch_size=14, num_layers=12,
-                      hidden_dim=384, mlp_dim=1536, num_heads=6, num_classes=10,
-                      layer_scale=True, input_normalization=True)
+        common = dict(
+            image_shape=(size, size, 3),
+            patch_size=14,
+            num_layers=12,
+            hidden_dim=384,
+            mlp_dim=1536,
+            num_heads=6,
+            num_classes=10,
+            layer_scale=True,
+            input_normalization=True,
+        )
         plain = F.dmpo_flops_per_exit(F.ExitCostConfig(exits=(12,), **common))
-        dmpo = F.dmpo_flops_per_exit(F.ExitCostConfig(
-            exits=(2, 3, 4, 6, 8, 9, 10, 12), head_kinds=("covariance",) * 3 + ("linear",) * 5,
-            bypass=True, bypass_bottleneck=16, adapter_bottleneck=16, covariance_dim=32,
-            iterations=5, **common))
+        dmpo = F.dmpo_flops_per_exit(
+            F.ExitCostConfig(
+                exits=(2, 3, 4, 6, 8, 9, 10, 12),
+                head_kinds=("covariance",) * 3 + ("linear",) * 5,
+                bypass=True,
+                bypass_bottleneck=16,
+                adapter_bottleneck=16,
+                covariance_dim=32,
+                iterations=5,
+                **common,
+            )
+        )
         rows[str(size)] = {
             "backbone_gflops": round(plain.full_model_flops / 1e9, 4),
             "dmpo_full_model_gflops": round(dmpo.full_model_flops / 1e9, 4),
@@ -117,16 +133,26 @@ def train_calibrate_export(work_dir, size):
     model = DMPOClassifier.from_preset(NAME, num_classes=10, image_shape=(size, size, 3))
     model.compile(optimizer=keras.optimizers.AdamW(1e-3))
     start = time.time()
-    model.fit(x[:16], y[:16], batch_size=16, epochs=1, verbose=0,
-              callbacks=[PhaseCallback(PhaseSchedule(), verbose=0)])
+    model.fit(
+        x[:16],
+        y[:16],
+        batch_size=16,
+        epochs=1,
+        verbose=0,
+        callbacks=[PhaseCallback(PhaseSchedule(), verbose=0)],
+    )
     step_s = time.time() - start
     ee = EarlyExitModel(model)
     ee.calibrate(x[16:], y[16:], flops_budget=0.5)
     start = time.time()
     ee.export_tflite(os.path.join(work_dir, "tflite"))
     export_s = time.time() - start
-    result = {"exits": list(model.exits), "fit_one_step_s": round(step_s, 1),
-              "export_s": round(export_s, 1), "flops_fractions": [round(f, 4) for f in ee.flops_fractions]}
+    result = {
+        "exits": list(model.exits),
+        "fit_one_step_s": round(step_s, 1),
+        "export_s": round(export_s, 1),
+        "flops_fractions": [round(f, 4) for f in ee.flops_fractions],
+    }
     keras_out = ee.predict(x[16:])
     for threads in (1, None):
         runtime = StagedRuntime(os.path.join(work_dir, "tflite"), num_threads=threads)
@@ -150,8 +176,12 @@ def main(argv=None):
     from keras_dmpo import preset_fetch
     from keras_dmpo.models.vit_stages import load_vit_backbone
 
-    result = {"backend": keras.backend.backend(), "machine": platform.machine(),
-              "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+    result = {
+        "backend": keras.backend.backend(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
     start = time.time()
     preset_fetch.fetch(NAME, force=True, log=log)
     result["fetch_and_convert_s"] = round(time.time() - start, 1)

@@ -50,8 +50,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results", "early_exit_throughput.json")
-DEMO_VIT = dict(image_shape=(28, 28, 3), patch_size=4, num_layers=8, num_heads=4,
-                hidden_dim=128, mlp_dim=256)
+DEMO_VIT = dict(image_shape=(28, 28, 3), patch_size=4, num_layers=8, num_heads=4, hidden_dim=128, mlp_dim=256)
 PRESET_DIR = os.path.join(REPO, "keras_dmpo", "preset_files", "dmpo_vit_tiny")
 BUDGETS = (0.3, 0.5)
 BATCH_SIZES = (64, 256)
@@ -79,8 +78,14 @@ def _data():
     from keras_dmpo.datasets import load_digits, load_fashion_mnist
 
     if PROFILE == "dinov2":
-        return load_fashion_mnist(image_size=DINOV2["image_size"], channels=3, train_size=1000,
-                                  validation_size=1000, test_size=1024, seed=0)
+        return load_fashion_mnist(
+            image_size=DINOV2["image_size"],
+            channels=3,
+            train_size=1000,
+            validation_size=1000,
+            test_size=1024,
+            seed=0,
+        )
     return load_digits(image_size=28, channels=3)
 
 
@@ -95,14 +100,20 @@ def worker_train(weights, steps):
     epochs = max(1, round(steps * 64 / len(x)))
     model.compile(optimizer=keras.optimizers.AdamW(1e-3))
     start = time.time()
-    model.fit(x, y, batch_size=64, epochs=epochs, verbose=0,
-              callbacks=[PhaseCallback(PhaseSchedule(), verbose=0)])
+    model.fit(
+        x, y, batch_size=64, epochs=epochs, verbose=0, callbacks=[PhaseCallback(PhaseSchedule(), verbose=0)]
+    )
     seconds = time.time() - start
     model.save_weights(weights)
     logs = model.evaluate(*data["validation"], verbose=0, return_dict=True)
-    return {"backbone": source, "train_backend": keras.backend.backend(),
-            "epochs": epochs, "steps": epochs * -(-len(x) // 64), "train_seconds": seconds,
-            "validation_accuracy": {k: float(v) for k, v in logs.items() if k.endswith("accuracy")}}
+    return {
+        "backbone": source,
+        "train_backend": keras.backend.backend(),
+        "epochs": epochs,
+        "steps": epochs * -(-len(x) // 64),
+        "train_seconds": seconds,
+        "validation_accuracy": {k: float(v) for k, v in logs.items() if k.endswith("accuracy")},
+    }
 
 
 def _time(fn):
@@ -133,12 +144,14 @@ def worker_bench(weights, images, rounds):
         ee = EarlyExitModel(model)
         result = ee.calibrate(*data["validation"], flops_budget=budget)
         early[budget] = ee
-        calibration[budget] = {"thresholds": result.thresholds,
-                               "expected_fraction": result.expected_flops / ee.full_model_flops,
-                               "validation_accuracy": result.validation_accuracy}
+        calibration[budget] = {
+            "thresholds": result.thresholds,
+            "expected_fraction": result.expected_flops / ee.full_model_flops,
+            "validation_accuracy": result.validation_accuracy,
+        }
 
     def run_full(batch_size):
-        outs = [full(x[i:i + batch_size], batch_size) for i in range(0, len(x), batch_size)]
+        outs = [full(x[i : i + batch_size], batch_size) for i in range(0, len(x), batch_size)]
         return np.concatenate([o["probabilities"] for o in outs])
 
     rows = []
@@ -154,9 +167,17 @@ def worker_bench(weights, images, rounds):
                     seconds[name].append(t)
         full_probs = run_full(batch_size)
         full_s = statistics.median(seconds["full"])
-        rows.append({"variant": "full", "batch_size": batch_size, "images_per_second": len(x) / full_s,
-                     "median_seconds": full_s, "seconds": seconds["full"],
-                     "accuracy": float((full_probs.argmax(-1) == y).mean()), "flops_fraction": 1.0})
+        rows.append(
+            {
+                "variant": "full",
+                "batch_size": batch_size,
+                "images_per_second": len(x) / full_s,
+                "median_seconds": full_s,
+                "seconds": seconds["full"],
+                "accuracy": float((full_probs.argmax(-1) == y).mean()),
+                "flops_fraction": 1.0,
+            }
+        )
         for budget, ee in early.items():
             name = f"early_exit@{budget}"
             out = ee.predict(x, batch_size=batch_size)
@@ -164,30 +185,45 @@ def worker_bench(weights, images, rounds):
             s = statistics.median(seconds[name])
             speedup = full_s / s
             pair = statistics.median(f / e for f, e in zip(seconds["full"], seconds[name]))
-            rows.append({
-                "variant": name, "batch_size": batch_size, "budget": budget,
-                "images_per_second": len(x) / s, "median_seconds": s, "seconds": seconds[name],
-                "accuracy": float((out["labels"] == y).mean()),
-                "flops_fraction": fraction, "ideal_speedup": 1 / fraction,
-                "speedup": speedup, "speedup_pairwise_median": pair,
-                "ratio_to_ideal": speedup * fraction,
-                "exit_fractions": np.bincount(out["exit_index"], minlength=ee.num_exits).tolist(),
-            })
-    return {"backend": keras.backend.backend(), "backbone": source, "images": len(x),
-            "rounds": rounds, "calibration": {str(b): c for b, c in calibration.items()},
-            "flops_per_exit": early[BUDGETS[0]].flops_per_exit,
-            "full_model_flops": early[BUDGETS[0]].full_model_flops, "rows": rows}
+            rows.append(
+                {
+                    "variant": name,
+                    "batch_size": batch_size,
+                    "budget": budget,
+                    "images_per_second": len(x) / s,
+                    "median_seconds": s,
+                    "seconds": seconds[name],
+                    "accuracy": float((out["labels"] == y).mean()),
+                    "flops_fraction": fraction,
+                    "ideal_speedup": 1 / fraction,
+                    "speedup": speedup,
+                    "speedup_pairwise_median": pair,
+                    "ratio_to_ideal": speedup * fraction,
+                    "exit_fractions": np.bincount(out["exit_index"], minlength=ee.num_exits).tolist(),
+                }
+            )
+    return {
+        "backend": keras.backend.backend(),
+        "backbone": source,
+        "images": len(x),
+        "rounds": rounds,
+        "calibration": {str(b): c for b, c in calibration.items()},
+        "flops_per_exit": early[BUDGETS[0]].flops_per_exit,
+        "full_model_flops": early[BUDGETS[0]].full_model_flops,
+        "rows": rows,
+    }
 
 
 def _subprocess(backend, args):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)] + args,
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__)] + args, capture_output=True, text=True, env=env
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{backend} {args} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main():
@@ -195,13 +231,19 @@ def main():
     parser.add_argument("--backends", default="tensorflow,jax,torch")
     parser.add_argument("--train-backend", default="jax")
     parser.add_argument("--train-steps", type=int, default=200)
-    parser.add_argument("--weights", default=os.path.join(
-        tempfile.gettempdir(), "keras_dmpo_bench", "early_exit_demo.weights.h5"))
+    parser.add_argument(
+        "--weights",
+        default=os.path.join(tempfile.gettempdir(), "keras_dmpo_bench", "early_exit_demo.weights.h5"),
+    )
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--worker", choices=["train", "bench"])
-    parser.add_argument("--profile", choices=["toy", "dinov2"], default="toy",
-                        help="toy: the shipped dmpo_vit_tiny on digits; dinov2: DINOv2-S at 112 px on Fashion-MNIST")
+    parser.add_argument(
+        "--profile",
+        choices=["toy", "dinov2"],
+        default="toy",
+        help="toy: the shipped dmpo_vit_tiny on digits; dinov2: DINOv2-S at 112 px on Fashion-MNIST",
+    )
     args = parser.parse_args()
     global PROFILE, RESULTS
     PROFILE = args.profile
@@ -223,14 +265,36 @@ def main():
             results = json.load(handle)
     if not os.path.isfile(args.weights):
         os.makedirs(os.path.dirname(args.weights), exist_ok=True)
-        results["training"] = _subprocess(args.train_backend, [
-            "--worker", "train", "--weights", args.weights, "--train-steps", str(args.train_steps),
-            "--profile", PROFILE])
+        results["training"] = _subprocess(
+            args.train_backend,
+            [
+                "--worker",
+                "train",
+                "--weights",
+                args.weights,
+                "--train-steps",
+                str(args.train_steps),
+                "--profile",
+                PROFILE,
+            ],
+        )
         print("trained:", results["training"], flush=True)
     for backend in args.backends.split(","):
-        entry = _subprocess(backend, ["--worker", "bench", "--weights", args.weights,
-                                      "--images", str(args.images), "--rounds", str(args.rounds),
-                                      "--profile", PROFILE])
+        entry = _subprocess(
+            backend,
+            [
+                "--worker",
+                "bench",
+                "--weights",
+                args.weights,
+                "--images",
+                str(args.images),
+                "--rounds",
+                str(args.rounds),
+                "--profile",
+                PROFILE,
+            ],
+        )
         entry["load_average_1m_at_end"] = os.getloadavg()[0]
         entry["cpu_count"] = os.cpu_count()
         entry["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -238,10 +302,15 @@ def main():
         for row in entry["rows"]:
             extra = ""
             if row["variant"] != "full":
-                extra = (f" fraction {row['flops_fraction']:.3f} speedup {row['speedup']:.2f} "
-                         f"ideal {row['ideal_speedup']:.2f} ratio {row['ratio_to_ideal']:.2f}")
-            print(f"{backend:10s} b={row['batch_size']:3d} {row['variant']:16s} "
-                  f"{row['images_per_second']:8.0f} img/s acc {row['accuracy']:.3f}{extra}", flush=True)
+                extra = (
+                    f" fraction {row['flops_fraction']:.3f} speedup {row['speedup']:.2f} "
+                    f"ideal {row['ideal_speedup']:.2f} ratio {row['ratio_to_ideal']:.2f}"
+                )
+            print(
+                f"{backend:10s} b={row['batch_size']:3d} {row['variant']:16s} "
+                f"{row['images_per_second']:8.0f} img/s acc {row['accuracy']:.3f}{extra}",
+                flush=True,
+            )
         os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
         with open(RESULTS, "w") as handle:
             json.dump(results, handle, indent=2)

@@ -37,26 +37,71 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SCALES = {
     # tests/conftest.py's tiny ViT with 2 blocks (fewer XLA compiles in tests).
-    "tiny": dict(image_shape=(32, 32, 3), patch_size=8, num_layers=2, num_heads=2,
-                 hidden_dim=32, mlp_dim=64, num_classes=10, covariance_dim=16,
-                 iterations=5, bottleneck=8),
+    "tiny": dict(
+        image_shape=(32, 32, 3),
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        mlp_dim=64,
+        num_classes=10,
+        covariance_dim=16,
+        iterations=5,
+        bottleneck=8,
+    ),
     # Small enough for the test suite, wide enough that matmuls dominate as
     # in real models (tests/test_backbone_families.py checks 1% here).
-    "family_small": dict(image_shape=(56, 56, 3), patch_size=7, num_layers=2, num_heads=3,
-                         hidden_dim=96, mlp_dim=384, num_classes=10, covariance_dim=16,
-                         iterations=5, bottleneck=8),
+    "family_small": dict(
+        image_shape=(56, 56, 3),
+        patch_size=7,
+        num_layers=2,
+        num_heads=3,
+        hidden_dim=96,
+        mlp_dim=384,
+        num_classes=10,
+        covariance_dim=16,
+        iterations=5,
+        bottleneck=8,
+    ),
     # keras_dmpo.demo's ViT.
-    "demo": dict(image_shape=(28, 28, 3), patch_size=4, num_layers=8, num_heads=4,
-                 hidden_dim=128, mlp_dim=256, num_classes=10, covariance_dim=32,
-                 iterations=5, bottleneck=16),
+    "demo": dict(
+        image_shape=(28, 28, 3),
+        patch_size=4,
+        num_layers=8,
+        num_heads=4,
+        hidden_dim=128,
+        mlp_dim=256,
+        num_classes=10,
+        covariance_dim=32,
+        iterations=5,
+        bottleneck=16,
+    ),
     # DINOv2-S/14 at 112 px (random weights), Fashion-MNIST's 10 classes.
-    "dinov2_s112": dict(image_shape=(112, 112, 3), patch_size=14, num_layers=12,
-                        num_heads=6, hidden_dim=384, mlp_dim=1536, num_classes=10,
-                        covariance_dim=64, iterations=5, bottleneck=32),
+    "dinov2_s112": dict(
+        image_shape=(112, 112, 3),
+        patch_size=14,
+        num_layers=12,
+        num_heads=6,
+        hidden_dim=384,
+        mlp_dim=1536,
+        num_classes=10,
+        covariance_dim=64,
+        iterations=5,
+        bottleneck=32,
+    ),
     # ViT-B/16 at 224 (random weights), 1000 classes.
-    "vit_b16": dict(image_shape=(224, 224, 3), patch_size=16, num_layers=12,
-                    num_heads=12, hidden_dim=768, mlp_dim=3072, num_classes=1000,
-                    covariance_dim=64, iterations=5, bottleneck=64),
+    "vit_b16": dict(
+        image_shape=(224, 224, 3),
+        patch_size=16,
+        num_layers=12,
+        num_heads=12,
+        hidden_dim=768,
+        mlp_dim=3072,
+        num_classes=1000,
+        covariance_dim=64,
+        iterations=5,
+        bottleneck=64,
+    ),
 }
 
 
@@ -142,11 +187,16 @@ def covariance_ref_weights(hidden_dim, covariance_dim, num_classes):
         return jnp.asarray(rng.normal(size=shape).astype("float32") * 0.05)
 
     return {
-        "g": rand(hidden_dim), "b": rand(hidden_dim),
-        "reduce": rand(hidden_dim, d), "reduce_b": rand(d),
-        "cls": rand(p, num_classes), "cls_b": rand(num_classes),
-        "g2": rand(hidden_dim), "b2": rand(hidden_dim),
-        "lin": rand(hidden_dim, num_classes), "lin_b": rand(num_classes),
+        "g": rand(hidden_dim),
+        "b": rand(hidden_dim),
+        "reduce": rand(hidden_dim, d),
+        "reduce_b": rand(d),
+        "cls": rand(p, num_classes),
+        "cls_b": rand(num_classes),
+        "g2": rand(hidden_dim),
+        "b2": rand(hidden_dim),
+        "lin": rand(hidden_dim, num_classes),
+        "lin_b": rand(num_classes),
     }
 
 
@@ -165,10 +215,17 @@ def adapter_ref(tokens, w, grid=None):
         class_token = jax.nn.gelu(hidden[:, :1, :], approximate=False)
         patches = jax.nn.gelu(hidden[:, 1:, :], approximate=False)
         patches = patches.reshape(-1, grid, grid, b)
-        patches = jax.lax.conv_general_dilated(
-            patches, w["dw"], (1, 1), "SAME",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=b,
-        ) + w["dw_b"]
+        patches = (
+            jax.lax.conv_general_dilated(
+                patches,
+                w["dw"],
+                (1, 1),
+                "SAME",
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=b,
+            )
+            + w["dw_b"]
+        )
         hidden = jnp.concatenate([class_token, patches.reshape(-1, grid * grid, b)], 1)
     return tokens + 0.1 * (hidden @ w["up"] + w["up_b"])
 
@@ -183,9 +240,12 @@ def adapter_ref_weights(hidden_dim, bottleneck):
         return jnp.asarray(rng.normal(size=shape).astype("float32") * 0.05)
 
     return {
-        "down": rand(hidden_dim, bottleneck), "down_b": rand(bottleneck),
-        "up": rand(bottleneck, hidden_dim), "up_b": rand(hidden_dim),
-        "dw": rand(3, 3, 1, bottleneck), "dw_b": rand(bottleneck),
+        "down": rand(hidden_dim, bottleneck),
+        "down_b": rand(bottleneck),
+        "up": rand(bottleneck, hidden_dim),
+        "up_b": rand(hidden_dim),
+        "dw": rand(3, 3, 1, bottleneck),
+        "dw_b": rand(bottleneck),
     }
 
 
@@ -212,13 +272,21 @@ def check_scale(name, include_layers=True, lean=False):
     s = SCALES[name]
     keras.utils.set_random_seed(0)
     backbone = keras_hub.models.ViTBackbone(
-        image_shape=s["image_shape"], patch_size=s["patch_size"],
-        num_layers=s["num_layers"], num_heads=s["num_heads"],
-        hidden_dim=s["hidden_dim"], mlp_dim=s["mlp_dim"],
+        image_shape=s["image_shape"],
+        patch_size=s["patch_size"],
+        num_layers=s["num_layers"],
+        num_heads=s["num_heads"],
+        hidden_dim=s["hidden_dim"],
+        mlp_dim=s["mlp_dim"],
     )
     t = F.vit_num_tokens(s["image_shape"], s["patch_size"])
-    d, c, cd, it, b = (s["hidden_dim"], s["num_classes"], s["covariance_dim"],
-                      s["iterations"], s["bottleneck"])
+    d, c, cd, it, b = (
+        s["hidden_dim"],
+        s["num_classes"],
+        s["covariance_dim"],
+        s["iterations"],
+        s["bottleneck"],
+    )
     grid = int(round((t - 1) ** 0.5))
     tokens = jnp.asarray(np.random.default_rng(0).normal(size=(1, t, d)).astype("float32"))
     images = jnp.asarray(
@@ -228,11 +296,15 @@ def check_scale(name, include_layers=True, lean=False):
     rows = []
 
     def row(what, analytic, measured):
-        rows.append({
-            "scale": name, "what": what, "analytic": int(analytic),
-            "measured": int(measured),
-            "diff_percent": 100.0 * (analytic - measured) / measured,
-        })
+        rows.append(
+            {
+                "scale": name,
+                "what": what,
+                "analytic": int(analytic),
+                "measured": int(measured),
+                "diff_percent": 100.0 * (analytic - measured) / measured,
+            }
+        )
 
     block = backbone.get_layer("vit_encoder").encoder_layers[0]
     row("vit_block", block_flops, measure_layer(block, tokens))
@@ -244,18 +316,25 @@ def check_scale(name, include_layers=True, lean=False):
     row("vit_backbone", backbone_analytic, measure_layer(backbone, images))
 
     cw = covariance_ref_weights(d, cd, c)
-    row(f"covariance_head_ref(d={cd},it={it})",
+    row(
+        f"covariance_head_ref(d={cd},it={it})",
         F.covariance_head_flops(t, d, cd, it, c),
-        measured_flops(lambda x, w: covariance_head_ref(x, w, it), tokens, cw))
+        measured_flops(lambda x, w: covariance_head_ref(x, w, it), tokens, cw),
+    )
     if lean:
         return rows
     aw = adapter_ref_weights(d, b)
-    row(f"parallel_adapter_ref(b={b})", F.parallel_adapter_flops(t, d, b),
-        measured_flops(lambda x, w: adapter_ref(x, w), tokens, aw))
-    row(f"bypass_adapter_ref(b={b})", F.bypass_adapter_flops(t, d, b),
-        measured_flops(lambda x, w: adapter_ref(x, w, grid), tokens, aw))
-    row("linear_head_ref", F.linear_head_flops(d, c),
-        measured_flops(linear_head_ref, tokens, cw))
+    row(
+        f"parallel_adapter_ref(b={b})",
+        F.parallel_adapter_flops(t, d, b),
+        measured_flops(lambda x, w: adapter_ref(x, w), tokens, aw),
+    )
+    row(
+        f"bypass_adapter_ref(b={b})",
+        F.bypass_adapter_flops(t, d, b),
+        measured_flops(lambda x, w: adapter_ref(x, w, grid), tokens, aw),
+    )
+    row("linear_head_ref", F.linear_head_flops(d, c), measured_flops(linear_head_ref, tokens, cw))
 
     if include_layers:
         try:
@@ -267,19 +346,26 @@ def check_scale(name, include_layers=True, lean=False):
         else:
             head = CovarianceExitHead(c, covariance_dim=cd, iterations=it)
             head.build(tokens.shape)
-            row(f"layers.CovarianceExitHead(d={cd},it={it})",
-                F.covariance_head_flops(t, d, cd, it, c), measure_layer(head, tokens))
+            row(
+                f"layers.CovarianceExitHead(d={cd},it={it})",
+                F.covariance_head_flops(t, d, cd, it, c),
+                measure_layer(head, tokens),
+            )
             head = LinearExitHead(c)
             head.build(tokens.shape)
             row("layers.LinearExitHead", F.linear_head_flops(d, c), measure_layer(head, tokens))
             adapter = ParallelAdapter(b)
             adapter.build(tokens.shape, tokens.shape)
-            row(f"layers.ParallelAdapter(b={b})", F.parallel_adapter_flops(t, d, b),
-                measure_layer(adapter, tokens, tokens))
+            row(
+                f"layers.ParallelAdapter(b={b})",
+                F.parallel_adapter_flops(t, d, b),
+                measure_layer(adapter, tokens, tokens),
+            )
             bypass = BypassAdapter(b)
             bypass.build(tokens.shape)
-            row(f"layers.BypassAdapter(b={b})", F.bypass_adapter_flops(t, d, b),
-                measure_layer(bypass, tokens))
+            row(
+                f"layers.BypassAdapter(b={b})", F.bypass_adapter_flops(t, d, b), measure_layer(bypass, tokens)
+            )
     return rows
 
 
@@ -289,18 +375,25 @@ def build_family_backbone(family, s):
 
     if family == "deit":
         return keras_hub.models.DeiTBackbone(
-            image_shape=s["image_shape"], patch_size=s["patch_size"],
-            num_layers=s["num_layers"], num_heads=s["num_heads"],
-            hidden_dim=s["hidden_dim"], intermediate_dim=s["mlp_dim"],
+            image_shape=s["image_shape"],
+            patch_size=s["patch_size"],
+            num_layers=s["num_layers"],
+            num_heads=s["num_heads"],
+            hidden_dim=s["hidden_dim"],
+            intermediate_dim=s["mlp_dim"],
         )
     if family == "dinov2":
         side = s["image_shape"][0]
         return keras_hub.models.DINOV2Backbone(
-            patch_size=s["patch_size"], num_layers=s["num_layers"],
-            hidden_dim=s["hidden_dim"], num_heads=s["num_heads"],
-            intermediate_dim=s["mlp_dim"], image_shape=s["image_shape"],
+            patch_size=s["patch_size"],
+            num_layers=s["num_layers"],
+            hidden_dim=s["hidden_dim"],
+            num_heads=s["num_heads"],
+            intermediate_dim=s["mlp_dim"],
+            image_shape=s["image_shape"],
             position_embedding_shape=(2 * side, 2 * side, 3),
-            num_register_tokens=s.get("registers", 0), use_mask_token=False,
+            num_register_tokens=s.get("registers", 0),
+            use_mask_token=False,
         )
     raise ValueError(f"unknown family {family!r}")
 
@@ -319,9 +412,12 @@ def check_family(family, name):
     keras.utils.set_random_seed(0)
     backbone = build_family_backbone(family, s)
     model = DMPOClassifier(
-        backbone=backbone, num_classes=s["num_classes"],
-        covariance_dim=s["covariance_dim"], covariance_iterations=s["iterations"],
-        bypass_dim=s["bottleneck"], adapter_dim=s["bottleneck"],
+        backbone=backbone,
+        num_classes=s["num_classes"],
+        covariance_dim=s["covariance_dim"],
+        covariance_iterations=s["iterations"],
+        bypass_dim=s["bottleneck"],
+        adapter_dim=s["bottleneck"],
         input_normalization="imagenet" if family == "dinov2" else None,
     )
     ee = EarlyExitModel(model)
@@ -335,32 +431,51 @@ def check_family(family, name):
     rows = []
 
     def row(what, analytic, measured):
-        rows.append({
-            "scale": name, "what": f"{family}.{what}", "analytic": int(analytic),
-            "measured": int(measured),
-            "diff_percent": 100.0 * (analytic - measured) / measured,
-        })
+        rows.append(
+            {
+                "scale": name,
+                "what": f"{family}.{what}",
+                "analytic": int(analytic),
+                "measured": int(measured),
+                "diff_percent": 100.0 * (analytic - measured) / measured,
+            }
+        )
 
-    row("backbone", backbone_analytic, measure_layer(backbone, {"images": images} if family == "dinov2" else images))
+    row(
+        "backbone",
+        backbone_analytic,
+        measure_layer(backbone, {"images": images} if family == "dinov2" else images),
+    )
     row("dmpo_all_exits", ee.flops_per_exit[-1], measure_layer(model, images))
     single = model.build_single_exit_model()
     # + softmax of the single-exit model's output
-    row("dmpo_single_exit", ee.full_model_flops + F.SOFTMAX_FLOPS * s["num_classes"],
-        measure_layer(single, images))
+    row(
+        "dmpo_single_exit",
+        ee.full_model_flops + F.SOFTMAX_FLOPS * s["num_classes"],
+        measure_layer(single, images),
+    )
     return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", action="append", choices=sorted(SCALES),
-                        help="scales to check (repeatable); default demo and vit_b16")
-    parser.add_argument("--no-layers", action="store_true",
-                        help="skip the keras_dmpo layers rows")
+    parser.add_argument(
+        "--scale",
+        action="append",
+        choices=sorted(SCALES),
+        help="scales to check (repeatable); default demo and vit_b16",
+    )
+    parser.add_argument("--no-layers", action="store_true", help="skip the keras_dmpo layers rows")
     parser.add_argument("--json", action="store_true", help="print JSON rows only")
-    parser.add_argument("--lean", action="store_true",
-                        help="only the block, backbone and covariance head reference")
-    parser.add_argument("--family", action="append", choices=["deit", "dinov2"],
-                        help="check these families' backbones and DMPO models instead (repeatable)")
+    parser.add_argument(
+        "--lean", action="store_true", help="only the block, backbone and covariance head reference"
+    )
+    parser.add_argument(
+        "--family",
+        action="append",
+        choices=["deit", "dinov2"],
+        help="check these families' backbones and DMPO models instead (repeatable)",
+    )
     args = parser.parse_args(argv)
     rows = []
     for scale in args.scale or ["demo", "vit_b16"]:
@@ -378,8 +493,10 @@ def main(argv=None):
     print("| scale | what | analytic FLOPs | measured FLOPs | analytic - measured |")
     print("|---|---|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['scale']} | {r['what']} | {r['analytic']:,} | {r['measured']:,} | "
-              f"{r['diff_percent']:+.2f}% |")
+        print(
+            f"| {r['scale']} | {r['what']} | {r['analytic']:,} | {r['measured']:,} | "
+            f"{r['diff_percent']:+.2f}% |"
+        )
 
 
 if __name__ == "__main__":

@@ -85,8 +85,12 @@ def vit_block(width, heads, mlp, image, patch):
     import keras_hub
 
     backbone = keras_hub.models.ViTBackbone(
-        image_shape=(image, image, 3), patch_size=patch, num_layers=1,
-        num_heads=heads, hidden_dim=width, mlp_dim=mlp,
+        image_shape=(image, image, 3),
+        patch_size=patch,
+        num_layers=1,
+        num_heads=heads,
+        hidden_dim=width,
+        mlp_dim=mlp,
     )
     return backbone.get_layer("vit_encoder").encoder_layers[0]
 
@@ -103,9 +107,7 @@ def compiled_forward(layer, tokens):
     if backend == "jax":
         import jax
 
-        state = [v.value for v in model.trainable_variables], [
-            v.value for v in model.non_trainable_variables
-        ]
+        state = [v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables]
         fn = jax.jit(lambda x: model.stateless_call(*state, x, training=False)[0])
         return model, lambda: np.asarray(fn(tokens))
     import torch
@@ -167,17 +169,21 @@ def main():
     parser.add_argument("--covariance-dim", type=int, default=32)
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--bypass-dim", type=int, default=16)
-    parser.add_argument("--litert", action="store_true",
-                        help="also time LiteRT at batch 1 (TensorFlow backend)")
-    parser.add_argument("--scales", nargs="*", default=None,
-                        help="names of the scales to run (default: all)")
+    parser.add_argument(
+        "--litert", action="store_true", help="also time LiteRT at batch 1 (TensorFlow backend)"
+    )
+    parser.add_argument("--scales", nargs="*", default=None, help="names of the scales to run (default: all)")
     args = parser.parse_args()
-    print(f"backend={keras.backend.backend()} batch={args.batch} "
-          f"repeats={args.repeats} covariance_dim={args.covariance_dim} "
-          f"iterations={args.iterations} bypass_dim={args.bypass_dim}\n")
+    print(
+        f"backend={keras.backend.backend()} batch={args.batch} "
+        f"repeats={args.repeats} covariance_dim={args.covariance_dim} "
+        f"iterations={args.iterations} bypass_dim={args.bypass_dim}\n"
+    )
     litert = " LiteRT ms (batch 1) | % of block |" if args.litert else ""
-    print("| scale | D | T | layer | params | MFLOP/image | % of block FLOPs "
-          "| ms/call | % of block time |" + litert)
+    print(
+        "| scale | D | T | layer | params | MFLOP/image | % of block FLOPs "
+        "| ms/call | % of block time |" + litert
+    )
     print("|---|---|---|---|---|---|---|---|---|" + "---|---|" * bool(litert))
     rng = np.random.default_rng(0)
     for name, width, tokens, heads, mlp, image, patch, classes in CONFIGS:
@@ -186,14 +192,18 @@ def main():
         x = rng.normal(size=(args.batch, tokens, width)).astype("float32")
         d = min(args.covariance_dim, width)
         rows = [
-            ("ViT block", vit_block(width, heads, mlp, image, patch),
-             block_flops(tokens, width, mlp)),
-            (f"CovarianceExitHead (d={d}, n={args.iterations})",
-             CovarianceExitHead(classes, covariance_dim=d, iterations=args.iterations),
-             covariance_head_flops(tokens, width, classes, d, args.iterations)),
+            ("ViT block", vit_block(width, heads, mlp, image, patch), block_flops(tokens, width, mlp)),
+            (
+                f"CovarianceExitHead (d={d}, n={args.iterations})",
+                CovarianceExitHead(classes, covariance_dim=d, iterations=args.iterations),
+                covariance_head_flops(tokens, width, classes, d, args.iterations),
+            ),
             ("LinearExitHead", LinearExitHead(classes), linear_head_flops(width, classes)),
-            (f"BypassAdapter (b={args.bypass_dim})", BypassAdapter(args.bypass_dim),
-             bypass_flops(tokens, width, args.bypass_dim)),
+            (
+                f"BypassAdapter (b={args.bypass_dim})",
+                BypassAdapter(args.bypass_dim),
+                bypass_flops(tokens, width, args.bypass_dim),
+            ),
         ]
         block_ms = None
         for label, layer, flops in rows:
@@ -202,21 +212,27 @@ def main():
             lite_ms = median_ms(litert_run(model, x), args.repeats) if args.litert else None
             if block_ms is None:
                 block_ms, block_fl, block_lite = ms, flops, lite_ms
-            extra = (f" {lite_ms:.3f} | {100 * lite_ms / block_lite:.0f}% |"
-                     if args.litert else "")
-            print(f"| {name} | {width} | {tokens} | {label} | "
-                  f"{model.count_params():,} | {flops / 1e6:.3f} | "
-                  f"{100 * flops / block_fl:.1f}% | {ms:.3f} | "
-                  f"{100 * ms / block_ms:.0f}% |" + extra, flush=True)
-    print("\nNewton-Schulz relative error vs scipy.linalg.sqrtm "
-          "(20 trace-normalised covariances of 49 Gaussian tokens, float64):")
+            extra = f" {lite_ms:.3f} | {100 * lite_ms / block_lite:.0f}% |" if args.litert else ""
+            print(
+                f"| {name} | {width} | {tokens} | {label} | "
+                f"{model.count_params():,} | {flops / 1e6:.3f} | "
+                f"{100 * flops / block_fl:.1f}% | {ms:.3f} | "
+                f"{100 * ms / block_ms:.0f}% |" + extra,
+                flush=True,
+            )
+    print(
+        "\nNewton-Schulz relative error vs scipy.linalg.sqrtm "
+        "(20 trace-normalised covariances of 49 Gaussian tokens, float64):"
+    )
     print("| iterations | d=32 mean | d=32 max | d=64 mean | d=64 max |")
     print("|---|---|---|---|---|")
     iterations = (3, 5, 8, 10)
     e32, e64 = newton_schulz_errors(iterations, 32), newton_schulz_errors(iterations, 64)
     for n in iterations:
-        print(f"| {n} | {100 * e32[n][0]:.2f}% | {100 * e32[n][1]:.2f}% | "
-              f"{100 * e64[n][0]:.2f}% | {100 * e64[n][1]:.2f}% |")
+        print(
+            f"| {n} | {100 * e32[n][0]:.2f}% | {100 * e32[n][1]:.2f}% | "
+            f"{100 * e64[n][0]:.2f}% | {100 * e64[n][1]:.2f}% |"
+        )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,9 @@ from keras_dmpo import exit_rule  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUDGETS = (0.3, 0.5, 0.75)
 QUANTIZATIONS = (None, "dynamic", "float16", "int8")
-RANDOM_VIT = dict(image_shape=(28, 28, 3), patch_size=4, num_layers=8, num_heads=4,
-                  hidden_dim=128, mlp_dim=256)
+RANDOM_VIT = dict(
+    image_shape=(28, 28, 3), patch_size=4, num_layers=8, num_heads=4, hidden_dim=128, mlp_dim=256
+)
 
 
 def log(message):
@@ -71,8 +72,10 @@ def backbone_preset(work_dir):
 
         keras.utils.set_random_seed(0)
         keras_hub.models.ViTBackbone(**RANDOM_VIT).save_to_preset(path)
-    return path, ("random ViTBackbone(28x28x3, patch 4, 8 x 128, 4 heads, MLP 256) saved "
-                  "as a local preset (dmpo_vit_tiny is not shipped yet)")
+    return path, (
+        "random ViTBackbone(28x28x3, patch 4, 8 x 128, 4 heads, MLP 256) saved "
+        "as a local preset (dmpo_vit_tiny is not shipped yet)"
+    )
 
 
 def train_or_load(args, data, work_dir):
@@ -92,8 +95,14 @@ def train_or_load(args, data, work_dir):
     x, y = data["train"]
     log(f"training {len(x)} images, {args.epochs} epochs, exits {list(model.exits)}")
     start = time.perf_counter()
-    model.fit(x, y, batch_size=64, epochs=args.epochs, verbose=0,
-              callbacks=[PhaseCallback(PhaseSchedule(), verbose=0)])
+    model.fit(
+        x,
+        y,
+        batch_size=64,
+        epochs=args.epochs,
+        verbose=0,
+        callbacks=[PhaseCallback(PhaseSchedule(), verbose=0)],
+    )
     train_s = time.perf_counter() - start
     ee = EarlyExitModel(model)
     ee.save(path)
@@ -104,8 +113,12 @@ def export(ee, directory, quantization, representative):
     if os.path.isfile(os.path.join(directory, "manifest.json")):
         return directory
     start = time.perf_counter()
-    ee.export_tflite(directory, quantization=quantization, overwrite=True,
-                     representative_data=representative if quantization == "int8" else None)
+    ee.export_tflite(
+        directory,
+        quantization=quantization,
+        overwrite=True,
+        representative_data=representative if quantization == "int8" else None,
+    )
     log(f"exported {quantization or 'float32'} in {time.perf_counter() - start:.0f} s")
     return directory
 
@@ -114,8 +127,11 @@ def sizes(directory):
     with open(os.path.join(directory, "manifest.json")) as handle:
         manifest = json.load(handle)
     stages = [s["size_bytes"] for s in manifest["stages"]]
-    return {"stages_bytes": stages, "stages_total_bytes": int(sum(stages)),
-            "monolithic_bytes": int(manifest["monolithic"]["size_bytes"])}
+    return {
+        "stages_bytes": stages,
+        "stages_total_bytes": int(sum(stages)),
+        "monolithic_bytes": int(manifest["monolithic"]["size_bytes"]),
+    }
 
 
 def per_image_ms(fn, num_images, repeats):
@@ -147,26 +163,34 @@ def latency_table(directory, calibrations, x_test, full_flops, num_threads, repe
         staged_ms = per_image_ms(lambda: runtime.predict(x_test, batch_size=1), n, repeats)
         invoke_ms = float(cumulative[out["exit_index"]].mean())
         target_ms = 1.15 * fraction * mono_ms + 0.05
-        rows.append({
-            "budget": budget,
-            "test_flops_fraction": fraction,
-            "staged_ms": staged_ms,
-            "monolithic_ms": mono_ms,
-            "ratio_staged_to_monolithic": staged_ms / mono_ms,
-            "target_ms": target_ms,
-            "target_met": bool(staged_ms <= target_ms),
-            "stage_invoke_ms": invoke_ms,
-            "python_overhead_ms": staged_ms - invoke_ms,
-            "all_stages_ms": all_stages_ms,
-            "exit_fractions": np.bincount(out["exit_index"], minlength=runtime.num_exits).tolist(),
-        })
-        log(f"threads={num_threads} budget {budget:.0%}: FLOPs {fraction:.1%}, staged "
+        rows.append(
+            {
+                "budget": budget,
+                "test_flops_fraction": fraction,
+                "staged_ms": staged_ms,
+                "monolithic_ms": mono_ms,
+                "ratio_staged_to_monolithic": staged_ms / mono_ms,
+                "target_ms": target_ms,
+                "target_met": bool(staged_ms <= target_ms),
+                "stage_invoke_ms": invoke_ms,
+                "python_overhead_ms": staged_ms - invoke_ms,
+                "all_stages_ms": all_stages_ms,
+                "exit_fractions": np.bincount(out["exit_index"], minlength=runtime.num_exits).tolist(),
+            }
+        )
+        log(
+            f"threads={num_threads} budget {budget:.0%}: FLOPs {fraction:.1%}, staged "
             f"{staged_ms:.3f} ms vs mono {mono_ms:.3f} ms (ratio {staged_ms / mono_ms:.2f}, "
             f"target {target_ms:.3f} ms: {'met' if staged_ms <= target_ms else 'MISSED'}; "
             f"invoke {invoke_ms:.3f} ms, python {staged_ms - invoke_ms:.3f} ms; "
-            f"all stages back to back {all_stages_ms:.3f} ms)")
-    return {"num_threads": num_threads, "monolithic_ms": mono_ms,
-            "stage_invoke_ms": stage_ms, "budgets": rows}
+            f"all stages back to back {all_stages_ms:.3f} ms)"
+        )
+    return {
+        "num_threads": num_threads,
+        "monolithic_ms": mono_ms,
+        "stage_invoke_ms": stage_ms,
+        "budgets": rows,
+    }
 
 
 def quantization_row(directory, quantization, ee, x_test, y_test, keras_ref, thresholds_50):
@@ -183,7 +207,8 @@ def quantization_row(directory, quantization, ee, x_test, y_test, keras_ref, thr
         "monolithic_argmax_agreement": float((mono == keras_ref["last_labels"]).mean()),
         "staged_50_accuracy": float((staged["labels"] == y_test).mean()),
         "staged_50_accuracy_change": float(
-            (staged["labels"] == y_test).mean() - keras_ref["staged_accuracy"]),
+            (staged["labels"] == y_test).mean() - keras_ref["staged_accuracy"]
+        ),
         "staged_50_argmax_agreement": float((staged["labels"] == keras_ref["staged_labels"]).mean()),
         "staged_50_same_exit": float((staged["exit_index"] == keras_ref["staged_exits"]).mean()),
         "staged_50_flops_fraction": float(staged["flops"].mean() / ee.full_model_flops),
@@ -232,17 +257,26 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--exits", default="1,2,3,4,6,8",
-                        help="comma-separated 1-based exit blocks ('' = the model's default)")
+    parser.add_argument(
+        "--exits",
+        default="1,2,3,4,6,8",
+        help="comma-separated 1-based exit blocks ('' = the model's default)",
+    )
     parser.add_argument("--model", default=None, help="load this .keras EarlyExitModel instead of training")
-    parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "keras_dmpo_litert_latency"),
-                        help="trained model and exports (kept, so a re-run skips them)")
-    parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results", "litert_latency.json"))
+    parser.add_argument(
+        "--work-dir",
+        default=os.path.join(tempfile.gettempdir(), "keras_dmpo_litert_latency"),
+        help="trained model and exports (kept, so a re-run skips them)",
+    )
+    parser.add_argument(
+        "--output", default=os.path.join(ROOT, "benchmarks", "results", "litert_latency.json")
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fresh", action="store_true", help="delete --work-dir first")
-    parser.add_argument("--markdown", action="store_true",
-                        help="print the tables of an existing --output JSON and exit")
+    parser.add_argument(
+        "--markdown", action="store_true", help="print the tables of an existing --output JSON and exit"
+    )
     args = parser.parse_args(argv)
     if args.markdown:
         with open(args.output) as handle:
@@ -261,8 +295,10 @@ def main(argv=None):
     x_val, y_val = data["validation"]
     x_test, y_test = data["test"]
     ee, preset_note, train_s, model_path = train_or_load(args, data, args.work_dir)
-    log(f"backbone: {preset_note}; exits {list(ee.exits)}; "
-        f"fractions {[round(f, 3) for f in ee.flops_fractions]}")
+    log(
+        f"backbone: {preset_note}; exits {list(ee.exits)}; "
+        f"fractions {[round(f, 3) for f in ee.flops_fractions]}"
+    )
 
     # Float32 Keras references.
     probabilities = ee.exit_probabilities(x_test)
@@ -272,25 +308,34 @@ def main(argv=None):
         result = ee.calibrate(x_val, y_val, flops_budget=budget)
         out = ee.predict(x_test)
         calibrations[budget] = result.to_dict()
-        keras_budgets.append({
-            "budget": budget, "thresholds": result.thresholds,
-            "validation_accuracy": float(result.validation_accuracy),
-            "test_accuracy": float((out["labels"] == y_test).mean()),
-            "test_flops_fraction": float(out["flops"].mean() / ee.full_model_flops),
-        })
+        keras_budgets.append(
+            {
+                "budget": budget,
+                "thresholds": result.thresholds,
+                "validation_accuracy": float(result.validation_accuracy),
+                "test_accuracy": float((out["labels"] == y_test).mean()),
+                "test_flops_fraction": float(out["flops"].mean() / ee.full_model_flops),
+            }
+        )
         if budget == 0.5:
-            keras_ref = {"staged_labels": out["labels"], "staged_exits": out["exit_index"],
-                         "staged_accuracy": float((out["labels"] == y_test).mean())}
+            keras_ref = {
+                "staged_labels": out["labels"],
+                "staged_exits": out["exit_index"],
+                "staged_accuracy": float((out["labels"] == y_test).mean()),
+            }
     keras_ref.update(last_labels=last_labels, last_accuracy=float((last_labels == y_test).mean()))
-    log(f"Keras float32: last exit {keras_ref['last_accuracy']:.4f}, "
-        + ", ".join(f"{b['budget']:.0%}: {b['test_accuracy']:.4f} @ {b['test_flops_fraction']:.1%}"
-                    for b in keras_budgets))
+    log(
+        f"Keras float32: last exit {keras_ref['last_accuracy']:.4f}, "
+        + ", ".join(
+            f"{b['budget']:.0%}: {b['test_accuracy']:.4f} @ {b['test_flops_fraction']:.1%}"
+            for b in keras_budgets
+        )
+    )
 
     # Thresholds that *spend* each budget: one confidence threshold for all
     # exits, bisected so the validation FLOPs fraction is the budget. The
     # calibrated thresholds may spend less than the budget (when early exits
     # are as accurate as deep ones); these show the latency at 30/50/75% FLOPs.
-    from keras_dmpo.inference import calibration as calib
 
     scores = exit_rule.exit_scores(ee.exit_probabilities(x_val), ee.criterion)
     costs = np.asarray(ee.flops_per_exit) / ee.full_model_flops
@@ -313,8 +358,9 @@ def main(argv=None):
     exports = {}
     for quantization in QUANTIZATIONS:
         name = quantization or "float32"
-        exports[name] = export(ee, os.path.join(args.work_dir, f"export_{name}"),
-                               quantization, representative)
+        exports[name] = export(
+            ee, os.path.join(args.work_dir, f"export_{name}"), quantization, representative
+        )
 
     # Parity of the float32 export with EarlyExitModel.predict.
     from keras_dmpo.litert import StagedRuntime
@@ -330,42 +376,61 @@ def main(argv=None):
     log(f"LiteRT float32 vs EarlyExitModel: {parity}")
 
     latency = [
-        dict(latency_table(exports["float32"], table, x_test, ee.full_model_flops, threads, args.repeats),
-             thresholds=kind)
+        dict(
+            latency_table(exports["float32"], table, x_test, ee.full_model_flops, threads, args.repeats),
+            thresholds=kind,
+        )
         for kind, table in (("calibrated", calibrations), ("budget-filling", filled))
         for threads in (1, None)
     ]
     quantization_rows = [
-        quantization_row(exports[q or "float32"], q, ee, x_test, y_test, keras_ref,
-                         calibrations[0.5]["thresholds"])
+        quantization_row(
+            exports[q or "float32"], q, ee, x_test, y_test, keras_ref, calibrations[0.5]["thresholds"]
+        )
         for q in QUANTIZATIONS
     ]
     for row in quantization_rows:
-        log(f"{row['quantization']}: {row['stages_total_bytes'] / 1024:.0f} KB staged, "
+        log(
+            f"{row['quantization']}: {row['stages_total_bytes'] / 1024:.0f} KB staged, "
             f"{row['monolithic_bytes'] / 1024:.0f} KB mono; mono acc {row['monolithic_accuracy']:.4f} "
             f"(agree {row['monolithic_argmax_agreement']:.4f}); staged@50% acc "
-            f"{row['staged_50_accuracy']:.4f} (agree {row['staged_50_argmax_agreement']:.4f})")
+            f"{row['staged_50_accuracy']:.4f} (agree {row['staged_50_argmax_agreement']:.4f})"
+        )
 
     import ai_edge_litert
 
     result = {
         "command": "KERAS_BACKEND=tensorflow python benchmarks/litert_latency.py "
-                   + " ".join(sys.argv[1:] if argv is None else argv),
+        + " ".join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "load_average": list(os.getloadavg()),
-                    "note": "shared 2-core machine with a background job: absolute times are noisy"},
-        "versions": {"keras": keras.__version__,
-                     "ai_edge_litert": getattr(ai_edge_litert, "__version__", "unknown")},
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "load_average": list(os.getloadavg()),
+            "note": "shared 2-core machine with a background job: absolute times are noisy",
+        },
+        "versions": {
+            "keras": keras.__version__,
+            "ai_edge_litert": getattr(ai_edge_litert, "__version__", "unknown"),
+        },
         "backbone": preset_note,
-        "data": {"name": "digits", "image_shape": [28, 28, 3], "train": len(data["train"][1]),
-                 "validation": len(y_val), "test": len(y_test)},
-        "model": {"path": os.path.relpath(model_path, ROOT), "exits": list(ee.exits),
-                  "flops_per_exit": ee.flops_per_exit, "full_model_flops": ee.full_model_flops,
-                  "flops_fractions": ee.flops_fractions, "epochs": args.epochs,
-                  "train_seconds": train_s},
-        "keras_float32": {"last_exit_test_accuracy": keras_ref["last_accuracy"],
-                          "budgets": keras_budgets},
+        "data": {
+            "name": "digits",
+            "image_shape": [28, 28, 3],
+            "train": len(data["train"][1]),
+            "validation": len(y_val),
+            "test": len(y_test),
+        },
+        "model": {
+            "path": os.path.relpath(model_path, ROOT),
+            "exits": list(ee.exits),
+            "flops_per_exit": ee.flops_per_exit,
+            "full_model_flops": ee.full_model_flops,
+            "flops_fractions": ee.flops_fractions,
+            "epochs": args.epochs,
+            "train_seconds": train_s,
+        },
+        "keras_float32": {"last_exit_test_accuracy": keras_ref["last_accuracy"], "budgets": keras_budgets},
         "litert_float32_parity": parity,
         "latency": latency,
         "quantization": quantization_rows,

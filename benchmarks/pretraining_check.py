@@ -52,8 +52,7 @@ def parse_args(argv=None):
     parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--report", action="store_true",
-                        help="only print the table from the JSON files")
+    parser.add_argument("--report", action="store_true", help="only print the table from the JSON files")
     return parser.parse_args(argv)
 
 
@@ -62,9 +61,12 @@ def load_target(name, args):
 
     if name == "fashion_mnist_heldout":
         data = datasets.load_fashion_mnist(
-            classes=TARGET_CLASSES, validation_size=1000, seed=0,
+            classes=TARGET_CLASSES,
+            validation_size=1000,
+            seed=0,
             train_size=args.fashion_train_size,
-            test_size=args.fashion_test_size)
+            test_size=args.fashion_test_size,
+        )
         return data, args.fashion_epochs
     if name == "digits":
         return datasets.load_digits(seed=0), args.digits_epochs
@@ -113,8 +115,7 @@ def lora(backbone, data, epochs, seed, args):
     num_classes = len(data["class_names"])
     inputs = keras.Input(backbone.input_shape[1:])
     tokens = backbone(inputs)
-    head = keras.layers.LayerNormalization(epsilon=1e-6, name="head_norm")(
-        tokens[:, 0])
+    head = keras.layers.LayerNormalization(epsilon=1e-6, name="head_norm")(tokens[:, 0])
     logits = keras.layers.Dense(num_classes, name="head")(head)
     model = keras.Model(inputs, logits)
     model.compile(
@@ -124,8 +125,7 @@ def lora(backbone, data, epochs, seed, args):
     )
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     start = time.time()
-    model.fit(*data["train"], batch_size=args.batch_size, epochs=epochs,
-              shuffle=True, verbose=2)
+    model.fit(*data["train"], batch_size=args.batch_size, epochs=epochs, shuffle=True, verbose=2)
     train_seconds = time.time() - start
     logits = model.predict(data["test"][0], batch_size=256, verbose=0)
     accuracy = float(np.mean(np.argmax(logits, -1) == data["test"][1]))
@@ -142,8 +142,7 @@ def run(args):
     for seed in args.seeds:
         for target in args.targets:
             for init in args.inits:
-                path = os.path.join(
-                    args.results_dir, f"{target}__{init}__seed{seed}.json")
+                path = os.path.join(args.results_dir, f"{target}__{init}__seed{seed}.json")
                 if os.path.exists(path):
                     print(f"skip {path} (done)", flush=True)
                     continue
@@ -153,8 +152,7 @@ def run(args):
                 print(f"== {target} {init} seed {seed}", flush=True)
                 backbone = make_backbone(init, seed, args)
                 probe_acc, probe_s = linear_probe(backbone, data)
-                lora_acc, lora_s, trainable = lora(
-                    backbone, data, epochs, seed, args)
+                lora_acc, lora_s, trainable = lora(backbone, data, epochs, seed, args)
                 result = {
                     "target": target,
                     "init": init,
@@ -191,8 +189,7 @@ def report(results_dir):
         return f"{values.mean():.1f} ± {values.std():.1f}"
 
     lines = [
-        "| target | weights | seeds | linear probe (%) | LoRA r8 (%) | "
-        "LoRA train time (s) |",
+        "| target | weights | seeds | linear probe (%) | LoRA r8 (%) | LoRA train time (s) |",
         "|---|---|---|---|---|---|",
     ]
     for (target, init), runs in sorted(rows.items()):
@@ -202,19 +199,23 @@ def report(results_dir):
             f"{init} | {len(runs)} | "
             f"{stat([r['linear_probe_accuracy'] for r in runs])} | "
             f"{stat([r['lora_accuracy'] for r in runs])} | "
-            f"{np.mean([r['lora_train_seconds'] for r in runs]):.0f} |")
+            f"{np.mean([r['lora_train_seconds'] for r in runs]):.0f} |"
+        )
     for target in sorted({t for t, _ in rows}):
         if (target, "pretrained") in rows and (target, "random") in rows:
             gain = {
-                key: 100 * (
+                key: 100
+                * (
                     np.mean([r[key] for r in rows[(target, "pretrained")]])
-                    - np.mean([r[key] for r in rows[(target, "random")]]))
+                    - np.mean([r[key] for r in rows[(target, "random")]])
+                )
                 for key in ("linear_probe_accuracy", "lora_accuracy")
             }
             lines.append(
                 f"\n{target}: pre-trained minus random = "
                 f"{gain['linear_probe_accuracy']:+.1f} points (linear probe), "
-                f"{gain['lora_accuracy']:+.1f} points (LoRA)")
+                f"{gain['lora_accuracy']:+.1f} points (LoRA)"
+            )
     text = "\n".join(lines)
     print(text)
     return text

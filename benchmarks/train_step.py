@@ -52,10 +52,10 @@ BATCH = 64
 NUM_CLASSES = 10
 
 CONFIGS = {
-    "tiny": dict(image_shape=(32, 32, 3), patch_size=8, num_layers=4, num_heads=2,
-                 hidden_dim=32, mlp_dim=64),
-    "vit_s": dict(image_shape=(64, 64, 3), patch_size=8, num_layers=12, num_heads=6,
-                  hidden_dim=384, mlp_dim=1536),
+    "tiny": dict(image_shape=(32, 32, 3), patch_size=8, num_layers=4, num_heads=2, hidden_dim=32, mlp_dim=64),
+    "vit_s": dict(
+        image_shape=(64, 64, 3), patch_size=8, num_layers=12, num_heads=6, hidden_dim=384, mlp_dim=1536
+    ),
 }
 
 
@@ -90,8 +90,7 @@ def _params(model):
     import numpy as np
 
     count = lambda ws: int(sum(np.prod(w.shape) for w in ws))  # noqa: E731
-    return {"trainable": count(model.trainable_weights),
-            "frozen": count(model.non_trainable_weights)}
+    return {"trainable": count(model.trainable_weights), "frozen": count(model.non_trainable_weights)}
 
 
 def worker_time(config, steps, warmup):
@@ -148,24 +147,27 @@ def worker_memory(config, kind, steps):
 def _subprocess(backend, args):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)] + args,
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__)] + args, capture_output=True, text=True, env=env
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{backend} {args} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backends", default="tensorflow,jax,torch")
     parser.add_argument("--configs", default="tiny,vit_s")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="timed pairs (default 20 tiny, 3 vit_s)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="dropped pairs (default 2 tiny, 1 vit_s)")
-    parser.add_argument("--memory-steps", type=int, default=None,
-                        help="train steps in the memory process (default 2 tiny, 1 vit_s)")
+    parser.add_argument("--steps", type=int, default=None, help="timed pairs (default 20 tiny, 3 vit_s)")
+    parser.add_argument("--warmup", type=int, default=None, help="dropped pairs (default 2 tiny, 1 vit_s)")
+    parser.add_argument(
+        "--memory-steps",
+        type=int,
+        default=None,
+        help="train steps in the memory process (default 2 tiny, 1 vit_s)",
+    )
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--worker", choices=["time", "memory"])
     parser.add_argument("--config")
@@ -190,13 +192,25 @@ def main():
             warmup = args.warmup if args.warmup is not None else (2 if config == "tiny" else 1)
             memory_steps = args.memory_steps or (2 if config == "tiny" else 1)
             started = time.time()
-            entry = _subprocess(backend, ["--worker", "time", "--config", config,
-                                          "--steps", str(steps), "--warmup", str(warmup)])
+            entry = _subprocess(
+                backend,
+                ["--worker", "time", "--config", config, "--steps", str(steps), "--warmup", str(warmup)],
+            )
             if not args.no_memory:
                 entry["memory"] = {
-                    kind: _subprocess(backend, ["--worker", "memory", "--config", config,
-                                                "--model", kind,
-                                                "--memory-steps", str(memory_steps)])
+                    kind: _subprocess(
+                        backend,
+                        [
+                            "--worker",
+                            "memory",
+                            "--config",
+                            config,
+                            "--model",
+                            kind,
+                            "--memory-steps",
+                            str(memory_steps),
+                        ],
+                    )
                     for kind in ("dmpo", "single")
                 }
             entry["load_average_1m_at_end"] = os.getloadavg()[0]
@@ -206,9 +220,12 @@ def main():
             entry["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
             results["runs"][f"{backend}/{config}"] = entry
             med = entry["median_step_seconds"]
-            print(f"{backend:10s} {config:6s} dmpo {med['dmpo']:.3f}s single {med['single']:.3f}s "
-                  f"ratio {entry['ratio_dmpo_over_single']:.2f} "
-                  f"(load {entry['load_average_1m_at_end']:.1f})", flush=True)
+            print(
+                f"{backend:10s} {config:6s} dmpo {med['dmpo']:.3f}s single {med['single']:.3f}s "
+                f"ratio {entry['ratio_dmpo_over_single']:.2f} "
+                f"(load {entry['load_average_1m_at_end']:.1f})",
+                flush=True,
+            )
             os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
             with open(RESULTS, "w") as handle:
                 json.dump(results, handle, indent=2)

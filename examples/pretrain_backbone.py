@@ -54,26 +54,26 @@ BACKBONE_CONFIG = dict(
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output", default="dmpo_vit_tiny_preset",
-                        help="preset directory to write")
-    parser.add_argument("--work-dir", default="dmpo-pretrain",
-                        help="checkpoints, history and logs")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the checkpoint in --work-dir")
-    parser.add_argument("--epochs", type=int, default=8,
-                        help="number of checkpoint chunks of --steps-per-epoch")
+    parser.add_argument("--output", default="dmpo_vit_tiny_preset", help="preset directory to write")
+    parser.add_argument("--work-dir", default="dmpo-pretrain", help="checkpoints, history and logs")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work-dir")
+    parser.add_argument(
+        "--epochs", type=int, default=8, help="number of checkpoint chunks of --steps-per-epoch"
+    )
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--rotation-per-batch", type=int, default=32,
-                        help="rotated unlabelled images per batch (0: off)")
+    parser.add_argument(
+        "--rotation-per-batch", type=int, default=32, help="rotated unlabelled images per batch (0: off)"
+    )
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)
-    parser.add_argument("--shift", type=int, default=2,
-                        help="random shift in pixels (augmentation)")
+    parser.add_argument("--shift", type=int, default=2, help="random shift in pixels (augmentation)")
     parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--time-limit-minutes", type=float, default=45.0,
-                        help="stop after the epoch that would overrun this")
-    parser.add_argument("--steps-per-epoch", type=int, default=70,
-                        help="steps per checkpoint chunk (a Keras epoch)")
+    parser.add_argument(
+        "--time-limit-minutes", type=float, default=45.0, help="stop after the epoch that would overrun this"
+    )
+    parser.add_argument(
+        "--steps-per-epoch", type=int, default=70, help="steps per checkpoint chunk (a Keras epoch)"
+    )
     return parser.parse_args(argv)
 
 
@@ -86,8 +86,7 @@ def augment(images, rng, shift, flip=True):
         dx = rng.integers(0, 2 * shift + 1, size=n)
         rows = dy[:, None] + np.arange(h)[None, :]
         cols = dx[:, None] + np.arange(w)[None, :]
-        images = padded[np.arange(n)[:, None, None], rows[:, :, None],
-                        cols[:, None, :]]
+        images = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
     if flip:
         mask = rng.random(n) < 0.5
         images = images.copy()
@@ -130,8 +129,7 @@ def make_sequence(x_source, y_source, x_unlabelled, args):
             key = (kind, number)
             if key not in self._perms:
                 rng = np.random.default_rng([args.seed, kind, number])
-                self._perms = {k: v for k, v in self._perms.items()
-                               if k[0] != kind or k[1] >= number - 1}
+                self._perms = {k: v for k, v in self._perms.items() if k[0] != kind or k[1] >= number - 1}
                 self._perms[key] = rng.permutation(size)
             return self._perms[key]
 
@@ -156,16 +154,12 @@ def make_sequence(x_source, y_source, x_unlabelled, args):
             if args.rotation_per_batch:
                 r = args.rotation_per_batch
                 uidx = self._take(1, len(x_unlabelled), step * r, r)
-                rotated, rot = rotate(
-                    augment(x_unlabelled[uidx], rng, args.shift), rng)
+                rotated, rot = rotate(augment(x_unlabelled[uidx], rng, args.shift), rng)
                 images = np.concatenate([images, rotated])
-                class_labels = np.concatenate(
-                    [class_labels, np.full(r, -1, "int32")])
-                rotation_labels = np.concatenate(
-                    [rotation_labels, rot.astype("int32")])
+                class_labels = np.concatenate([class_labels, np.full(r, -1, "int32")])
+                rotation_labels = np.concatenate([rotation_labels, rot.astype("int32")])
             images = np.repeat(images[..., None], 3, axis=-1).astype("float32")
-            return images, {"source_class": class_labels,
-                            "rotation": rotation_labels}
+            return images, {"source_class": class_labels, "rotation": rotation_labels}
 
     return SourceBatches()
 
@@ -190,8 +184,7 @@ def build_model(num_classes):
     tokens = backbone(inputs)
     class_token = tokens[:, 0, :]
     outputs = {
-        "source_class": keras.layers.Dense(num_classes, name="source_class")(
-            class_token),
+        "source_class": keras.layers.Dense(num_classes, name="source_class")(class_token),
         "rotation": keras.layers.Dense(4, name="rotation")(class_token),
     }
     return backbone, keras.Model(inputs, outputs, name="pretrainer")
@@ -199,8 +192,7 @@ def build_model(num_classes):
 
 def accuracy(model, x, y, batch_size=256):
     logits = model.predict(x, batch_size=batch_size, verbose=0)
-    return logits, None if y is None else float(
-        np.mean(np.argmax(logits, -1) == y))
+    return logits, None if y is None else float(np.mean(np.argmax(logits, -1) == y))
 
 
 def main(argv=None):
@@ -219,8 +211,7 @@ def main(argv=None):
             os.remove(history_path)
 
     # Source: labelled images of the source classes (validation held out).
-    source = datasets.load_fashion_mnist(
-        channels=1, classes=SOURCE_CLASSES, validation_size=2500, seed=0)
+    source = datasets.load_fashion_mnist(channels=1, classes=SOURCE_CLASSES, validation_size=2500, seed=0)
     x_source, y_source = source["train"]
     x_source = x_source[..., 0]
     x_val, y_val = source["validation"]
@@ -240,18 +231,23 @@ def main(argv=None):
     backbone, model = build_model(len(SOURCE_CLASSES))
     warmup = min(total_steps // 10, 300)
     schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=total_steps - warmup, warmup_target=args.learning_rate,
-        warmup_steps=warmup, alpha=0.01)
-    model.compile(
-        optimizer=keras.optimizers.AdamW(
-            schedule, weight_decay=args.weight_decay, clipnorm=1.0),
-        loss={"source_class": masked_sparse_crossentropy,
-              "rotation": masked_sparse_crossentropy},
+        0.0,
+        decay_steps=total_steps - warmup,
+        warmup_target=args.learning_rate,
+        warmup_steps=warmup,
+        alpha=0.01,
     )
-    print(f"backend {keras.backend.backend()}, backbone parameters "
-          f"{backbone.count_params():,}, {steps_per_epoch} steps/epoch x "
-          f"{args.epochs} epochs, {len(y_source)} labelled source images, "
-          f"{len(x_unlabelled)} unlabelled", flush=True)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay, clipnorm=1.0),
+        loss={"source_class": masked_sparse_crossentropy, "rotation": masked_sparse_crossentropy},
+    )
+    print(
+        f"backend {keras.backend.backend()}, backbone parameters "
+        f"{backbone.count_params():,}, {steps_per_epoch} steps/epoch x "
+        f"{args.epochs} epochs, {len(y_source)} labelled source images, "
+        f"{len(x_unlabelled)} unlabelled",
+        flush=True,
+    )
 
     history = []
     if os.path.exists(history_path):
@@ -274,10 +270,8 @@ def main(argv=None):
                 "epoch": epoch + 1,
                 "seconds": round(seconds, 1),
                 "loss": float(logs.get("loss", float("nan"))),
-                "source_val_accuracy": float(np.mean(
-                    np.argmax(val_logits["source_class"], -1) == y_val)),
-                "rotation_val_accuracy": float(np.mean(
-                    np.argmax(rot_logits["rotation"], -1) == y_val_rot)),
+                "source_val_accuracy": float(np.mean(np.argmax(val_logits["source_class"], -1) == y_val)),
+                "rotation_val_accuracy": float(np.mean(np.argmax(rot_logits["rotation"], -1) == y_val_rot)),
             }
             history.append(record)
             with open(history_path, "w") as f:
@@ -285,9 +279,11 @@ def main(argv=None):
             print(f"\n{json.dumps(record)}", flush=True)
             elapsed = (time.time() - started) / 60
             if elapsed + max(epoch_times) / 60 > args.time_limit_minutes:
-                print(f"time limit: stopping after epoch {epoch + 1} "
-                      f"({elapsed:.1f} min); continue with --resume",
-                      flush=True)
+                print(
+                    f"time limit: stopping after epoch {epoch + 1} "
+                    f"({elapsed:.1f} min); continue with --resume",
+                    flush=True,
+                )
                 self.model.stop_training = True
 
     # Progress must run before BackupAndRestore saves, so the history matches.
@@ -305,14 +301,11 @@ def main(argv=None):
 
     # Source test accuracy (source classes only; target test images unused).
     x_test, y_test = source["test"]
-    test_logits = model.predict(
-        np.repeat(x_test, 3, axis=-1), batch_size=256, verbose=0)
-    source_test = float(np.mean(
-        np.argmax(test_logits["source_class"], -1) == y_test))
+    test_logits = model.predict(np.repeat(x_test, 3, axis=-1), batch_size=256, verbose=0)
+    source_test = float(np.mean(np.argmax(test_logits["source_class"], -1) == y_test))
     save_preset(backbone, args.output)
     summary = {
-        "backbone_config": {k: list(v) if isinstance(v, tuple) else v
-                            for k, v in BACKBONE_CONFIG.items()},
+        "backbone_config": {k: list(v) if isinstance(v, tuple) else v for k, v in BACKBONE_CONFIG.items()},
         "backend": keras.backend.backend(),
         "source_classes": SOURCE_CLASSES,
         "target_classes": TARGET_CLASSES,
@@ -335,8 +328,7 @@ def save_preset(backbone, output):
     if os.path.exists(output):
         shutil.rmtree(output)
     backbone.save_to_preset(output)
-    converter = keras_hub.layers.ViTImageConverter(
-        image_size=(28, 28), scale=1.0, offset=None)
+    converter = keras_hub.layers.ViTImageConverter(image_size=(28, 28), scale=1.0, offset=None)
     converter.save_to_preset(output)
 
 

@@ -20,8 +20,15 @@ _LAZY_ATTRIBUTES = {
     "presets": ("keras_dmpo.preset_registry", "PRESETS"),
 }
 _LAZY_SUBMODULES = {
-    "layers", "models", "training", "inference", "export", "litert",
-    "datasets", "cli", "exit_rule",
+    "layers",
+    "models",
+    "training",
+    "inference",
+    "export",
+    "litert",
+    "datasets",
+    "cli",
+    "exit_rule",
 }
 
 __all__ = sorted(list(_LAZY_ATTRIBUTES) + list(_LAZY_SUBMODULES) + ["__version__"])

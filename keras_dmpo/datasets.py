@@ -97,16 +97,10 @@ def seed_fashion_mnist_cache(cache_dir=None, source_dir=None):
     """
     source_dir = source_dir or DEBIAN_FASHION_MNIST_DIR
     target_dir = fashion_mnist_cache_dir(cache_dir)
-    missing = [
-        name
-        for name in FASHION_MNIST_FILES
-        if not os.path.isfile(os.path.join(target_dir, name))
-    ]
+    missing = [name for name in FASHION_MNIST_FILES if not os.path.isfile(os.path.join(target_dir, name))]
     if not missing:
         return []
-    if not all(
-        os.path.isfile(os.path.join(source_dir, name)) for name in missing
-    ):
+    if not all(os.path.isfile(os.path.join(source_dir, name)) for name in missing):
         return []
     os.makedirs(target_dir, exist_ok=True)
     copied = []
@@ -124,14 +118,9 @@ def _read_fashion_mnist(cache_dir=None):
     import keras
 
     target_dir = fashion_mnist_cache_dir(cache_dir)
-    was_cached = all(
-        os.path.isfile(os.path.join(target_dir, name))
-        for name in FASHION_MNIST_FILES
-    )
+    was_cached = all(os.path.isfile(os.path.join(target_dir, name)) for name in FASHION_MNIST_FILES)
     try:
-        (x_train, y_train), (x_test, y_test) = (
-            keras.datasets.fashion_mnist.load_data()
-        )
+        (x_train, y_train), (x_test, y_test) = keras.datasets.fashion_mnist.load_data()
     except Exception as error:  # noqa: BLE001 - re-raised with advice below.
         if was_cached:
             raise ValueError(
@@ -191,9 +180,7 @@ def _resize_matrix(size_in, size_out):
     scale = size_in / size_out
     support = max(scale, 1.0)
     centers = (np.arange(size_out) + 0.5) * scale - 0.5
-    weights = np.maximum(
-        0.0, 1.0 - np.abs(np.arange(size_in)[None, :] - centers[:, None]) / support
-    )
+    weights = np.maximum(0.0, 1.0 - np.abs(np.arange(size_in)[None, :] - centers[:, None]) / support)
     return (weights / weights.sum(axis=1, keepdims=True)).astype("float32")
 
 
@@ -222,21 +209,15 @@ def _select_classes(x, y, class_names, classes):
     for c in classes:
         if isinstance(c, str):
             if c not in class_names:
-                raise ValueError(
-                    f"`classes`: unknown class name {c!r}; known: {class_names}."
-                )
+                raise ValueError(f"`classes`: unknown class name {c!r}; known: {class_names}.")
             c = class_names.index(c)
         if isinstance(c, bool) or not isinstance(c, (int, np.integer)):
             raise ValueError(f"`classes` must hold ints or names; got {c!r}.")
         if not 0 <= c < len(class_names):
-            raise ValueError(
-                f"`classes`: {c} is outside [0, {len(class_names) - 1}]."
-            )
+            raise ValueError(f"`classes`: {c} is outside [0, {len(class_names) - 1}].")
         indices.append(int(c))
     if not indices or len(set(indices)) != len(indices):
-        raise ValueError(
-            f"`classes` must be a non-empty list without repeats; got {classes}."
-        )
+        raise ValueError(f"`classes` must be a non-empty list without repeats; got {classes}.")
     lookup = np.full(len(class_names), -1, dtype="int64")
     lookup[indices] = np.arange(len(indices))
     new_y = lookup[y]
@@ -252,9 +233,7 @@ def _stratified_take(y, size, seed, argument):
     if size == n:
         return np.random.default_rng(seed).permutation(n), np.zeros(0, "int64")
     if size > n:
-        raise ValueError(
-            f"`{argument}`={size} does not fit: only {n} samples are available."
-        )
+        raise ValueError(f"`{argument}`={size} does not fit: only {n} samples are available.")
     num_classes = len(np.unique(y))
     if size < num_classes or n - size < num_classes:
         raise ValueError(
@@ -263,9 +242,7 @@ def _stratified_take(y, size, seed, argument):
         )
     from sklearn.model_selection import train_test_split
 
-    taken, rest = train_test_split(
-        np.arange(n), train_size=size, stratify=y, random_state=seed
-    )
+    taken, rest = train_test_split(np.arange(n), train_size=size, stratify=y, random_state=seed)
     return np.sort(taken), np.sort(rest)
 
 
@@ -279,8 +256,18 @@ def _to_float_images(x, image_size, channels, max_value):
 
 
 def _make_splits(
-    x_pool, y_pool, x_test, y_test, class_names, image_size, channels,
-    validation_size, train_size, test_size, seed, max_value,
+    x_pool,
+    y_pool,
+    x_test,
+    y_test,
+    class_names,
+    image_size,
+    channels,
+    validation_size,
+    train_size,
+    test_size,
+    seed,
+    max_value,
 ):
     _check_int("validation_size", validation_size, 0)
     _check_int("train_size", train_size, 1, allow_none=True)
@@ -290,9 +277,7 @@ def _make_splits(
             f"`validation_size`={validation_size} does not fit: the training set "
             f"has {len(y_pool)} samples and needs some left for training."
         )
-    val_idx, train_idx = _stratified_take(
-        y_pool, validation_size, seed, "validation_size"
-    )
+    val_idx, train_idx = _stratified_take(y_pool, validation_size, seed, "validation_size")
     if train_size is not None:
         if train_size > len(train_idx):
             raise ValueError(
@@ -300,16 +285,11 @@ def _make_splits(
                 f"training samples are left after a validation split of "
                 f"{validation_size}."
             )
-        take, _ = _stratified_take(
-            y_pool[train_idx], train_size, seed + 1, "train_size"
-        )
+        take, _ = _stratified_take(y_pool[train_idx], train_size, seed + 1, "train_size")
         train_idx = train_idx[take]
     if test_size is not None:
         if test_size > len(y_test):
-            raise ValueError(
-                f"`test_size`={test_size} does not fit: the test set has "
-                f"{len(y_test)} samples."
-            )
+            raise ValueError(f"`test_size`={test_size} does not fit: the test set has {len(y_test)} samples.")
         take, _ = _stratified_take(y_test, test_size, seed + 2, "test_size")
         x_test, y_test = x_test[take], y_test[take]
 
@@ -375,12 +355,20 @@ def load_fashion_mnist(
     x_train, y_train, names = _select_classes(
         x_train, y_train.astype("int64"), FASHION_MNIST_CLASS_NAMES, classes
     )
-    x_test, y_test, _ = _select_classes(
-        x_test, y_test.astype("int64"), FASHION_MNIST_CLASS_NAMES, classes
-    )
+    x_test, y_test, _ = _select_classes(x_test, y_test.astype("int64"), FASHION_MNIST_CLASS_NAMES, classes)
     return _make_splits(
-        x_train, y_train, x_test, y_test, names, image_size, channels,
-        validation_size, train_size, test_size, seed, max_value=255.0,
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        names,
+        image_size,
+        channels,
+        validation_size,
+        train_size,
+        test_size,
+        seed,
+        max_value=255.0,
     )
 
 
@@ -437,8 +425,18 @@ def load_digits(
         )
     test_idx, pool_idx = _stratified_take(y, test_size, seed + 3, "test_size")
     return _make_splits(
-        x[pool_idx], y[pool_idx], x[test_idx], y[test_idx], names, image_size,
-        channels, validation_size, train_size, None, seed, max_value=16.0,
+        x[pool_idx],
+        y[pool_idx],
+        x[test_idx],
+        y[test_idx],
+        names,
+        image_size,
+        channels,
+        validation_size,
+        train_size,
+        None,
+        seed,
+        max_value=16.0,
     )
 
 
@@ -454,9 +452,7 @@ def load_dataset(name, **kwargs):
     """
     key = str(name).lower().replace("-", "_")
     if key not in _LOADERS:
-        raise ValueError(
-            f"Unknown data set `name`={name!r}; known: {sorted(_LOADERS)}."
-        )
+        raise ValueError(f"Unknown data set `name`={name!r}; known: {sorted(_LOADERS)}.")
     return _LOADERS[key](**kwargs)
 
 
@@ -464,8 +460,7 @@ def load_dataset(name, **kwargs):
 NAMED_DATA = ("fashion_mnist", "digits")
 
 
-def load_data(spec, image_shape, seed=0, train_size=None, validation_size=None, test_size=None,
-              classes=None):
+def load_data(spec, image_shape, seed=0, train_size=None, validation_size=None, test_size=None, classes=None):
     """``{"train", "validation", "test", "class_names"}`` for a named data set
     (``NAMED_DATA``, optionally a class subset) or a class-per-folder
     directory (split 70/15/15, stratified), at the model's ``image_shape``.
@@ -474,16 +469,19 @@ def load_data(spec, image_shape, seed=0, train_size=None, validation_size=None, 
     key = spec.lower().replace("-", "_")
     if key in NAMED_DATA:
         if height != width:
-            raise ValueError(f"--data {spec}: the model's images are {height}x{width}; named data sets need square images.")
-        kwargs = dict(image_size=height, channels=channels, seed=seed, train_size=train_size,
-                      classes=classes)
+            raise ValueError(
+                f"--data {spec}: the model's images are {height}x{width}; named data sets need square images."
+            )
+        kwargs = dict(image_size=height, channels=channels, seed=seed, train_size=train_size, classes=classes)
         if validation_size is not None:
             kwargs["validation_size"] = validation_size
         if test_size is not None:
             kwargs["test_size"] = test_size
         return load_dataset(key, **kwargs)
     if not os.path.exists(spec) and os.sep not in spec and not spec.startswith("."):
-        raise ValueError(f"--data {spec!r} is neither a known data set {list(NAMED_DATA)} nor an existing folder.")
+        raise ValueError(
+            f"--data {spec!r} is neither a known data set {list(NAMED_DATA)} nor an existing folder."
+        )
     x, y, class_names = image_folders.load_image_folder(spec, image_shape)
     return {**_split_folder(x, y, seed), "class_names": class_names}
 
@@ -498,7 +496,10 @@ def _split_folder(x, y, seed, fractions=(0.7, 0.15, 0.15)):
         parts["validation"].extend(index[:n_val])
         parts["test"].extend(index[n_val : n_val + n_test])
         parts["train"].extend(index[n_val + n_test :])
-    return {name: (x[np.sort(ix)], y[np.sort(ix)]) for name, ix in ((k, np.asarray(v, int)) for k, v in parts.items())}
+    return {
+        name: (x[np.sort(ix)], y[np.sort(ix)])
+        for name, ix in ((k, np.asarray(v, int)) for k, v in parts.items())
+    }
 
 
 def all_images(spec, image_shape):

@@ -59,7 +59,7 @@ def onnx_state_dict(model):
     state = {}
     for name in initializers:
         if name.startswith(PREFIX):
-            state[name[len(PREFIX):]] = array(name)
+            state[name[len(PREFIX) :]] = array(name)
     if "embeddings.cls_token" not in state:
         _fail("no initializer 'backbone.embeddings.cls_token'.")
     hidden = state["embeddings.cls_token"].shape[-1]
@@ -93,8 +93,13 @@ def onnx_state_dict(model):
     if not layers or layers != list(range(len(layers))):
         _fail(f"block numbers {layers} are not 0..n-1.")
     for i in layers:
-        found = [k for k in state if k.startswith(f"encoder.layer.{i}.") and k.endswith(".weight")
-                 and ("attention" in k or "mlp" in k)]
+        found = [
+            k
+            for k in state
+            if k.startswith(f"encoder.layer.{i}.")
+            and k.endswith(".weight")
+            and ("attention" in k or "mlp" in k)
+        ]
         if len(found) != _BLOCK_MATRICES:
             _fail(f"block {i} has {len(found)} of its {_BLOCK_MATRICES} weight matrices.")
     return state, len(layers)

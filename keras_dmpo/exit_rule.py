@@ -51,8 +51,7 @@ def exit_scores(probabilities, criterion="confidence"):
     p = np.asarray(probabilities, dtype=np.float64)
     if p.ndim < 1 or p.shape[-1] == 0:
         raise ValueError(
-            f"`probabilities` must end in a class axis, e.g. (num_samples, num_classes); "
-            f"got shape {p.shape}."
+            f"`probabilities` must end in a class axis, e.g. (num_samples, num_classes); got shape {p.shape}."
         )
     if criterion == "confidence":
         scores = p.max(axis=-1)
@@ -76,9 +75,7 @@ def check_thresholds(thresholds, num_exits):
     try:
         values = np.asarray(thresholds, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError):
-        raise ValueError(
-            f"`thresholds` must be {num_exits} numbers in [0, 1]; got {thresholds!r}."
-        ) from None
+        raise ValueError(f"`thresholds` must be {num_exits} numbers in [0, 1]; got {thresholds!r}.") from None
     if values.size != num_exits:
         raise ValueError(
             f"`thresholds` has {values.size} values; expected {num_exits} "
@@ -86,9 +83,7 @@ def check_thresholds(thresholds, num_exits):
         )
     bad = [float(v) for v in values if not 0.0 <= v <= 1.0]  # NaN fails too
     if bad:
-        raise ValueError(
-            f"`thresholds` must be in [0, 1] (scores are); got {bad} in {values.tolist()}."
-        )
+        raise ValueError(f"`thresholds` must be in [0, 1] (scores are); got {bad} in {values.tolist()}.")
     return values
 
 

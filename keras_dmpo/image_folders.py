@@ -22,7 +22,8 @@ def scan_image_folder(directory, argument="--data"):
     if not os.path.isdir(directory):
         raise ValueError(f"{argument} {directory!r}: no such directory.")
     classes = sorted(
-        d for d in os.listdir(directory)
+        d
+        for d in os.listdir(directory)
         if os.path.isdir(os.path.join(directory, d)) and not d.startswith(".")
     )
     if not classes:
@@ -33,13 +34,10 @@ def scan_image_folder(directory, argument="--data"):
     counts = []
     for name in classes:
         folder = os.path.join(directory, name)
-        files = sorted(
-            f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS)
-        )
+        files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
         if not files:
             raise ValueError(
-                f"{argument}: class folder {folder!r} has no images "
-                f"({', '.join(IMAGE_EXTENSIONS)})."
+                f"{argument}: class folder {folder!r} has no images ({', '.join(IMAGE_EXTENSIONS)})."
             )
         for file in files:
             path = os.path.join(folder, file)

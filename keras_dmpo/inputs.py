@@ -9,8 +9,10 @@ import numpy as np
 
 # The numpy-only check lives in the runtime module, which must not import
 # Keras (this one does so lazily too); both sides share one implementation.
-from keras_dmpo.litert import check_finite
-from keras_dmpo.litert import non_finite_samples  # noqa: F401  (re-exported)
+from keras_dmpo.litert import (
+    check_finite,
+    non_finite_samples,  # noqa: F401  (re-exported)
+)
 
 
 def _to_numpy(value):
@@ -84,8 +86,10 @@ def check_images(images, image_shape, argument="x", allow_non_finite=False, hint
         raise ValueError(f"`{argument}` must hold numbers; got dtype {dtype}.")
     if not allow_non_finite and np.issubdtype(dtype, np.floating):
         check_finite(
-            _to_numpy(images), argument,
-            hint or "Clean or drop those samples: NaN or inf pixels give meaningless "
+            _to_numpy(images),
+            argument,
+            hint
+            or "Clean or drop those samples: NaN or inf pixels give meaningless "
             "predictions and poison training.",
         )
 
@@ -94,9 +98,7 @@ def check_labels(labels, num_classes, argument="y", num_samples=None):
     """Sparse labels in ``[0, num_classes)`` or one-hot rows of ``num_classes``."""
     labels = np.asarray(labels)
     if num_samples is not None and labels.shape[0] != num_samples:
-        raise ValueError(
-            f"`{argument}` has {labels.shape[0]} labels for {num_samples} images."
-        )
+        raise ValueError(f"`{argument}` has {labels.shape[0]} labels for {num_samples} images.")
     if labels.ndim == 2 and labels.shape[1] == num_classes and num_classes > 1:
         return  # one-hot / soft labels
     if labels.ndim == 2 and labels.shape[1] == 1:

@@ -33,10 +33,8 @@ QUANTIZATION_MODES = (None, "dynamic", "float16", "int8")
 # A manifest is a few KB; anything this large is not one (and would be slow
 # to parse).
 MAX_MANIFEST_BYTES = 16 << 20
-PREPROCESSING_KEYS = ("scale", "offset", "input_range", "resize", "channels",
-                      "color_order", "formula")
-TENSOR_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16",
-                 "int32", "int64", "bool")
+PREPROCESSING_KEYS = ("scale", "offset", "input_range", "resize", "channels", "color_order", "formula")
+TENSOR_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
 # Pixels further than this fraction of the input range outside it make
 # StagedRuntime warn (once): probably already-normalised or 0-255 images fed
 # to a model that expects another range.
@@ -103,13 +101,11 @@ def _is_int(value):
 
 
 def _is_number(value):
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_hex_digest(value):
-    return (isinstance(value, str) and len(value) == 64
-            and all(c in "0123456789abcdefABCDEF" for c in value))
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
 
 
 class _Checker:
@@ -123,9 +119,7 @@ class _Checker:
 
     def require(self, mapping, key, where, expected):
         if key not in mapping:
-            raise ValueError(
-                f"{self.source}: {where} lacks the required key {key!r} ({expected})."
-            )
+            raise ValueError(f"{self.source}: {where} lacks the required key {key!r} ({expected}).")
         return mapping[key]
 
     def int_at_least(self, value, where, low):
@@ -138,8 +132,11 @@ class _Checker:
         if not ok:
             if expected is None:
                 expected = "a finite number" + (
-                    f" in [{low}, {high}]" if low is not None and high is not None
-                    else f" >= {low}" if low is not None else ""
+                    f" in [{low}, {high}]"
+                    if low is not None and high is not None
+                    else f" >= {low}"
+                    if low is not None
+                    else ""
                 )
             self.fail(where, value, expected)
         return float(value)
@@ -163,15 +160,20 @@ def _check_file_name(check, value, where):
     if not isinstance(value, str) or not value or len(value) > 255:
         check.fail(where, value, expected)
     separators = {"/", "\\", "\x00", os.sep} | ({os.altsep} if os.altsep else set())
-    if (value in (".", "..") or any(s in value for s in separators)
-            or os.path.isabs(value) or value == MANIFEST_NAME):
+    if (
+        value in (".", "..")
+        or any(s in value for s in separators)
+        or os.path.isabs(value)
+        or value == MANIFEST_NAME
+    ):
         check.fail(where, value, expected + f" and not {MANIFEST_NAME!r}")
     return value
 
 
 def _check_tensor_specs(check, specs, where, count=None):
-    expected = (f"a list of {count} tensor spec(s)" if count else "a non-empty list of tensor specs") + \
-        ' {"name": str, "shape": [ints, -1 for the batch], "dtype": str}'
+    expected = (
+        f"a list of {count} tensor spec(s)" if count else "a non-empty list of tensor specs"
+    ) + ' {"name": str, "shape": [ints, -1 for the batch], "dtype": str}'
     if not isinstance(specs, list) or not specs or (count is not None and len(specs) != count):
         check.fail(where, specs, expected)
     names = set()
@@ -186,9 +188,14 @@ def _check_tensor_specs(check, specs, where, count=None):
             check.fail(f"{at}['name']", name, "unique within the list")
         names.add(name)
         shape = check.require(spec, "shape", at, "a list of dimensions")
-        if (not isinstance(shape, list) or not shape
-                or any(not _is_int(d) or (d < 1 and d != -1) for d in shape)):
-            check.fail(f"{at}['shape']", shape, "a non-empty list of positive ints (-1 for a dynamic dimension)")
+        if (
+            not isinstance(shape, list)
+            or not shape
+            or any(not _is_int(d) or (d < 1 and d != -1) for d in shape)
+        ):
+            check.fail(
+                f"{at}['shape']", shape, "a non-empty list of positive ints (-1 for a dynamic dimension)"
+            )
         dtype = check.require(spec, "dtype", at, "the element type")
         if dtype not in TENSOR_DTYPES:
             check.fail(f"{at}['dtype']", dtype, f"one of {list(TENSOR_DTYPES)}")
@@ -199,37 +206,44 @@ def _check_graph_entry(check, entry, where, image_shape, num_classes, first, las
     """File keys and signature of a stage (or the monolithic) entry."""
     if not isinstance(entry, dict):
         check.fail(where, entry, "a dict (a graph entry)")
-    _check_file_name(check, check.require(entry, "file", where, "the graph's file name"),
-                     f"{where}['file']")
+    _check_file_name(check, check.require(entry, "file", where, "the graph's file name"), f"{where}['file']")
     digest = check.require(entry, "sha256", where, "the file's hex sha256")
     if not _is_hex_digest(digest):
         check.fail(f"{where}['sha256']", digest, "a 64-character hex sha256 string")
-    check.int_at_least(check.require(entry, "size_bytes", where, "the file size"),
-                       f"{where}['size_bytes']", 0)
+    check.int_at_least(
+        check.require(entry, "size_bytes", where, "the file size"), f"{where}['size_bytes']", 0
+    )
     if "signature_key" in entry:
         check.string(entry["signature_key"], f"{where}['signature_key']", optional=True)
-    inputs = _check_tensor_specs(check, check.require(entry, "inputs", where, "the input specs"),
-                                 f"{where}['inputs']", count=1)
+    inputs = _check_tensor_specs(
+        check, check.require(entry, "inputs", where, "the input specs"), f"{where}['inputs']", count=1
+    )
     (spec,) = inputs.values()
     if spec["dtype"] != "float32":
         check.fail(f"{where}['inputs'][0]['dtype']", spec["dtype"], "'float32' (the runtime feeds float32)")
     if first and spec["shape"][1:] != list(image_shape):
-        check.fail(f"{where}['inputs'][0]['shape']", spec["shape"],
-                   f"[-1, {', '.join(map(str, image_shape))}] (batch + image_shape)")
+        check.fail(
+            f"{where}['inputs'][0]['shape']",
+            spec["shape"],
+            f"[-1, {', '.join(map(str, image_shape))}] (batch + image_shape)",
+        )
     if not first and len(spec["shape"]) != 3:
         check.fail(f"{where}['inputs'][0]['shape']", spec["shape"], "[batch, tokens, width]")
-    outputs = _check_tensor_specs(check, check.require(entry, "outputs", where, "the output specs"),
-                                  f"{where}['outputs']")
+    outputs = _check_tensor_specs(
+        check, check.require(entry, "outputs", where, "the output specs"), f"{where}['outputs']"
+    )
     wanted = {"probabilities"} if last else {"probabilities", "tokens"}
     if set(outputs) != wanted:
         check.fail(f"{where}['outputs']", sorted(outputs), f"outputs named {sorted(wanted)}")
     probabilities = outputs["probabilities"]["shape"]
     if len(probabilities) != 2 or probabilities[-1] != num_classes:
-        check.fail(f"{where}['outputs'] 'probabilities' shape", probabilities,
-                   f"[batch, {num_classes}] (num_classes)")
+        check.fail(
+            f"{where}['outputs'] 'probabilities' shape",
+            probabilities,
+            f"[batch, {num_classes}] (num_classes)",
+        )
     if not last and len(outputs["tokens"]["shape"]) != 3:
-        check.fail(f"{where}['outputs'] 'tokens' shape", outputs["tokens"]["shape"],
-                   "[batch, tokens, width]")
+        check.fail(f"{where}['outputs'] 'tokens' shape", outputs["tokens"]["shape"], "[batch, tokens, width]")
     return inputs, outputs
 
 
@@ -240,19 +254,28 @@ def _check_preprocessing(check, value, image_shape):
     unknown = sorted(set(value) - set(PREPROCESSING_KEYS))
     if unknown:
         # An unknown step (say "mean") would be silently skipped: refuse it.
-        check.fail(f"{where} key {unknown[0]!r}", value[unknown[0]],
-                   f"absent: known keys are {list(PREPROCESSING_KEYS)}")
+        check.fail(
+            f"{where} key {unknown[0]!r}",
+            value[unknown[0]],
+            f"absent: known keys are {list(PREPROCESSING_KEYS)}",
+        )
     channels = image_shape[-1]
     for key in ("scale", "offset"):
         item = check.require(value, key, where, "a number or one number per channel")
         items = item if isinstance(item, list) else [item]
-        if (isinstance(item, list) and len(item) not in (1, channels)) or not all(_is_number(v) for v in items):
+        if (isinstance(item, list) and len(item) not in (1, channels)) or not all(
+            _is_number(v) for v in items
+        ):
             check.fail(f"{where}['{key}']", item, f"a finite number or {channels} finite numbers")
         if key == "scale" and any(v == 0 for v in items):
             check.fail(f"{where}['scale']", item, "non-zero")
     input_range = check.require(value, "input_range", where, "[low, high] of the raw pixels")
-    if (not isinstance(input_range, list) or len(input_range) != 2
-            or not all(_is_number(v) for v in input_range) or not input_range[0] < input_range[1]):
+    if (
+        not isinstance(input_range, list)
+        or len(input_range) != 2
+        or not all(_is_number(v) for v in input_range)
+        or not input_range[0] < input_range[1]
+    ):
         check.fail(f"{where}['input_range']", input_range, "[low, high] finite numbers with low < high")
     if "resize" in value and value["resize"] != list(image_shape[:2]):
         check.fail(f"{where}['resize']", value["resize"], f"{list(image_shape[:2])} (the model's image size)")
@@ -289,45 +312,61 @@ def validate_manifest(manifest, source="manifest.json"):
                 "exports only (use onnxruntime for ONNX)."
             )
         check.fail("manifest['format']", fmt, '"tflite"')
-    check.string(check.require(manifest, "keras_dmpo_version", "the manifest", "a version string"),
-                 "manifest['keras_dmpo_version']")
+    check.string(
+        check.require(manifest, "keras_dmpo_version", "the manifest", "a version string"),
+        "manifest['keras_dmpo_version']",
+    )
     for key in ("created_by", "flops_convention"):
         if key in manifest:
             check.string(manifest[key], f"manifest['{key}']", optional=True)
 
     image_shape = check.require(manifest, "image_shape", "the manifest", "[height, width, channels]")
-    if not isinstance(image_shape, list) or len(image_shape) != 3 or not all(
-        _is_int(d) and d >= 1 for d in image_shape
+    if (
+        not isinstance(image_shape, list)
+        or len(image_shape) != 3
+        or not all(_is_int(d) and d >= 1 for d in image_shape)
     ):
         check.fail("manifest['image_shape']", image_shape, "[height, width, channels] of 3 positive ints")
     num_classes = check.int_at_least(
         check.require(manifest, "num_classes", "the manifest", "the class count"),
-        "manifest['num_classes']", 2)
+        "manifest['num_classes']",
+        2,
+    )
     class_names = manifest.get("class_names")
     if class_names is not None and (
-        not isinstance(class_names, list) or len(class_names) != num_classes
+        not isinstance(class_names, list)
+        or len(class_names) != num_classes
         or not all(isinstance(c, str) for c in class_names)
     ):
-        check.fail("manifest['class_names']", class_names,
-                   f"null or a list of {num_classes} strings (num_classes)")
+        check.fail(
+            "manifest['class_names']", class_names, f"null or a list of {num_classes} strings (num_classes)"
+        )
     criterion = check.require(manifest, "criterion", "the manifest", f"one of {exit_rule.CRITERIA}")
     if criterion not in exit_rule.CRITERIA:
         check.fail("manifest['criterion']", criterion, f"one of {list(exit_rule.CRITERIA)}")
     if manifest.get("quantization") not in QUANTIZATION_MODES:
-        check.fail("manifest['quantization']", manifest.get("quantization"),
-                   f"one of {list(QUANTIZATION_MODES)}")
+        check.fail(
+            "manifest['quantization']", manifest.get("quantization"), f"one of {list(QUANTIZATION_MODES)}"
+        )
     _check_preprocessing(
-        check, check.require(manifest, "preprocessing", "the manifest", "a dict"), image_shape)
+        check, check.require(manifest, "preprocessing", "the manifest", "a dict"), image_shape
+    )
 
     exits = check.require(manifest, "exits", "the manifest", "the 1-based exit blocks")
-    if (not isinstance(exits, list) or not exits
-            or not all(_is_int(e) and e >= 1 for e in exits)
-            or any(b <= a for a, b in zip(exits, exits[1:]))):
+    if (
+        not isinstance(exits, list)
+        or not exits
+        or not all(_is_int(e) and e >= 1 for e in exits)
+        or any(b <= a for a, b in zip(exits, exits[1:]))
+    ):
         check.fail("manifest['exits']", exits, "a non-empty list of increasing positive ints")
     k = len(exits)
     thresholds = check.list_of(
         check.require(manifest, "thresholds", "the manifest", f"{k} numbers in [0, 1]"),
-        "manifest['thresholds']", k, f"a list of {k} numbers in [0, 1] (one per exit)")
+        "manifest['thresholds']",
+        k,
+        f"a list of {k} numbers in [0, 1] (one per exit)",
+    )
     for i, t in enumerate(thresholds):
         check.number(t, f"manifest['thresholds'][{i}]", 0.0, 1.0)
     full = check.require(manifest, "full_model_flops", "the manifest", "a positive number")
@@ -337,45 +376,59 @@ def validate_manifest(manifest, source="manifest.json"):
         check.fail("manifest['extra']", manifest["extra"], "a dict")
 
     stages = check.require(manifest, "stages", "the manifest", "the stage entries")
-    check.list_of(stages, "manifest['stages']", k,
-                  f"a list of {k} stage entries (one per exit in manifest['exits'])")
+    check.list_of(
+        stages, "manifest['stages']", k, f"a list of {k} stage entries (one per exit in manifest['exits'])"
+    )
     files = []
     previous_flops = 0.0
     previous_tokens = None
     for i, entry in enumerate(stages):
         where = f"manifest['stages'][{i}]"
         inputs, outputs = _check_graph_entry(
-            check, entry, where, image_shape, num_classes, first=i == 0, last=i == k - 1)
+            check, entry, where, image_shape, num_classes, first=i == 0, last=i == k - 1
+        )
         if entry.get("index") != i + 1 or not _is_int(entry.get("index")):
             check.fail(f"{where}['index']", entry.get("index"), f"{i + 1} (1-based stage number)")
         if entry.get("exit_block") != exits[i] or not _is_int(entry.get("exit_block")):
-            check.fail(f"{where}['exit_block']", entry.get("exit_block"),
-                       f"{exits[i]} (manifest['exits'][{i}])")
+            check.fail(
+                f"{where}['exit_block']", entry.get("exit_block"), f"{exits[i]} (manifest['exits'][{i}])"
+            )
         threshold = check.number(
-            check.require(entry, "threshold", where, "a number in [0, 1]"),
-            f"{where}['threshold']", 0.0, 1.0)
+            check.require(entry, "threshold", where, "a number in [0, 1]"), f"{where}['threshold']", 0.0, 1.0
+        )
         if threshold != thresholds[i]:
-            check.fail(f"{where}['threshold']", entry["threshold"],
-                       f"{thresholds[i]!r}, the same as manifest['thresholds'][{i}]")
-        flops = check.number(check.require(entry, "flops", where, "cumulative FLOPs"),
-                             f"{where}['flops']", 0.0)
+            check.fail(
+                f"{where}['threshold']",
+                entry["threshold"],
+                f"{thresholds[i]!r}, the same as manifest['thresholds'][{i}]",
+            )
+        flops = check.number(
+            check.require(entry, "flops", where, "cumulative FLOPs"), f"{where}['flops']", 0.0
+        )
         if flops < previous_flops:
-            check.fail(f"{where}['flops']", entry["flops"],
-                       f">= the previous stage's {previous_flops!r} (cumulative FLOPs never decrease)")
+            check.fail(
+                f"{where}['flops']",
+                entry["flops"],
+                f">= the previous stage's {previous_flops!r} (cumulative FLOPs never decrease)",
+            )
         previous_flops = flops
         for key in ("stage_flops", "fraction_of_full_model"):
             if key in entry:
                 check.number(entry[key], f"{where}['{key}']", 0.0)
         (spec,) = inputs.values()
         if previous_tokens is not None and spec["shape"][1:] != previous_tokens[1:]:
-            check.fail(f"{where}['inputs'][0]['shape']", spec["shape"],
-                       f"the previous stage's tokens shape {previous_tokens}")
+            check.fail(
+                f"{where}['inputs'][0]['shape']",
+                spec["shape"],
+                f"the previous stage's tokens shape {previous_tokens}",
+            )
         previous_tokens = outputs["tokens"]["shape"] if "tokens" in outputs else None
         files.append((f"{where}['file']", entry["file"]))
     monolithic = manifest.get("monolithic")
     if monolithic is not None:
-        _check_graph_entry(check, monolithic, "manifest['monolithic']", image_shape,
-                           num_classes, first=True, last=True)
+        _check_graph_entry(
+            check, monolithic, "manifest['monolithic']", image_shape, num_classes, first=True, last=True
+        )
         if "flops" in monolithic:
             check.number(monolithic["flops"], "manifest['monolithic']['flops']", 0.0)
         files.append(("manifest['monolithic']['file']", monolithic["file"]))
@@ -397,8 +450,7 @@ def _read_manifest(directory):
         )
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"No {MANIFEST_NAME} in {directory!r}: not a keras_dmpo export, or an "
-            "export that did not finish."
+            f"No {MANIFEST_NAME} in {directory!r}: not a keras_dmpo export, or an export that did not finish."
         )
     size = os.path.getsize(path)
     if size > MAX_MANIFEST_BYTES:
@@ -422,8 +474,7 @@ def _resolve_bundle_file(directory, name, where):
     path = os.path.join(directory, name)
     if not os.path.lexists(path):
         raise FileNotFoundError(
-            f"Stage file {name!r} listed in the manifest ({where}) is missing "
-            f"from {directory!r}."
+            f"Stage file {name!r} listed in the manifest ({where}) is missing from {directory!r}."
         )
     real_directory = os.path.realpath(directory)
     real = os.path.realpath(path)
@@ -436,13 +487,11 @@ def _resolve_bundle_file(directory, name, where):
         mode = os.stat(real).st_mode
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"Stage file {name!r} listed in the manifest ({where}) is a dangling "
-            f"symlink in {directory!r}."
+            f"Stage file {name!r} listed in the manifest ({where}) is a dangling symlink in {directory!r}."
         ) from None
     if not stat.S_ISREG(mode):
         raise ValueError(
-            f"{where} = {name!r} in {directory!r} is not a regular file; expected a "
-            ".tflite file."
+            f"{where} = {name!r} in {directory!r} is not a regular file; expected a .tflite file."
         )
     return real
 
@@ -492,8 +541,7 @@ class _Stage:
                     f"says {sorted(expected)}."
                 )
             for name, detail in details.items():
-                got = ([int(d) for d in detail["shape_signature"]],
-                       np.dtype(detail["dtype"]).name)
+                got = ([int(d) for d in detail["shape_signature"]], np.dtype(detail["dtype"]).name)
                 want = (list(expected[name]["shape"]), expected[name]["dtype"])
                 if got != want:
                     raise ValueError(
@@ -602,29 +650,23 @@ class StagedRuntime:
         self.criterion = manifest["criterion"]
         self.exits = list(manifest["exits"])
         self.image_shape = tuple(manifest["image_shape"])
-        self.flops_per_exit = np.array(
-            [stage["flops"] for stage in manifest["stages"]], dtype=np.float64
-        )
+        self.flops_per_exit = np.array([stage["flops"] for stage in manifest["stages"]], dtype=np.float64)
         self.full_model_flops = manifest.get("full_model_flops")
         self.class_names = manifest.get("class_names")
         self._set_preprocessing(manifest["preprocessing"])
-        entries = [(f"manifest['stages'][{k}]['file']", entry)
-                   for k, entry in enumerate(manifest["stages"])]
+        entries = [(f"manifest['stages'][{k}]['file']", entry) for k, entry in enumerate(manifest["stages"])]
         if manifest.get("monolithic"):
             entries.append(("manifest['monolithic']['file']", manifest["monolithic"]))
-        paths = [_resolve_bundle_file(self.directory, entry["file"], where)
-                 for where, entry in entries]
+        paths = [_resolve_bundle_file(self.directory, entry["file"], where) for where, entry in entries]
         if verify_hashes:
-            for (where, entry), path in zip(entries, paths):
+            for (_, entry), path in zip(entries, paths):
                 self._verify_file(path, entry)
         graphs = [_Stage(path, entry, num_threads) for (_, entry), path in zip(entries, paths)]
         self._stages = graphs[: len(manifest["stages"])]
         self._monolithic = graphs[len(manifest["stages"])] if len(graphs) > len(self._stages) else None
         self._warned_range = False
         self.thresholds = (
-            [stage["threshold"] for stage in manifest["stages"]]
-            if thresholds is None
-            else thresholds
+            [stage["threshold"] for stage in manifest["stages"]] if thresholds is None else thresholds
         )
 
     # -- manifest -------------------------------------------------------------
@@ -693,13 +735,13 @@ class StagedRuntime:
                 + (
                     ""
                     if self.accepts_uint8
-                    else "uint8 is accepted only when preprocessing['input_range'] "
-                    "is [0, 255]."
+                    else "uint8 is accepted only when preprocessing['input_range'] is [0, 255]."
                 )
             )
         if not allow_non_finite:
             check_finite(
-                images, "images",
+                images,
+                "images",
                 "Clean or drop those samples, or pass allow_non_finite=True to run "
                 "them anyway (their outputs are then meaningless).",
             )
@@ -708,7 +750,8 @@ class StagedRuntime:
         x = images.astype(np.float32) * self._scale + self._offset
         if not allow_non_finite:
             check_finite(
-                x, "images",
+                x,
+                "images",
                 "They are finite but overflow float32 after x * scale + offset; "
                 "pass raw pixels in preprocessing['input_range'].",
             )
@@ -752,8 +795,7 @@ class StagedRuntime:
             ``exits``, ``flops`` (N,) float64 FLOPs spent per sample.
         """
         if batch_size is not None and (
-            not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool)
-            or batch_size < 1
+            not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1
         ):
             raise ValueError(f"`batch_size` must be an integer >= 1 or None; got {batch_size!r}.")
         x = self.preprocess(images, allow_non_finite=allow_non_finite)
@@ -834,8 +876,7 @@ class StagedRuntime:
             for i in range(0, x.shape[0], batch_size)
         ]
         probabilities = np.concatenate(chunks, axis=0)
-        return {"labels": probabilities.argmax(axis=-1).astype(np.int64),
-                "probabilities": probabilities}
+        return {"labels": probabilities.argmax(axis=-1).astype(np.int64), "probabilities": probabilities}
 
     # -- timing ---------------------------------------------------------------
 
@@ -855,16 +896,14 @@ class StagedRuntime:
             for spec in stage.entry["inputs"]:
                 shape = [batch_size] + [int(d) for d in spec["shape"][1:]]
                 feed[spec["name"]] = rng.uniform(0, 1, shape).astype(np.float32)
-            result[label] = _median_ms(lambda: stage(**feed), repeats, warmup)
+            result[label] = _median_ms(lambda stage=stage, feed=feed: stage(**feed), repeats, warmup)
         return result
 
     def latency(self, images, repeats=5):
         """Median ms per image of ``predict(images, batch_size=1)``."""
         images = np.asarray(images)
         self.predict(images[:1], batch_size=1)  # load the stages
-        return _median_ms(
-            lambda: self.predict(images, batch_size=1), repeats, 0
-        ) / max(1, images.shape[0])
+        return _median_ms(lambda: self.predict(images, batch_size=1), repeats, 0) / max(1, images.shape[0])
 
 
 def _median_ms(fn, repeats, warmup):

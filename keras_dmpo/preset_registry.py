@@ -91,9 +91,7 @@ def status():
             path = preset_path(name)
             available = os.path.isfile(os.path.join(path, "config.json"))
         size = (
-            sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)) / 1e6
-            if available
-            else None
+            sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)) / 1e6 if available else None
         )
         rows.append((name, available, size, description))
     return rows

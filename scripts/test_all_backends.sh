@@ -13,6 +13,12 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 backends=${BACKENDS:-"tensorflow jax torch"}
 parallel=${PARALLEL:-1}
+# Lint and format first: seconds, and a failure here needs no test run.
+echo "[$(date +%H:%M:%S)] ruff check + ruff format --check"
+if ! .venv/bin/ruff check . || ! .venv/bin/ruff format --check .; then
+  echo "ruff failed: run '.venv/bin/ruff format . && .venv/bin/ruff check --fix .' and review the diff"
+  exit 1
+fi
 logdir=$(mktemp -d)
 declare -A status elapsed
 

@@ -56,13 +56,24 @@ def build_tiny_vit(seed=0, **overrides):
 # grid as TINY_VIT). DINOv2: 2 register tokens and LayerScale 0.5 so the
 # token layout and the scales are exercised; DeiT: class + distillation token.
 TINY_DINOV2 = dict(
-    patch_size=8, num_layers=4, hidden_dim=32, num_heads=2, intermediate_dim=64,
-    image_shape=(32, 32, 3), position_embedding_shape=(48, 48, 3),
-    num_register_tokens=2, layer_scale_init_value=0.5, use_mask_token=False,
+    patch_size=8,
+    num_layers=4,
+    hidden_dim=32,
+    num_heads=2,
+    intermediate_dim=64,
+    image_shape=(32, 32, 3),
+    position_embedding_shape=(48, 48, 3),
+    num_register_tokens=2,
+    layer_scale_init_value=0.5,
+    use_mask_token=False,
 )
 TINY_DEIT = dict(
-    image_shape=(32, 32, 3), patch_size=8, num_layers=4, num_heads=2,
-    hidden_dim=32, intermediate_dim=64,
+    image_shape=(32, 32, 3),
+    patch_size=8,
+    num_layers=4,
+    num_heads=2,
+    hidden_dim=32,
+    intermediate_dim=64,
 )
 
 

@@ -31,8 +31,8 @@ def build_stage_models(exits=EXITS, seed=0):
         interface of ``export_stage_graphs``.
     """
     import keras
-
     from conftest import build_tiny_vit
+
     from keras_dmpo.models.vit_stages import ViTStages
 
     stages = ViTStages(build_tiny_vit(seed=seed), exits=exits)
@@ -47,7 +47,9 @@ def build_stage_models(exits=EXITS, seed=0):
             else keras.layers.LayerNormalization(name=f"head_{k + 1}_norm")
         )
         dense = keras.layers.Dense(
-            NUM_CLASSES, activation="softmax", kernel_initializer=init,
+            NUM_CLASSES,
+            activation="softmax",
+            kernel_initializer=init,
             name=f"head_{k + 1}_dense",
         )
         heads.append((norm, dense))
@@ -74,9 +76,7 @@ def build_stage_models(exits=EXITS, seed=0):
 
     images = keras.Input(stages.image_shape, name="images")
     tokens = stages.run_blocks(stages.embed(images), range(stages.num_layers))
-    monolithic = keras.Model(
-        images, {"probabilities": head(last, tokens)}, name="monolithic"
-    )
+    monolithic = keras.Model(images, {"probabilities": head(last, tokens)}, name="monolithic")
     return models, monolithic
 
 
@@ -139,8 +139,8 @@ def make_float_export(directory):
     Writes ``directory/export`` and ``directory/reference.npz`` (Keras exit
     probabilities of ``raw_images()``) and returns ``(export_dir, reference)``.
     """
-    from keras_dmpo.export.tflite import export_stage_graphs
     from keras_dmpo.exit_rule import exit_scores
+    from keras_dmpo.export.tflite import export_stage_graphs
 
     models, monolithic = build_stage_models()
     images = raw_images()
@@ -183,9 +183,7 @@ def run_tensorflow_subprocess(args, timeout=600):
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(tests_dir)
     env["PYTHONPATH"] = os.pathsep.join([tests_dir, root, env.get("PYTHONPATH", "")])
-    result = subprocess.run(
-        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
+    result = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise AssertionError(
             f"TensorFlow subprocess {args} failed:\n{result.stdout}\n{result.stderr[-4000:]}"

@@ -27,8 +27,7 @@ def _to_numpy_list(outputs):
 def wrap_in_model(layer, input_data):
     """A functional model around ``layer`` with inputs shaped like ``input_data``."""
     inputs = [
-        keras.Input(shape=np.shape(x)[1:], name=f"input_{i}")
-        for i, x in enumerate(_as_list(input_data))
+        keras.Input(shape=np.shape(x)[1:], name=f"input_{i}") for i, x in enumerate(_as_list(input_data))
     ]
     outputs = layer(*inputs)
     return keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs)
@@ -124,7 +123,5 @@ def check_tflite_parity(model, inputs, reference, atol=1e-4):
     assert len(got) == len(reference)
     # Output names are not ordered like Keras outputs: match by shape and value.
     for ref in reference:
-        diffs = [
-            np.max(np.abs(g - ref)) for g in got if tuple(g.shape) == tuple(ref.shape)
-        ]
+        diffs = [np.max(np.abs(g - ref)) for g in got if tuple(g.shape) == tuple(ref.shape)]
         assert diffs and min(diffs) <= atol, f"LiteRT differs from Keras by {diffs}"

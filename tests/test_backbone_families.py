@@ -16,9 +16,7 @@ import numpy as np
 import pytest
 from conftest import build_tiny_backbone
 
-from keras_dmpo import exit_rule
-from keras_dmpo import DMPOClassifier, EarlyExitModel, PhaseCallback, PhaseSchedule
-from keras_dmpo.inference import calibration as calib
+from keras_dmpo import DMPOClassifier, EarlyExitModel, PhaseCallback, PhaseSchedule, exit_rule
 from keras_dmpo.litert import StagedRuntime
 from keras_dmpo.models.backbone_families import SUPPORTED_BACKBONES
 from keras_dmpo.models.vit_stages import ViTStages, load_vit_backbone
@@ -91,9 +89,7 @@ def test_input_normalization_is_applied_and_checked(family_presets, images):
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     model = DMPOClassifier(backbone=backbone, num_classes=3, exits=[2], input_normalization="imagenet")
     tokens = keras.ops.convert_to_numpy(model._embed(images))
-    expected = keras.ops.convert_to_numpy(
-        model.stages.embed(((images - mean) / std).astype("float32"))
-    )
+    expected = keras.ops.convert_to_numpy(model.stages.embed(((images - mean) / std).astype("float32")))
     np.testing.assert_allclose(tokens, expected, atol=1e-5)
     for bad, match in (
         ("cifar", "input_normalization"),
@@ -116,8 +112,14 @@ def trained_family(request, family_presets):
     model = DMPOClassifier.from_preset(family_presets[family], num_classes=3, exits=[1, 2, 3])
     model.compile(optimizer=keras.optimizers.AdamW(1e-3))
     before = [w.copy() for w in model.get_weights()]
-    model.fit(x[:32], y[:32], batch_size=16, epochs=1, verbose=0,
-              callbacks=[PhaseCallback(PhaseSchedule(), verbose=0)])
+    model.fit(
+        x[:32],
+        y[:32],
+        batch_size=16,
+        epochs=1,
+        verbose=0,
+        callbacks=[PhaseCallback(PhaseSchedule(), verbose=0)],
+    )
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
     ee = EarlyExitModel(model)
     record = ee.calibrate(x[32:], y[32:], flops_budget=0.9)
@@ -147,9 +149,22 @@ def test_family_flops_match_xla_within_one_percent():
     single-exit model) against XLA's cost analysis, in a JAX subprocess."""
     env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
     process = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "flops_check.py"),
-         "--family", "deit", "--family", "dinov2", "--scale", "family_small", "--json"],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "flops_check.py"),
+            "--family",
+            "deit",
+            "--family",
+            "dinov2",
+            "--scale",
+            "family_small",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
     )
     assert process.returncode == 0, process.stderr[-3000:]
     rows = json.loads(process.stdout.strip().splitlines()[-1])

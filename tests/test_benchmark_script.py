@@ -7,7 +7,9 @@ import os
 
 import pytest
 
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "dmpo_benchmark.py")
+SCRIPT = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "dmpo_benchmark.py"
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,23 +30,53 @@ def _record(method, seed, accuracies, dataset="fashion_mnist", single=False):
     for budget in (0.25, 0.3, 0.5, 0.75, 1.0):
         acc = accuracies.get(budget)
         if acc is None:
-            budgets.append({"budget": budget, "reachable": False, "reason": "below the cost of the first exit"})
+            budgets.append(
+                {"budget": budget, "reachable": False, "reason": "below the cost of the first exit"}
+            )
         else:
-            budgets.append({"budget": budget, "reachable": True, "thresholds": [0.9, 0.0],
-                            "validation_accuracy": acc, "validation_fraction": budget, "test_accuracy": acc,
-                            "test_fraction": budget * 0.98, "exit_fractions": [0.5, 0.5]})
+            budgets.append(
+                {
+                    "budget": budget,
+                    "reachable": True,
+                    "thresholds": [0.9, 0.0],
+                    "validation_accuracy": acc,
+                    "validation_fraction": budget,
+                    "test_accuracy": acc,
+                    "test_fraction": budget * 0.98,
+                    "exit_fractions": [0.5, 0.5],
+                }
+            )
     exits = [8] if single else list(range(1, 9))
     fractions = [1.0] if single else FRACTIONS
     return {
-        "schema_version": 1, "dataset": dataset, "method": method, "seed": seed, "quick": False,
+        "schema_version": 1,
+        "dataset": dataset,
+        "method": method,
+        "seed": seed,
+        "quick": False,
         "command": "python benchmarks/dmpo_benchmark.py --seeds 0,1",
-        "backbone_source": "random test backbone", "backbone_sha256": "abc",
-        "config": {"train_images": 100, "validation_images": 50, "test_images": 100, "data_seed": 0, "epochs": 1,
-                   "batch_size": 64, "optimizer": {"name": "AdamW", "learning_rate": 0.002, "weight_decay": 1e-4},
-                   "exits": exits},
+        "backbone_source": "random test backbone",
+        "backbone_sha256": "abc",
+        "config": {
+            "train_images": 100,
+            "validation_images": 50,
+            "test_images": 100,
+            "data_seed": 0,
+            "epochs": 1,
+            "batch_size": 64,
+            "optimizer": {"name": "AdamW", "learning_rate": 0.002, "weight_decay": 1e-4},
+            "exits": exits,
+        },
         "environment": {"backend": "jax"},
-        "timing": {"train_seconds": 100.0 + 10 * seed, "train_ms_per_image": 5.0, "steady_train_ms_per_image": 4.0,
-                   "first_steps_seconds": 3.0, "eval_seconds": 15.0, "eval_images": 150, "total_seconds": 130.0},
+        "timing": {
+            "train_seconds": 100.0 + 10 * seed,
+            "train_ms_per_image": 5.0,
+            "steady_train_ms_per_image": 4.0,
+            "first_steps_seconds": 3.0,
+            "eval_seconds": 15.0,
+            "eval_images": 150,
+            "total_seconds": 130.0,
+        },
         "flops": {"flops_per_exit": fractions, "full_model_flops": 1.0, "fractions": fractions},
         "budgets": budgets,
         "single_exits": [{"exit": e, "fraction": f, "test_accuracy": 0.8} for e, f in zip(exits, fractions)],
@@ -133,7 +165,9 @@ def test_build_report_keeps_hand_written_notes(bench, tmp_path):
     assert "| dmpo | 0,1 | — | 91.00 ± 1.41 (29)" in text
     assert "PASS: DMPO@30% 91.00 vs target 91.00" in text
     assert "The claim (the two DMPO@30% checks): **PASS**" in text
-    assert "regime: single_exit@100% - plain exit 1 alone >= 5: PASS (exit 1 alone 80.00; margin +7.00)" in text
+    assert (
+        "regime: single_exit@100% - plain exit 1 alone >= 5: PASS (exit 1 alone 80.00; margin +7.00)" in text
+    )
     assert "the budget buys accuracy (DMPO@50% >= DMPO@25%, more FLOPs spent): not evaluated" in text
     body = open(path).read()
     assert body.startswith("# Notes\n\nhand-written attempts\n")
@@ -164,10 +198,14 @@ def test_write_json_atomic_and_estimate(bench, tmp_path):
     assert set(detail) == {"fashion_mnist", "digits"} and total == pytest.approx(sum(detail.values()))
     # fashion_mnist, 7 methods x 3 seeds, each: 4 ms per training image x
     # images x epochs + 0.1 s per evaluated image + 3 s first steps + 15 s
-    train_images = bench.FULL_TRAIN_IMAGES["fashion_mnist"] * bench.DATA_DEFAULTS["fashion_mnist"]["full"]["epochs"]
+    train_images = (
+        bench.FULL_TRAIN_IMAGES["fashion_mnist"] * bench.DATA_DEFAULTS["fashion_mnist"]["full"]["epochs"]
+    )
     eval_images = bench.FULL_EVAL_IMAGES["fashion_mnist"]
     runs = 3 * len(bench.METHODS_BY_DATASET["fashion_mnist"])
-    assert detail["fashion_mnist"] == pytest.approx(runs * (0.004 * train_images + 0.1 * eval_images + 3 + 15))
+    assert detail["fashion_mnist"] == pytest.approx(
+        runs * (0.004 * train_images + 0.1 * eval_images + 3 + 15)
+    )
 
 
 def test_idle_estimate_uses_cpu_time(bench, tmp_path):
@@ -178,8 +216,12 @@ def test_idle_estimate_uses_cpu_time(bench, tmp_path):
     for r in records:  # 2 CPU-ms per image on 2 cores = 1 ms wall: a quarter of the 4 ms measured
         r["timing"]["steady_train_cpu_ms_per_image"] = 2.0
     idle, detail = bench.estimate_full_run(records, idle_cores=2)
-    train_images = bench.FULL_TRAIN_IMAGES["fashion_mnist"] * bench.DATA_DEFAULTS["fashion_mnist"]["full"]["epochs"]
+    train_images = (
+        bench.FULL_TRAIN_IMAGES["fashion_mnist"] * bench.DATA_DEFAULTS["fashion_mnist"]["full"]["epochs"]
+    )
     eval_images = bench.FULL_EVAL_IMAGES["fashion_mnist"]
     # training and evaluation scale by 1/4, the first steps too; the 15 s do not
     runs = 3 * len(bench.METHODS_BY_DATASET["fashion_mnist"])
-    assert detail["fashion_mnist"] == pytest.approx(runs * (0.001 * train_images + 0.025 * eval_images + 0.75 + 15))
+    assert detail["fashion_mnist"] == pytest.approx(
+        runs * (0.001 * train_images + 0.025 * eval_images + 0.75 + 15)
+    )

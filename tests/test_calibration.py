@@ -18,9 +18,7 @@ def synthetic(num_samples=2000, num_exits=8, seed=0):
     difficulty = rng.uniform(size=num_samples)
     ability = np.linspace(0.35, 0.9, num_exits)[:, None]
     correct = difficulty[None, :] + rng.normal(0, 0.1, (num_exits, num_samples)) < ability
-    scores = np.clip(
-        0.45 + 0.35 * correct + rng.normal(0, 0.12, (num_exits, num_samples)), 0.01, 0.99
-    )
+    scores = np.clip(0.45 + 0.35 * correct + rng.normal(0, 0.12, (num_exits, num_samples)), 0.01, 0.99)
     return scores, correct
 
 
@@ -36,12 +34,11 @@ def brute_force_exits(scores, thresholds):
 
 def test_exit_scores():
     probabilities = np.array([[[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0]]])
-    np.testing.assert_allclose(
-        exit_rule.exit_scores(probabilities, "confidence"), [[1.0, 1 / 3, 0.5]]
-    )
+    np.testing.assert_allclose(exit_rule.exit_scores(probabilities, "confidence"), [[1.0, 1 / 3, 0.5]])
     np.testing.assert_allclose(
         exit_rule.exit_scores(probabilities, "entropy"),
-        [[1.0, 0.0, 1 - np.log(2) / np.log(3)]], atol=1e-12,
+        [[1.0, 0.0, 1 - np.log(2) / np.log(3)]],
+        atol=1e-12,
     )
     with pytest.raises(ValueError, match="'margin'"):
         exit_rule.exit_scores(probabilities, "margin")

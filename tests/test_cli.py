@@ -36,8 +36,25 @@ def run_cli(args, capsys):
 def test_cli_verbs_on_an_image_folder(tiny_vit_preset, image_folder, tmp_path, capsys):
     out_dir = str(tmp_path / "run")
     code, out, err = run_cli(
-        ["train", "--preset", tiny_vit_preset, "--data", image_folder, "--exits", "1,2",
-         "--epochs", "1", "--batch-size", "8", "--output-dir", out_dir, "--verbose", "0"], capsys)
+        [
+            "train",
+            "--preset",
+            tiny_vit_preset,
+            "--data",
+            image_folder,
+            "--exits",
+            "1,2",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--output-dir",
+            out_dir,
+            "--verbose",
+            "0",
+        ],
+        capsys,
+    )
     assert code == 0, err
     model_path = os.path.join(out_dir, "model.keras")
     assert os.path.isfile(model_path)
@@ -52,15 +69,30 @@ def test_cli_verbs_on_an_image_folder(tiny_vit_preset, image_folder, tmp_path, c
     # with one line, and the first model stays as it was.
     first = {name: open(os.path.join(out_dir, name), "rb").read() for name in os.listdir(out_dir)}
     code, out, err = run_cli(
-        ["train", "--preset", tiny_vit_preset, "--data", image_folder, "--epochs", "1",
-         "--output-dir", out_dir, "--verbose", "0"], capsys)
+        [
+            "train",
+            "--preset",
+            tiny_vit_preset,
+            "--data",
+            image_folder,
+            "--epochs",
+            "1",
+            "--output-dir",
+            out_dir,
+            "--verbose",
+            "0",
+        ],
+        capsys,
+    )
     assert code == 2
     assert len(err.strip().splitlines()) == 1
     assert "--output-dir" in err and "is not empty" in err and "--overwrite" in err
     assert {name: open(os.path.join(out_dir, name), "rb").read() for name in os.listdir(out_dir)} == first
 
     # The tiny test ViT's heads are expensive: 95% is a reachable budget here.
-    code, out, err = run_cli(["calibrate", "--model", model_path, "--data", image_folder, "--budget", "0.95"], capsys)
+    code, out, err = run_cli(
+        ["calibrate", "--model", model_path, "--data", image_folder, "--budget", "0.95"], capsys
+    )
     assert code == 0, err
     assert "calibrated for 95%" in out
     with open(os.path.join(out_dir, "model.early_exit.json")) as handle:
@@ -79,11 +111,12 @@ def test_cli_verbs_on_an_image_folder(tiny_vit_preset, image_folder, tmp_path, c
     assert code == 0, err
     lines = out.strip().splitlines()
     assert lines[0] == "index,label,class,exit_block,flops"
-    assert len([l for l in lines if l[:1].isdigit()]) == 36
+    assert len([line for line in lines if line[:1].isdigit()]) == 36
     assert "accuracy:" in out
 
-    code, out, err = run_cli(["benchmark", "--model", model_path, "--data", image_folder,
-                              "--budgets", "0.95,1.0"], capsys)
+    code, out, err = run_cli(
+        ["benchmark", "--model", model_path, "--data", image_folder, "--budgets", "0.95,1.0"], capsys
+    )
     assert code == 0, err
     assert "100%" in out
 
@@ -92,8 +125,9 @@ def test_cli_verbs_on_an_image_folder(tiny_vit_preset, image_folder, tmp_path, c
     record["model_sha256"] = "0" * 64
     with open(os.path.join(out_dir, "training.json"), "w") as handle:
         json.dump(record, handle)
-    code, _, err = run_cli(["export", "--model", model_path, "--output-dir",
-                            str(tmp_path / "export_2")], capsys)
+    code, _, err = run_cli(
+        ["export", "--model", model_path, "--output-dir", str(tmp_path / "export_2")], capsys
+    )
     assert code == 2 and "describes another model file" in err
     assert not os.path.exists(tmp_path / "export_2")
 
@@ -101,8 +135,18 @@ def test_cli_verbs_on_an_image_folder(tiny_vit_preset, image_folder, tmp_path, c
 def test_cli_bad_inputs_give_one_line_errors(tmp_path, image_folder, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, _, err = run_cli(["train", "--data", str(empty), "--preset", "dmpo_vit_tiny_missing",
-                            "--output-dir", str(tmp_path / "o")], capsys)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--data",
+            str(empty),
+            "--preset",
+            "dmpo_vit_tiny_missing",
+            "--output-dir",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert code == 2 and "Unknown `preset` 'dmpo_vit_tiny_missing'" in err
     assert len(err.strip().splitlines()) == 1
 
@@ -119,7 +163,9 @@ def test_cli_bad_inputs_give_one_line_errors(tmp_path, image_folder, capsys):
     with pytest.raises(ValueError, match="cannot read image .*broken.png"):
         scan_image_folder(str(empty))
 
-    code, _, err = run_cli(["predict", "--model", str(tmp_path / "none.keras"), "--data", image_folder], capsys)
+    code, _, err = run_cli(
+        ["predict", "--model", str(tmp_path / "none.keras"), "--data", image_folder], capsys
+    )
     assert code == 2 and "no such file" in err
     with pytest.raises(SystemExit):
         cli.main(["calibrate", "--model", "m.keras", "--data", "digits", "--budget", "1.5"])
@@ -129,8 +175,23 @@ def test_cli_bad_inputs_give_one_line_errors(tmp_path, image_folder, capsys):
 def test_demo_end_to_end_tiny(tiny_vit_preset, tmp_path, capsys):
     out_dir = str(tmp_path / "demo")
     code, out, err = run_cli(
-        ["demo", "--preset", tiny_vit_preset, "--data", "digits", "--epochs", "1", "--max-steps", "2",
-         "--test-size", "60", "--output-dir", out_dir], capsys)
+        [
+            "demo",
+            "--preset",
+            tiny_vit_preset,
+            "--data",
+            "digits",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "2",
+            "--test-size",
+            "60",
+            "--output-dir",
+            out_dir,
+        ],
+        capsys,
+    )
     assert code == 0, err
     for name in ("report.md", "summary.json", "accuracy_vs_flops.png", "model.keras", "tflite/manifest.json"):
         assert os.path.exists(os.path.join(out_dir, name)), name

@@ -42,8 +42,7 @@ def test_load_digits_is_deterministic_and_disjoint(digits):
     other = datasets.load_digits(image_size=16, channels=3, seed=1)
     assert not np.array_equal(digits["test"][1], other["test"][1])
     # No image appears in two splits (digits has a few exact duplicates).
-    flat = {s: digits[s][0][..., 0].reshape(len(digits[s][0]), -1)
-            for s in ("train", "validation", "test")}
+    flat = {s: digits[s][0][..., 0].reshape(len(digits[s][0]), -1) for s in ("train", "validation", "test")}
     train_rows = {row.tobytes() for row in flat["train"]}
     overlap = sum(row.tobytes() in train_rows for row in flat["test"])
     assert overlap <= 3
@@ -51,8 +50,8 @@ def test_load_digits_is_deterministic_and_disjoint(digits):
 
 def test_load_digits_options():
     data = datasets.load_digits(
-        image_size=8, channels=1, validation_size=100, test_size=200,
-        train_size=50, classes=[3, "7"])
+        image_size=8, channels=1, validation_size=100, test_size=200, train_size=50, classes=[3, "7"]
+    )
     assert data["class_names"] == ["3", "7"]
     assert data["train"][0].shape == (50, 8, 8, 1)
     assert len(data["validation"][1]) == 100 and len(data["test"][1]) == 200
@@ -61,8 +60,7 @@ def test_load_digits_options():
     from sklearn.datasets import load_digits as sk_load
 
     sk = sk_load()
-    originals = {(img / 16.0).astype("float32").tobytes()
-                 for img in sk.images[np.isin(sk.target, [3, 7])]}
+    originals = {(img / 16.0).astype("float32").tobytes() for img in sk.images[np.isin(sk.target, [3, 7])]}
     assert all(img[..., 0].tobytes() in originals for img in data["test"][0])
 
 
@@ -131,8 +129,7 @@ def test_seed_cache_copies_debian_files(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST_DIR", str(source))
     home = tmp_path / "keras_home"
     monkeypatch.setenv("KERAS_HOME", str(home))
-    assert datasets.fashion_mnist_cache_dir() == str(
-        home / "datasets" / "fashion-mnist")
+    assert datasets.fashion_mnist_cache_dir() == str(home / "datasets" / "fashion-mnist")
     copied = datasets.seed_fashion_mnist_cache()
     assert len(copied) == 4
     for name in datasets.FASHION_MNIST_FILES:
@@ -142,8 +139,10 @@ def test_seed_cache_copies_debian_files(tmp_path, monkeypatch):
     assert datasets.seed_fashion_mnist_cache() == []
     # Missing source files: nothing copied, no error.
     empty_home = tmp_path / "other_home"
-    assert datasets.seed_fashion_mnist_cache(
-        cache_dir=str(empty_home), source_dir=str(tmp_path / "nowhere")) == []
+    assert (
+        datasets.seed_fashion_mnist_cache(cache_dir=str(empty_home), source_dir=str(tmp_path / "nowhere"))
+        == []
+    )
     assert not (empty_home / "datasets").exists()
 
 
@@ -177,8 +176,7 @@ def test_fake_files_go_through_keras_loader(tmp_path, monkeypatch):
 
 def test_corrupt_file_gives_clear_error(tmp_path, monkeypatch):
     home = tmp_path / "home"
-    _write_idx(str(home / "datasets" / "fashion-mnist"),
-               corrupt="train-images-idx3-ubyte.gz")
+    _write_idx(str(home / "datasets" / "fashion-mnist"), corrupt="train-images-idx3-ubyte.gz")
     monkeypatch.setenv("KERAS_HOME", str(home))
     monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "x"))
     _point_keras_at(monkeypatch, str(home))
@@ -199,10 +197,8 @@ def test_no_data_no_network_says_both_ways(tmp_path, monkeypatch):
 
 @pytest.mark.fashion_mnist
 def test_real_fashion_mnist():
-    data = datasets.load_fashion_mnist(
-        validation_size=5000, test_size=1000, classes=[1, 3, 4, 6, 9])
-    assert data["class_names"] == ["Trouser", "Dress", "Coat", "Shirt",
-                                   "Ankle boot"]
+    data = datasets.load_fashion_mnist(validation_size=5000, test_size=1000, classes=[1, 3, 4, 6, 9])
+    assert data["class_names"] == ["Trouser", "Dress", "Coat", "Shirt", "Ankle boot"]
     assert data["train"][0].shape == (25000, 28, 28, 3)
     assert len(data["validation"][1]) == 5000
     assert np.bincount(data["test"][1]).tolist() == [200] * 5

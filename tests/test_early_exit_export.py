@@ -14,12 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_dmpo import exit_rule
-from keras_dmpo import DMPOClassifier
-from keras_dmpo import EarlyExitModel
-from keras_dmpo import PhaseCallback
-from keras_dmpo import PhaseSchedule
-from keras_dmpo.inference import calibration as calib
+from keras_dmpo import DMPOClassifier, EarlyExitModel, PhaseCallback, PhaseSchedule, exit_rule
 from keras_dmpo.litert import StagedRuntime
 
 NUM_CLASSES = 3
@@ -59,7 +54,11 @@ def trained(tiny_vit_preset, data):
     model.compile(optimizer=keras.optimizers.AdamW(1e-3))
     before = model.get_weights()
     model.fit(
-        x_train, y_train, batch_size=16, epochs=1, verbose=0,
+        x_train,
+        y_train,
+        batch_size=16,
+        epochs=1,
+        verbose=0,
         callbacks=[PhaseCallback(PhaseSchedule(), verbose=0)],
     )
     changed = [not np.array_equal(a, b) for a, b in zip(before, model.get_weights())]
@@ -102,8 +101,12 @@ def test_manifest_carries_the_early_exit_settings(trained, tflite_export):
     ee, _, _ = trained
     directory, manifest = tflite_export
     assert sorted(os.listdir(directory)) == [
-        "manifest.json", "monolithic.tflite",
-        "stage_1.tflite", "stage_2.tflite", "stage_3.tflite", "stage_4.tflite",
+        "manifest.json",
+        "monolithic.tflite",
+        "stage_1.tflite",
+        "stage_2.tflite",
+        "stage_3.tflite",
+        "stage_4.tflite",
     ]
     assert manifest["format"] == "tflite" and manifest["quantization"] is None
     assert manifest["thresholds"] == pytest.approx(ee.thresholds, abs=0)
@@ -137,8 +140,12 @@ def test_onnx_export_matches_early_exit_model(trained, tmp_path):
     manifest = ee.export_onnx(str(directory), overwrite=True)
     assert manifest["format"] == "onnx"
     assert sorted(os.listdir(directory)) == [
-        "manifest.json", "monolithic.onnx",
-        "stage_1.onnx", "stage_2.onnx", "stage_3.onnx", "stage_4.onnx",
+        "manifest.json",
+        "monolithic.onnx",
+        "stage_1.onnx",
+        "stage_2.onnx",
+        "stage_3.onnx",
+        "stage_4.onnx",
     ]
     assert manifest["thresholds"] == ee.thresholds
     assert manifest["criterion"] == ee.criterion
@@ -155,7 +162,8 @@ def test_onnx_export_matches_early_exit_model(trained, tmp_path):
         if "next_tokens" in outputs:
             feed = {"tokens": outputs["next_tokens"]}
     exit_index = exit_rule.assign_exits(
-        exit_rule.exit_scores(np.stack(probabilities), manifest["criterion"]), manifest["thresholds"])
+        exit_rule.exit_scores(np.stack(probabilities), manifest["criterion"]), manifest["thresholds"]
+    )
     np.testing.assert_array_equal(exit_index, expected["exit_index"])
     chosen = np.stack(probabilities)[exit_index, np.arange(len(x))]
     diff = float(np.abs(chosen - expected["probabilities"]).max())
@@ -174,8 +182,11 @@ def test_export_errors_before_any_work(trained, tmp_path, monkeypatch):
         ee.export_tflite(str(tmp_path / "int8"), quantization="int8")
     assert not (tmp_path / "int8").exists()
     with pytest.raises(ValueError, match="`representative_data` must be a non-empty array of shape"):
-        ee.export_tflite(str(tmp_path / "int8"), quantization="int8",
-                         representative_data=np.zeros((4, 28, 28, 3), "float32"))
+        ee.export_tflite(
+            str(tmp_path / "int8"),
+            quantization="int8",
+            representative_data=np.zeros((4, 28, 28, 3), "float32"),
+        )
     with pytest.raises(ValueError, match="`quantization` must be one of"):
         ee.export_tflite(str(tmp_path / "q"), quantization="int4")
     busy = tmp_path / "busy"

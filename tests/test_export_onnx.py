@@ -5,13 +5,14 @@ import os
 import keras
 import numpy as np
 import pytest
-
-from export_checks import EXITS
-from export_checks import build_stage_models
-from export_checks import export_spec
-from export_checks import keras_exit_probabilities
-from export_checks import load_manifest
-from export_checks import raw_images
+from export_checks import (
+    EXITS,
+    build_stage_models,
+    export_spec,
+    keras_exit_probabilities,
+    load_manifest,
+    raw_images,
+)
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
@@ -31,12 +32,13 @@ def test_onnx_stage_graphs_match_keras(tmp_path):
     manifest = export_onnx_stage_graphs(directory, models, export_spec(EXITS, [0.5, 0.5, 0.0]))
     assert manifest["format"] == "onnx" and manifest["format_version"] == 1
     assert sorted(os.listdir(directory)) == [
-        "manifest.json", "stage_1.onnx", "stage_2.onnx", "stage_3.onnx",
+        "manifest.json",
+        "stage_1.onnx",
+        "stage_2.onnx",
+        "stage_3.onnx",
     ]
     assert load_manifest(directory) == manifest
-    assert manifest["stages"][1]["inputs"] == [
-        {"name": "tokens", "shape": [-1, 17, 32], "dtype": "float32"}
-    ]
+    assert manifest["stages"][1]["inputs"] == [{"name": "tokens", "shape": [-1, 17, 32], "dtype": "float32"}]
     reference = keras_exit_probabilities(models, images)
     feed = {"images": images}
     worst = 0.0
@@ -60,8 +62,11 @@ def test_erfc_is_rewritten():
     from keras_dmpo.export.onnx import convert_to_onnx
 
     inputs = keras.Input((4,), name="images")
-    outputs = {"probabilities": keras.layers.Activation(
-        lambda x: keras.activations.gelu(x, approximate=False))(inputs)}
+    outputs = {
+        "probabilities": keras.layers.Activation(lambda x: keras.activations.gelu(x, approximate=False))(
+            inputs
+        )
+    }
     proto = convert_to_onnx(keras.Model(inputs, outputs))
     op_types = {node.op_type for node in proto.graph.node}
     assert "Erf" in op_types and "Erfc" not in op_types

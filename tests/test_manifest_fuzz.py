@@ -21,27 +21,47 @@ import os
 import warnings
 
 import pytest
-
 from export_checks import float_export
-from keras_dmpo.litert import StagedRuntime
-from keras_dmpo.litert import validate_manifest
+
+from keras_dmpo.litert import StagedRuntime, validate_manifest
 
 # Keys a manifest may lack (removing them must leave a working runtime).
 OPTIONAL = {
-    ("class_names",), ("quantization",), ("created_by",), ("flops_convention",),
-    ("monolithic",), ("extra",), ("preprocessing", "resize"), ("preprocessing", "channels"),
-    ("preprocessing", "color_order"), ("preprocessing", "formula"),
-    ("monolithic", "signature_key"), ("monolithic", "flops"),
+    ("class_names",),
+    ("quantization",),
+    ("created_by",),
+    ("flops_convention",),
+    ("monolithic",),
+    ("extra",),
+    ("preprocessing", "resize"),
+    ("preprocessing", "channels"),
+    ("preprocessing", "color_order"),
+    ("preprocessing", "formula"),
+    ("monolithic", "signature_key"),
+    ("monolithic", "flops"),
 }
 OPTIONAL_STAGE_KEYS = {"signature_key", "stage_flops", "fraction_of_full_model"}
 # Out-of-range values by key name (for list elements: the list's key).
 OUT_OF_RANGE = {
-    "format_version": [2, 0], "num_classes": [1, 0], "image_shape": [0, -3],
-    "exits": [0, -1], "thresholds": [1.5, -0.1, float("nan")], "full_model_flops": [0, -1.0],
-    "index": [0, 99], "size_bytes": [-1], "exit_block": [0, 99], "threshold": [1.5, -0.5],
-    "flops": [-1.0, float("inf")], "stage_flops": [-1.0], "fraction_of_full_model": [-0.5],
-    "shape": [0, -2], "scale": [0, float("inf")], "offset": [float("nan")],
-    "input_range": [float("inf")], "resize": [0, 31], "channels": [0, 1],
+    "format_version": [2, 0],
+    "num_classes": [1, 0],
+    "image_shape": [0, -3],
+    "exits": [0, -1],
+    "thresholds": [1.5, -0.1, float("nan")],
+    "full_model_flops": [0, -1.0],
+    "index": [0, 99],
+    "size_bytes": [-1],
+    "exit_block": [0, 99],
+    "threshold": [1.5, -0.5],
+    "flops": [-1.0, float("inf")],
+    "stage_flops": [-1.0],
+    "fraction_of_full_model": [-0.5],
+    "shape": [0, -2],
+    "scale": [0, float("inf")],
+    "offset": [float("nan")],
+    "input_range": [float("inf")],
+    "resize": [0, 31],
+    "channels": [0, 1],
 }
 SWEEP_VALUES = [None, True, "x", -1, 1.5, [], {}]
 
@@ -139,9 +159,7 @@ def with_change(manifest, path, new=None, delete=False):
 
 
 def is_optional(path):
-    return path in OPTIONAL or (
-        len(path) == 3 and path[0] == "stages" and path[2] in OPTIONAL_STAGE_KEYS
-    )
+    return path in OPTIONAL or (len(path) == 3 and path[0] == "stages" and path[2] in OPTIONAL_STAGE_KEYS)
 
 
 def wrong_type(value):
@@ -201,8 +219,10 @@ def test_every_key_missing_wrong_type_and_out_of_range(cases, original):
                 error = cases.run(with_change(manifest, path, bad))
                 check_refused(error, f"{label} = {bad!r}", key_name(path), failures)
                 refused += 1
-    print(f"\nper-key fuzz: {refused} bad manifests refused, {accepted} optional keys removed "
-          f"and accepted, {refused + accepted} cases")
+    print(
+        f"\nper-key fuzz: {refused} bad manifests refused, {accepted} optional keys removed "
+        f"and accepted, {refused + accepted} cases"
+    )
     assert refused > 300
     assert not failures, "\n".join(failures)
 
@@ -220,22 +240,24 @@ def _json_edit(change):
         changed = copy.deepcopy(manifest)
         change(changed)
         return changed
+
     return make
 
 
 def _outputs_named(names):
     def change(m):
-        m["stages"][0]["outputs"] = [
-            {"name": n, "shape": [-1, 5], "dtype": "float32"} for n in names
-        ]
+        m["stages"][0]["outputs"] = [{"name": n, "shape": [-1, 5], "dtype": "float32"} for n in names]
+
     return _json_edit(change)
 
 
 SCHEMA_CASES = {
     # The cases the issue names, and more of the same kind.
     "extra stage": (_json_edit(_extra_stage), "stages"),
-    "extra stage and exit": (_json_edit(lambda m: (_extra_stage(m), m["exits"].append(5),
-                                                   m["thresholds"].append(0.0))), "stages"),
+    "extra stage and exit": (
+        _json_edit(lambda m: (_extra_stage(m), m["exits"].append(5), m["thresholds"].append(0.0))),
+        "stages",
+    ),
     "a stage dropped": (_json_edit(lambda m: m["stages"].pop(1)), "stages"),
     "no stages": (_json_edit(lambda m: m.update(stages=[], exits=[], thresholds=[])), "exits"),
     "negative FLOPs": (_json_edit(lambda m: _stage(m, 0).update(flops=-5.0)), "flops"),
@@ -243,7 +265,9 @@ SCHEMA_CASES = {
     "threshold as a string": (_json_edit(lambda m: _stage(m, 0).update(threshold="0.5")), "threshold"),
     "threshold NaN": (_json_edit(lambda m: _stage(m, 1).update(threshold=float("nan"))), "threshold"),
     "threshold differs from thresholds": (
-        _json_edit(lambda m: _stage(m, 0).update(threshold=0.123)), "threshold"),
+        _json_edit(lambda m: _stage(m, 0).update(threshold=0.123)),
+        "threshold",
+    ),
     "thresholds as a string": (_json_edit(lambda m: m.update(thresholds="0.5,0.5,0")), "thresholds"),
     "exits not increasing": (_json_edit(lambda m: m.update(exits=[3, 1, 4])), "exits"),
     "exits repeated": (_json_edit(lambda m: m.update(exits=[1, 1, 4])), "exits"),
@@ -260,35 +284,67 @@ SCHEMA_CASES = {
     "image_shape 4 dims": (_json_edit(lambda m: m.update(image_shape=[32, 32, 3, 1])), "image_shape"),
     "preprocessing a list": (_json_edit(lambda m: m.update(preprocessing=[1, 2])), "preprocessing"),
     "preprocessing unknown step": (
-        _json_edit(lambda m: m["preprocessing"].update(mean=[0.5, 0.5, 0.5])), "mean"),
+        _json_edit(lambda m: m["preprocessing"].update(mean=[0.5, 0.5, 0.5])),
+        "mean",
+    ),
     "scale per channel of wrong length": (
-        _json_edit(lambda m: m["preprocessing"].update(scale=[1, 2])), "scale"),
+        _json_edit(lambda m: m["preprocessing"].update(scale=[1, 2])),
+        "scale",
+    ),
     "input_range reversed": (
-        _json_edit(lambda m: m["preprocessing"].update(input_range=[255, 0])), "input_range"),
+        _json_edit(lambda m: m["preprocessing"].update(input_range=[255, 0])),
+        "input_range",
+    ),
     "sha256 not hex": (_json_edit(lambda m: _stage(m, 0).update(sha256="g" * 64)), "sha256"),
     "sha256 short": (_json_edit(lambda m: _stage(m, 0).update(sha256="abc")), "sha256"),
     "sha256 of another file": (_json_edit(lambda m: _stage(m, 0).update(sha256="0" * 64)), "sha256"),
-    "size_bytes wrong": (_json_edit(lambda m: _stage(m, 1).update(size_bytes=_stage(m, 1)["size_bytes"] + 1)), "size"),
-    "two inputs": (_json_edit(lambda m: _stage(m, 1)["inputs"].append(
-        {"name": "extra", "shape": [-1, 2], "dtype": "float32"})), "inputs"),
+    "size_bytes wrong": (
+        _json_edit(lambda m: _stage(m, 1).update(size_bytes=_stage(m, 1)["size_bytes"] + 1)),
+        "size",
+    ),
+    "two inputs": (
+        _json_edit(
+            lambda m: _stage(m, 1)["inputs"].append({"name": "extra", "shape": [-1, 2], "dtype": "float32"})
+        ),
+        "inputs",
+    ),
     "input dtype uint8": (_json_edit(lambda m: _stage(m, 0)["inputs"][0].update(dtype="uint8")), "dtype"),
     "input dtype unknown": (_json_edit(lambda m: _stage(m, 0)["inputs"][0].update(dtype="float8")), "dtype"),
     "input shape not the image": (
-        _json_edit(lambda m: _stage(m, 0)["inputs"][0].update(shape=[-1, 28, 28, 3])), "shape"),
+        _json_edit(lambda m: _stage(m, 0)["inputs"][0].update(shape=[-1, 28, 28, 3])),
+        "shape",
+    ),
     "tokens shapes do not chain": (
-        _json_edit(lambda m: _stage(m, 1)["inputs"][0].update(shape=[-1, 18, 32])), "shape"),
+        _json_edit(lambda m: _stage(m, 1)["inputs"][0].update(shape=[-1, 18, 32])),
+        "shape",
+    ),
     "input renamed (graph disagrees)": (
-        _json_edit(lambda m: _stage(m, 1)["inputs"][0].update(name="pixels")), "inputs"),
+        _json_edit(lambda m: _stage(m, 1)["inputs"][0].update(name="pixels")),
+        "inputs",
+    ),
     "output missing": (_outputs_named(["tokens"]), "outputs"),
     "output extra": (_outputs_named(["tokens", "probabilities", "logits"]), "outputs"),
     "output names repeated": (_outputs_named(["probabilities", "probabilities"]), "name"),
     "probabilities of 4 classes": (
-        _json_edit(lambda m: _stage(m, 2)["outputs"][0].update(shape=[-1, 4])), "probabilities"),
+        _json_edit(lambda m: _stage(m, 2)["outputs"][0].update(shape=[-1, 4])),
+        "probabilities",
+    ),
     "output dtype differs from the graph": (
-        _json_edit(lambda m: _stage(m, 2)["outputs"][0].update(dtype="float16")), "dtype"),
-    "signature key unknown": (_json_edit(lambda m: _stage(m, 1).update(signature_key="nope")), "signature_key"),
-    "monolithic outputs tokens": (_json_edit(lambda m: m["monolithic"]["outputs"].append(
-        {"name": "tokens", "shape": [-1, 17, 32], "dtype": "float32"})), "monolithic"),
+        _json_edit(lambda m: _stage(m, 2)["outputs"][0].update(dtype="float16")),
+        "dtype",
+    ),
+    "signature key unknown": (
+        _json_edit(lambda m: _stage(m, 1).update(signature_key="nope")),
+        "signature_key",
+    ),
+    "monolithic outputs tokens": (
+        _json_edit(
+            lambda m: m["monolithic"]["outputs"].append(
+                {"name": "tokens", "shape": [-1, 17, 32], "dtype": "float32"}
+            )
+        ),
+        "monolithic",
+    ),
     "monolithic negative flops": (_json_edit(lambda m: m["monolithic"].update(flops=-1)), "flops"),
     "stage not a dict": (_json_edit(lambda m: m["stages"].__setitem__(1, "stage_2.tflite")), "stages"),
     "manifest a list": (lambda m: [m], "JSON object"),
@@ -335,6 +391,7 @@ def _replace(name, make):
         path = os.path.join(directory, name)
         os.remove(path)  # a hard link: never write into the shared file
         make(directory, path)
+
     return prepare
 
 
@@ -363,25 +420,42 @@ def test_filesystem_cases(cases, original, tmp_path):
         # label: (prepare, expected exception, word in the message)
         "symlink pointing outside (same bytes)": (
             _replace("stage_2.tflite", lambda d, p: os.symlink(str(tmp_path / "original_stage_2"), p)),
-            ValueError, "outside"),
+            ValueError,
+            "outside",
+        ),
         "relative symlink escaping": (
             _replace("stage_2.tflite", lambda d, p: os.symlink("../../original_stage_2", p)),
-            ValueError, "outside"),
+            ValueError,
+            "outside",
+        ),
         "symlink to the directory itself": (
-            _replace("stage_2.tflite", lambda d, p: os.symlink(".", p)), ValueError, "stage_2"),
+            _replace("stage_2.tflite", lambda d, p: os.symlink(".", p)),
+            ValueError,
+            "stage_2",
+        ),
         "a directory instead of a file": (
-            _replace("stage_2.tflite", lambda d, p: os.mkdir(p)), ValueError, "regular file"),
+            _replace("stage_2.tflite", lambda d, p: os.mkdir(p)),
+            ValueError,
+            "regular file",
+        ),
         "a FIFO instead of a file": (
-            _replace("stage_2.tflite", lambda d, p: os.mkfifo(p)), ValueError, "regular file"),
+            _replace("stage_2.tflite", lambda d, p: os.mkfifo(p)),
+            ValueError,
+            "regular file",
+        ),
         "truncated file": (_replace("stage_2.tflite", truncated), ValueError, "size"),
         "corrupt file": (_replace("stage_2.tflite", corrupt), ValueError, "sha256"),
-        "missing stage file": (
-            _replace("stage_3.tflite", lambda d, p: None), FileNotFoundError, "stage_3"),
+        "missing stage file": (_replace("stage_3.tflite", lambda d, p: None), FileNotFoundError, "stage_3"),
         "missing monolithic file": (
-            _replace("monolithic.tflite", lambda d, p: None), FileNotFoundError, "monolithic"),
+            _replace("monolithic.tflite", lambda d, p: None),
+            FileNotFoundError,
+            "monolithic",
+        ),
         "dangling symlink": (
             _replace("stage_1.tflite", lambda d, p: os.symlink("nowhere.tflite", p)),
-            FileNotFoundError, "stage_1"),
+            FileNotFoundError,
+            "stage_1",
+        ),
     }
     failures = []
     for label, (prepare, expected, word) in refused.items():
@@ -402,8 +476,7 @@ def test_filesystem_cases(cases, original, tmp_path):
     if error is not None:
         failures.append(f"symlink inside the directory: {type(error).__name__}: {error}")
     # The directory or its manifest missing.
-    for label, target in (("no directory", str(tmp_path / "nowhere")),
-                          ("no manifest", str(tmp_path))):
+    for label, target in (("no directory", str(tmp_path / "nowhere")), ("no manifest", str(tmp_path))):
         try:
             StagedRuntime(target)
             failures.append(f"{label}: accepted")
@@ -441,6 +514,8 @@ def test_sweep_of_arbitrary_values_never_crashes(cases, original):
                 refused += 1
             else:
                 failures.append(f"{describe(path)} = {value!r}: {type(error).__name__}: {error}")
-    print(f"\nsweep: {refused + len(accepted)} cases, {refused} refused, "
-          f"{len(accepted)} accepted (valid values): {accepted}")
+    print(
+        f"\nsweep: {refused + len(accepted)} cases, {refused} refused, "
+        f"{len(accepted)} accepted (valid values): {accepted}"
+    )
     assert not failures, "\n".join(failures)

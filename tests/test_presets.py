@@ -36,11 +36,9 @@ def test_presets_lists_short_name():
 
 
 def test_preset_files_are_in_the_package():
-    for name in ("config.json", "metadata.json", "model.weights.h5",
-                 "image_converter.json"):
+    for name in ("config.json", "metadata.json", "model.weights.h5", "image_converter.json"):
         assert os.path.isfile(os.path.join(PRESET_DIR, name)), name
-    size = sum(os.path.getsize(os.path.join(PRESET_DIR, f))
-               for f in os.listdir(PRESET_DIR))
+    size = sum(os.path.getsize(os.path.join(PRESET_DIR, f)) for f in os.listdir(PRESET_DIR))
     assert size < 6 * 1024 * 1024
 
 
@@ -56,8 +54,7 @@ def test_shipped_preset_loads_with_expected_config():
     tokens = np.asarray(backbone.predict(_fixed_images(), verbose=0))
     assert tokens.shape == (2, 50, 128)
     assert np.all(np.isfinite(tokens))
-    np.testing.assert_allclose(
-        tokens[:, 0, :8], np.asarray(REFERENCE_CLASS_TOKEN), atol=1e-3)
+    np.testing.assert_allclose(tokens[:, 0, :8], np.asarray(REFERENCE_CLASS_TOKEN), atol=1e-3)
     assert backbone.count_params() == 1_072_896
 
 

@@ -40,9 +40,7 @@ def test_intermediate_exits_match_manual_block_calls(tiny_vit, images):
     x = encoder.encoder_layers[0](x)
     x = encoder.encoder_layers[1](x)
     got = stages.tokens_model(images)["exit_1"]
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(x), atol=1e-6
-    )
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(x), atol=1e-6)
 
 
 def test_stages_share_weights_with_backbone(tiny_vit):

@@ -17,8 +17,9 @@ from keras_dmpo.models.backbone_families import recomputed_on_load
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m keras_dmpo.export",
-                                     description="Export a saved EarlyExitModel (TensorFlow backend).")
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_dmpo.export", description="Export a saved EarlyExitModel (TensorFlow backend)."
+    )
     parser.add_argument("format", choices=["tflite", "onnx"])
     parser.add_argument("model", help="an EarlyExitModel saved with .save() (.keras)")
     parser.add_argument("directory")
@@ -26,8 +27,11 @@ def main(argv=None):
     parser.add_argument("--representative-data", default=None, help=".npy of model-space images (int8)")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--class-names", default=None, help="JSON list of names")
-    parser.add_argument("--exact-variables", default=None,
-                        help="npz of variables keras-hub recomputes on load (see recomputed_on_load)")
+    parser.add_argument(
+        "--exact-variables",
+        default=None,
+        help="npz of variables keras-hub recomputes on load (see recomputed_on_load)",
+    )
     args = parser.parse_args(argv)
 
     if keras.backend.backend() != "tensorflow":
@@ -41,7 +45,9 @@ def main(argv=None):
     class_names = None if args.class_names is None else json.loads(args.class_names)
     data = None if args.representative_data is None else np.load(args.representative_data)
     export = ee.export_tflite if args.format == "tflite" else ee.export_onnx
-    kwargs = {"quantization": args.quantization, "representative_data": data} if args.format == "tflite" else {}
+    kwargs = (
+        {"quantization": args.quantization, "representative_data": data} if args.format == "tflite" else {}
+    )
     export(args.directory, overwrite=args.overwrite, class_names=class_names, **kwargs)
 
 

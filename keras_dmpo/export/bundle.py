@@ -16,8 +16,7 @@ import shutil
 import tempfile
 
 from keras_dmpo import atomic_io
-from keras_dmpo.litert import MANIFEST_NAME
-from keras_dmpo.litert import validate_manifest
+from keras_dmpo.litert import MANIFEST_NAME, validate_manifest
 
 # The manifest's name inside a staging directory until the export is
 # complete (see staging_directory).
@@ -26,13 +25,29 @@ PENDING_MANIFEST_NAME = ".manifest.json.pending"
 
 def check_stage_models(stage_models):
     """A non-empty list of models, or a ``ValueError`` naming ``stage_models``."""
-    if isinstance(stage_models, (str, bytes)) or not hasattr(stage_models, "__len__") or not len(stage_models):
+    if (
+        isinstance(stage_models, (str, bytes))
+        or not hasattr(stage_models, "__len__")
+        or not len(stage_models)
+    ):
         raise ValueError(f"`stage_models` must be a non-empty list of Keras models; got {stage_models!r}.")
     return list(stage_models)
 
 
-def write_bundle(directory, spec, stage_models, convert, *, fmt, suffix, created_by,
-                 monolithic_model=None, quantization=None, overwrite=False, manifest_extra=None):
+def write_bundle(
+    directory,
+    spec,
+    stage_models,
+    convert,
+    *,
+    fmt,
+    suffix,
+    created_by,
+    monolithic_model=None,
+    quantization=None,
+    overwrite=False,
+    manifest_extra=None,
+):
     """Convert and write every stage (and the monolithic model) plus ``manifest.json``.
 
     Args:
@@ -60,8 +75,14 @@ def write_bundle(directory, spec, stage_models, convert, *, fmt, suffix, created
         if monolithic_model is not None:
             monolithic = _write_file(staging, f"monolithic.{suffix}", *convert(monolithic_model, None))
             monolithic["flops"] = spec.full_model_flops
-        manifest = spec.manifest(fmt, num_classes=_num_classes(stages[-1]), quantization=quantization,
-                                 created_by=created_by, stages=stages, monolithic=monolithic)
+        manifest = spec.manifest(
+            fmt,
+            num_classes=_num_classes(stages[-1]),
+            quantization=quantization,
+            created_by=created_by,
+            stages=stages,
+            monolithic=monolithic,
+        )
         manifest.update(manifest_extra or {})
         if fmt == "tflite":
             # The runtime's own schema check: an export it would refuse is a
@@ -92,8 +113,7 @@ def check_output_directory(directory, overwrite):
             raise FileExistsError(f"Export path {directory!r} exists and is not a directory.")
         if os.listdir(directory) and not overwrite:
             raise FileExistsError(
-                f"Export directory {directory!r} exists and is not empty; pass "
-                "overwrite=True to replace it."
+                f"Export directory {directory!r} exists and is not empty; pass overwrite=True to replace it."
             )
     return directory
 
@@ -128,8 +148,7 @@ def staging_directory(directory, overwrite):
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
     base = os.path.basename(directory)
-    with atomic_io.exclusive_lock(lock_path(directory), blocking=False,
-                                  what=f"exporting to {directory!r}"):
+    with atomic_io.exclusive_lock(lock_path(directory), blocking=False, what=f"exporting to {directory!r}"):
         check_output_directory(directory, overwrite)  # again, now that we hold the lock
         _remove_debris(parent, base)
         staging = tempfile.mkdtemp(prefix=f".{base}{atomic_io.PARTIAL_MARK}", dir=parent)
@@ -165,7 +184,7 @@ def _discard(path):
 
 def _publish(staging, directory):
     parent, base = os.path.split(directory)
-    token = os.path.basename(staging)[len(f".{base}{atomic_io.PARTIAL_MARK}"):]
+    token = os.path.basename(staging)[len(f".{base}{atomic_io.PARTIAL_MARK}") :]
     ready = os.path.join(parent, f".{base}.ready-{token}")
     try:
         for entry in os.listdir(staging):  # durable before anything is renamed

@@ -30,8 +30,9 @@ DEFAULT_OPSET = 17
 TOKEN_OUTPUT = "next_tokens"
 
 
-def export_onnx_stage_graphs(directory, stage_models, spec, *, monolithic_model=None, overwrite=False,
-                             opset=DEFAULT_OPSET):
+def export_onnx_stage_graphs(
+    directory, stage_models, spec, *, monolithic_model=None, overwrite=False, opset=DEFAULT_OPSET
+):
     """Write ``stage_k.onnx`` (and ``monolithic.onnx``) plus ``manifest.json``.
 
     Arguments are those of ``keras_dmpo.export.tflite.export_stage_graphs``
@@ -62,8 +63,16 @@ def export_onnx_stage_graphs(directory, stage_models, spec, *, monolithic_model=
         return proto.SerializeToString(), _graph_io(proto)
 
     return bundle.write_bundle(
-        directory, spec, stage_models, convert, fmt="onnx", suffix="onnx", created_by=CREATED_BY,
-        monolithic_model=monolithic_model, quantization=None, overwrite=overwrite,
+        directory,
+        spec,
+        stage_models,
+        convert,
+        fmt="onnx",
+        suffix="onnx",
+        created_by=CREATED_BY,
+        monolithic_model=monolithic_model,
+        quantization=None,
+        overwrite=overwrite,
         manifest_extra={"opset": int(opset)},
     )
 
@@ -157,10 +166,7 @@ def _graph_io(proto):
         out = []
         for value in values:
             tensor_type = value.type.tensor_type
-            shape = [
-                int(d.dim_value) if d.HasField("dim_value") else -1
-                for d in tensor_type.shape.dim
-            ]
+            shape = [int(d.dim_value) if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]
             dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
             out.append({"name": value.name, "shape": shape, "dtype": dtype})
         return sorted(out, key=lambda s: s["name"])

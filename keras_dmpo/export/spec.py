@@ -108,12 +108,21 @@ class ExportSpec:
             or any(not math.isfinite(f) or f <= 0 for f in flops)
             or any(b < a for a, b in zip(flops, flops[1:]))
         ):
-            _fail("flops_per_exit", list(flops), f"{k} positive, non-decreasing cumulative FLOPs (one per stage)")
+            _fail(
+                "flops_per_exit",
+                list(flops),
+                f"{k} positive, non-decreasing cumulative FLOPs (one per stage)",
+            )
         return flops
 
     def _full_model_flops(self):
         value = self.full_model_flops
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
             _fail("full_model_flops", value, "a positive number")
         return float(value)
 

@@ -16,10 +16,12 @@ does it in a TensorFlow subprocess on JAX and torch).
 import numpy as np
 
 from keras_dmpo.export import bundle
-from keras_dmpo.export.tflite_convert import QUANTIZATIONS
-from keras_dmpo.export.tflite_convert import check_tensorflow_backend
-from keras_dmpo.export.tflite_convert import convert_to_tflite
-from keras_dmpo.export.tflite_convert import make_interpreter
+from keras_dmpo.export.tflite_convert import (
+    QUANTIZATIONS,
+    check_tensorflow_backend,
+    convert_to_tflite,
+    make_interpreter,
+)
 
 CREATED_BY = "keras_dmpo.export.tflite.export_stage_graphs"
 
@@ -90,15 +92,24 @@ def export_stage_graphs(
 
     def convert(model, index):
         data = calibration if index is None else stage_inputs[0]
-        flatbuffer = convert_to_tflite(model, quantization=quantization,
-                                       representative_data=data if quantization == "int8" else None)
+        flatbuffer = convert_to_tflite(
+            model, quantization=quantization, representative_data=data if quantization == "int8" else None
+        )
         if data is not None and index is not None and index + 1 < len(stage_models):
             stage_inputs[0] = _stage_tokens(model, data)
         return flatbuffer, signature_io(flatbuffer)
 
     return bundle.write_bundle(
-        directory, spec, stage_models, convert, fmt="tflite", suffix="tflite", created_by=CREATED_BY,
-        monolithic_model=monolithic_model, quantization=quantization, overwrite=overwrite,
+        directory,
+        spec,
+        stage_models,
+        convert,
+        fmt="tflite",
+        suffix="tflite",
+        created_by=CREATED_BY,
+        monolithic_model=monolithic_model,
+        quantization=quantization,
+        overwrite=overwrite,
     )
 
 
@@ -128,9 +139,15 @@ def _check_stage_signatures(stage_models, monolithic_model):
     inputs); the converted signature is checked again in the manifest.
     """
     last = len(stage_models) - 1
-    named = [(f"stage_models[{k}]", m, "images" if k == 0 else "tokens",
-              {"probabilities"} if k == last else {"tokens", "probabilities"})
-             for k, m in enumerate(stage_models)]
+    named = [
+        (
+            f"stage_models[{k}]",
+            m,
+            "images" if k == 0 else "tokens",
+            {"probabilities"} if k == last else {"tokens", "probabilities"},
+        )
+        for k, m in enumerate(stage_models)
+    ]
     if monolithic_model is not None:
         named.append(("monolithic_model", monolithic_model, "images", {"probabilities"}))
     for label, model, want_input, want_outputs in named:
@@ -141,15 +158,11 @@ def _check_stage_signatures(stage_models, monolithic_model):
             continue
         names = [t.name for t in inputs]
         if names != [want_input]:
-            raise ValueError(
-                f"`{label}` must take one input named {want_input!r}; it has "
-                f"inputs {names}."
-            )
+            raise ValueError(f"`{label}` must take one input named {want_input!r}; it has inputs {names}.")
         got = sorted(outputs) if isinstance(outputs, dict) else type(outputs).__name__
         if not isinstance(outputs, dict) or set(outputs) != want_outputs:
             raise ValueError(
-                f"`{label}` must return a dict with keys {sorted(want_outputs)}; "
-                f"it returns {got}."
+                f"`{label}` must return a dict with keys {sorted(want_outputs)}; it returns {got}."
             )
 
 

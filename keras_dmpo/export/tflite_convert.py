@@ -8,7 +8,6 @@ Restricting ``supported_ops`` to the builtins makes a graph that needs Flex
 which LiteRT on Android does not ship by default.
 """
 
-import os
 import tempfile
 
 import keras
@@ -58,9 +57,7 @@ def convert_to_tflite(model, quantization=None, representative_data=None):
     import tensorflow as tf
 
     if quantization not in QUANTIZATIONS:
-        raise ValueError(
-            f"`quantization` must be one of {QUANTIZATIONS}; got {quantization!r}."
-        )
+        raise ValueError(f"`quantization` must be one of {QUANTIZATIONS}; got {quantization!r}.")
     if quantization == "int8" and representative_data is None:
         raise ValueError(
             "`quantization='int8'` needs `representative_data` (a few hundred "
@@ -75,12 +72,8 @@ def convert_to_tflite(model, quantization=None, representative_data=None):
         if quantization == "float16":
             converter.target_spec.supported_types = [tf.float16]
         elif quantization == "int8":
-            converter.representative_dataset = _as_representative_dataset(
-                representative_data
-            )
-            converter.target_spec.supported_ops = [
-                tf.lite.OpsSet.TFLITE_BUILTINS_INT8
-            ]
+            converter.representative_dataset = _as_representative_dataset(representative_data)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         try:
             flatbuffer = converter.convert()
         except Exception as error:  # the converter raises ConverterError & co.
@@ -106,10 +99,7 @@ def _write_saved_model(model, directory):
     if not inputs:
         model.export(directory, format="tf_saved_model", verbose=False)
         return
-    specs = [
-        tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype, name=t.name.split(":")[0])
-        for t in inputs
-    ]
+    specs = [tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype, name=t.name.split(":")[0]) for t in inputs]
 
     def serve(*tensors):
         return model(tensors[0] if len(tensors) == 1 else list(tensors), training=False)

@@ -76,15 +76,11 @@ class CalibrationResult:
         return {
             "thresholds": [float(t) for t in self.thresholds],
             "expected_flops": float(self.expected_flops),
-            "expected_fraction": None
-            if self.expected_fraction is None
-            else float(self.expected_fraction),
+            "expected_fraction": None if self.expected_fraction is None else float(self.expected_fraction),
             "validation_accuracy": float(self.validation_accuracy),
             "exit_fractions": [float(f) for f in self.exit_fractions],
             "budget": float(self.budget),
-            "full_model_flops": None
-            if self.full_model_flops is None
-            else float(self.full_model_flops),
+            "full_model_flops": None if self.full_model_flops is None else float(self.full_model_flops),
             "num_samples": int(self.num_samples),
         }
 
@@ -94,9 +90,7 @@ class CalibrationResult:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - fields
         if unknown:
-            raise ValueError(
-                f"Unknown CalibrationResult keys {sorted(unknown)}; expected {sorted(fields)}."
-            )
+            raise ValueError(f"Unknown CalibrationResult keys {sorted(unknown)}; expected {sorted(fields)}.")
         return cls(**dict(data))
 
 
@@ -203,7 +197,7 @@ def _coordinate_search(scores, correct, flops, budget_total, thresholds, candida
             passed = exit_rule.passes(scores, thresholds[:, None])
             before = passed[:k].any(axis=0)
             # Where a sample goes if it does not leave at k.
-            fallback = k + 1 + exit_rule.first_exit(passed[k + 1:])
+            fallback = k + 1 + exit_rule.first_exit(passed[k + 1 :])
             fixed = before
             first = exit_rule.first_exit(passed)
             fixed_correct = int(correct[first[fixed], columns[fixed]].sum())
@@ -289,8 +283,7 @@ def calibrate_thresholds(
     correct = np.asarray(correct)
     if correct.shape != scores.shape:
         raise ValueError(
-            f"`correct` has shape {correct.shape}; expected the shape of "
-            f"`scores`, {scores.shape}."
+            f"`correct` has shape {correct.shape}; expected the shape of `scores`, {scores.shape}."
         )
     correct = correct.astype(bool)
     num_exits, num_samples = scores.shape
@@ -301,9 +294,7 @@ def calibrate_thresholds(
             f"exit); got {list(flops_per_exit)!r}."
         )
     if np.any(np.diff(flops) < 0):
-        raise ValueError(
-            f"`flops_per_exit` must be cumulative (non-decreasing); got {flops.tolist()}."
-        )
+        raise ValueError(f"`flops_per_exit` must be cumulative (non-decreasing); got {flops.tolist()}.")
     upper = flops[-1] if full_model_flops is None else max(flops[-1], float(full_model_flops))
     budget = float(budget_flops)
     slack = _BUDGET_RTOL * upper

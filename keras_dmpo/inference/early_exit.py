@@ -44,8 +44,7 @@ def _remove_debris(model_path):
     """Temporary files of killed saves of this model (call with the lock held)."""
     directory, base = os.path.split(os.path.abspath(model_path))
     prefixes = tuple(
-        f".{name}{atomic_io.PARTIAL_MARK}"
-        for name in (base, os.path.basename(sidecar_path(model_path)))
+        f".{name}{atomic_io.PARTIAL_MARK}" for name in (base, os.path.basename(sidecar_path(model_path)))
     )
     for entry in os.listdir(directory):
         if entry.startswith(prefixes):
@@ -262,8 +261,7 @@ class EarlyExitModel:
 
     # --- inference -----------------------------------------------------------
     def _check_x(self, x, argument="x", allow_non_finite=False, hint=None):
-        check_images(x, self.model.image_shape, argument,
-                     allow_non_finite=allow_non_finite, hint=hint)
+        check_images(x, self.model.image_shape, argument, allow_non_finite=allow_non_finite, hint=hint)
         if len(x) == 0:
             raise ValueError(f"`{argument}` is empty: no images.")
 
@@ -300,7 +298,8 @@ class EarlyExitModel:
         """
         images, _ = collect_arrays(x)
         self._check_x(
-            images, allow_non_finite=allow_non_finite,
+            images,
+            allow_non_finite=allow_non_finite,
             hint="Clean or drop those samples, or pass allow_non_finite=True to run "
             "them anyway (their outputs are then meaningless).",
         )
@@ -362,8 +361,7 @@ class EarlyExitModel:
         images, labels = collect_arrays(x, y)
         if labels is None:
             raise ValueError("`y` is required: calibration needs labelled validation data.")
-        self._check_x(images, hint="Calibration needs finite validation images: clean or "
-                      "drop those samples.")
+        self._check_x(images, hint="Calibration needs finite validation images: clean or drop those samples.")
         check_labels(labels, self.model.num_classes, "y", num_samples=len(images))
         labels = np.asarray(labels)
         if labels.ndim == 2 and labels.shape[1] == self.model.num_classes and self.model.num_classes > 1:
@@ -405,8 +403,7 @@ class EarlyExitModel:
                 ) from None
         if not isinstance(calibration, calib.CalibrationResult):
             raise ValueError(
-                "`calibration` must be a CalibrationResult or its dict; got "
-                f"{type(calibration).__name__}."
+                f"`calibration` must be a CalibrationResult or its dict; got {type(calibration).__name__}."
             )
         self.thresholds = calibration.thresholds  # validates the count and range
         self.calibration = calibration
@@ -423,8 +420,15 @@ class EarlyExitModel:
             self.calibration = result
         return result
 
-    def curve(self, x_val, y_val=None, x_test=None, y_test=None,
-              budgets=(0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0), batch_size=64):
+    def curve(
+        self,
+        x_val,
+        y_val=None,
+        x_test=None,
+        y_test=None,
+        budgets=(0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0),
+        batch_size=64,
+    ):
         """Accuracy against FLOPs for a sweep of budgets (thresholds from
         validation, accuracy on test), beside each exit alone.
 
@@ -437,20 +441,30 @@ class EarlyExitModel:
             test_probs, test_labels = self._validation_arrays(x_test, y_test, batch_size)
         return self.curve_from_probabilities(val_probs, val_labels, test_probs, test_labels, budgets)
 
-    def curve_from_probabilities(self, val_probabilities, val_labels, test_probabilities, test_labels,
-                                 budgets=(0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0)):
+    def curve_from_probabilities(
+        self,
+        val_probabilities,
+        val_labels,
+        test_probabilities,
+        test_labels,
+        budgets=(0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0),
+    ):
         """``curve`` from per-exit probabilities already computed (``(K, N, C)``
         from ``exit_probabilities``) and integer labels ``(N,)``: re-reads a
         trained model's outputs under other budgets without running it again."""
         val_probs, test_probs = np.asarray(val_probabilities), np.asarray(test_probabilities)
         val_labels = np.asarray(val_labels).reshape(-1).astype("int64")
         test_labels = np.asarray(test_labels).reshape(-1).astype("int64")
-        for name, probs, labels in (("val_probabilities", val_probs, val_labels),
-                                    ("test_probabilities", test_probs, test_labels)):
+        for name, probs, labels in (
+            ("val_probabilities", val_probs, val_labels),
+            ("test_probabilities", test_probs, test_labels),
+        ):
             expected = (self.num_exits, len(labels), self.model.num_classes)
             if probs.shape != expected:
-                raise ValueError(f"`{name}` has shape {probs.shape}; expected {expected} "
-                                 "(exits, samples, classes), matching the labels.")
+                raise ValueError(
+                    f"`{name}` has shape {probs.shape}; expected {expected} "
+                    "(exits, samples, classes), matching the labels."
+                )
         rows = []
         for budget in budgets:
             try:
@@ -458,19 +472,22 @@ class EarlyExitModel:
             except ValueError:
                 continue  # below the first exit: not reachable
             result = self._calibrate_arrays(val_probs, val_labels, absolute, store=False)
-            index = exit_rule.assign_exits(exit_rule.exit_scores(test_probs, self.criterion),
-                                           result.thresholds)
+            index = exit_rule.assign_exits(
+                exit_rule.exit_scores(test_probs, self.criterion), result.thresholds
+            )
             correct = test_probs.argmax(-1) == test_labels[None, :]
-            rows.append({
-                "budget": float(budget),
-                "thresholds": list(result.thresholds),
-                "validation_accuracy": float(result.validation_accuracy),
-                "validation_fraction": float(result.expected_flops / self.full_model_flops),
-                "test_accuracy": calib.exit_accuracy(index, correct),
-                "test_fraction": calib.expected_flops(index, self.flops_per_exit) / self.full_model_flops,
-                "exit_fractions": calib.exit_fractions(index, self.num_exits),
-                "calibration": result.to_dict(),
-            })
+            rows.append(
+                {
+                    "budget": float(budget),
+                    "thresholds": list(result.thresholds),
+                    "validation_accuracy": float(result.validation_accuracy),
+                    "validation_fraction": float(result.expected_flops / self.full_model_flops),
+                    "test_accuracy": calib.exit_accuracy(index, correct),
+                    "test_fraction": calib.expected_flops(index, self.flops_per_exit) / self.full_model_flops,
+                    "exit_fractions": calib.exit_fractions(index, self.num_exits),
+                    "calibration": result.to_dict(),
+                }
+            )
         single = [
             {
                 "exit": int(block),
@@ -597,19 +614,21 @@ class EarlyExitModel:
     @classmethod
     def _from_settings(cls, model, settings, settings_path):
         try:
-            ee = cls(model, thresholds=settings.get("thresholds"),
-                     criterion=settings.get("criterion", "confidence"))
+            ee = cls(
+                model,
+                thresholds=settings.get("thresholds"),
+                criterion=settings.get("criterion", "confidence"),
+            )
             if settings.get("calibration"):
                 ee.calibration = calib.CalibrationResult.from_dict(settings["calibration"])
         except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(
-                f"Early-exit settings {settings_path!r} do not fit the model: {error}"
-            ) from None
+            raise ValueError(f"Early-exit settings {settings_path!r} do not fit the model: {error}") from None
         return ee
 
     # --- export ---------------------------------------------------------------
-    def export_tflite(self, directory, quantization=None, representative_data=None,
-                      overwrite=False, class_names=None):
+    def export_tflite(
+        self, directory, quantization=None, representative_data=None, overwrite=False, class_names=None
+    ):
         """Write TFLite stage graphs, a monolithic graph and ``manifest.json``.
 
         On the TensorFlow backend the conversion runs in this process; on JAX
@@ -629,8 +648,12 @@ class EarlyExitModel:
             The manifest (dict).
         """
         return stage_export.export(
-            self, "tflite", directory, quantization=quantization,
-            representative_data=representative_data, overwrite=overwrite,
+            self,
+            "tflite",
+            directory,
+            quantization=quantization,
+            representative_data=representative_data,
+            overwrite=overwrite,
             class_names=class_names,
         )
 

@@ -77,9 +77,7 @@ def vit_num_tokens(image_shape, patch_size, num_prefix_tokens=1):
     return num_prefix_tokens + (int(image_shape[0]) // ph) * (int(image_shape[1]) // pw)
 
 
-def vit_embedding_flops(
-    image_shape, patch_size, hidden_dim, num_channels=None, position_tokens=None
-):
+def vit_embedding_flops(image_shape, patch_size, hidden_dim, num_channels=None, position_tokens=None):
     """FLOPs of keras-hub's ``ViTPatchingAndEmbedding``.
 
     Patch convolution (kernel = stride = patch size, with bias) plus the
@@ -126,9 +124,7 @@ def attention_flops(num_tokens, hidden_dim, num_heads, use_bias=True):
     return projections + query_scale + scores + softmax + weighted_values + output
 
 
-def vit_block_flops(
-    num_tokens, hidden_dim, mlp_dim, num_heads, layer_scale=False, attention_bias=True
-):
+def vit_block_flops(num_tokens, hidden_dim, mlp_dim, num_heads, layer_scale=False, attention_bias=True):
     """FLOPs of one pre-norm transformer block of a keras-hub ViT-family model.
 
     ``x = x + MHA(LN(x)); x = x + Dense(GELU(Dense(LN(x))))`` (``ViTEncoderBlock``,
@@ -144,9 +140,7 @@ def vit_block_flops(
         attention_bias: whether the attention projections have biases.
     """
     t, d, m = num_tokens, hidden_dim, mlp_dim
-    attention = (
-        layer_norm_flops(t, d) + attention_flops(t, d, num_heads, attention_bias) + t * d
-    )
+    attention = layer_norm_flops(t, d) + attention_flops(t, d, num_heads, attention_bias) + t * d
     mlp = (
         layer_norm_flops(t, d)
         + dense_flops(t, d, m)
@@ -170,20 +164,14 @@ def parallel_adapter_flops(num_tokens, hidden_dim, bottleneck_dim):
         return 0
     t, d, b = num_tokens, hidden_dim, bottleneck_dim
     return (
-        dense_flops(t, d, b)
-        + gelu_flops(t * b)
-        + dense_flops(t, b, d)
-        + 2 * t * d  # scale and add
+        dense_flops(t, d, b) + gelu_flops(t * b) + dense_flops(t, b, d) + 2 * t * d  # scale and add
     )
 
 
 def _same_conv_taps(size, kernel_size):
     """In-grid (output, tap) pairs of a 1-D "same" convolution."""
     before = (kernel_size - 1) // 2
-    return sum(
-        sum(1 for j in range(kernel_size) if 0 <= i + j - before < size)
-        for i in range(size)
-    )
+    return sum(sum(1 for j in range(kernel_size) if 0 <= i + j - before < size) for i in range(size))
 
 
 def bypass_adapter_flops(
@@ -214,23 +202,16 @@ def bypass_adapter_flops(
     rows, cols = grid_shape
     if rows < 1 or rows * cols != patches:
         raise ValueError(
-            f"`num_tokens`={t} is not {num_prefix_tokens} prefix token(s) plus a "
-            f"{rows}x{cols} patch grid."
+            f"`num_tokens`={t} is not {num_prefix_tokens} prefix token(s) plus a {rows}x{cols} patch grid."
         )
     taps = _same_conv_taps(rows, kernel_size) * _same_conv_taps(cols, kernel_size)
     conv = 2 * b * taps + BIAS_FLOPS * rows * cols * b
     return (
-        dense_flops(t, d, b)
-        + gelu_flops(t * b)
-        + conv
-        + dense_flops(t, b, d)
-        + 2 * t * d  # scale and add
+        dense_flops(t, d, b) + gelu_flops(t * b) + conv + dense_flops(t, b, d) + 2 * t * d  # scale and add
     )
 
 
-def linear_head_flops(
-    hidden_dim, num_classes, use_layer_norm=True, num_tokens=None, pooling="class_token"
-):
+def linear_head_flops(hidden_dim, num_classes, use_layer_norm=True, num_tokens=None, pooling="class_token"):
     """FLOPs of a ``LinearExitHead``: pool, (LayerNorm,) Dense.
 
     Assumption (matches ``keras_dmpo.layers.LinearExitHead``): the head pools
@@ -251,9 +232,7 @@ def linear_head_flops(
             raise ValueError('`num_tokens` is required for pooling="mean".')
         flops += (num_tokens - 1) * hidden_dim  # sum (T-2 adds) + one division
     elif pooling != "class_token":
-        raise ValueError(
-            f'`pooling` must be "class_token" or "mean"; got {pooling!r}.'
-        )
+        raise ValueError(f'`pooling` must be "class_token" or "mean"; got {pooling!r}.')
     if use_layer_norm:
         flops += layer_norm_flops(1, hidden_dim)
     return flops + dense_flops(1, hidden_dim, num_classes)
@@ -271,9 +250,7 @@ def newton_schulz_matmuls(iterations):
     return 1 if iterations == 1 else 3 * iterations - 3
 
 
-def covariance_pooling_flops(
-    num_tokens, hidden_dim, covariance_dim, iterations, num_prefix_tokens=1
-):
+def covariance_pooling_flops(num_tokens, hidden_dim, covariance_dim, iterations, num_prefix_tokens=1):
     """FLOPs of ``CovariancePooling`` (no classifier). See ``covariance_head_flops``."""
     t, d_in, d = num_tokens, hidden_dim, covariance_dim
     n = t - num_prefix_tokens  # patch tokens
@@ -426,10 +403,7 @@ class ExitCostConfig:
         if not k or list(exits) != sorted(set(exits)) or exits[0] < 1:
             raise ValueError(f"`exits` must be increasing 1-based ints; got {self.exits!r}.")
         if exits[-1] != self.num_layers:
-            raise ValueError(
-                f"The last exit must be block num_layers={self.num_layers}; "
-                f"got exits={exits}."
-            )
+            raise ValueError(f"The last exit must be block num_layers={self.num_layers}; got exits={exits}.")
         # A single value applies to the early exits; the last exit is always a
         # linear head on the final LayerNorm, without bypass.
         kinds = self.head_kinds
@@ -443,8 +417,7 @@ class ExitCostConfig:
         for name, values in (("head_kinds", kinds), ("bypass", bypass)):
             if len(values) != k:
                 raise ValueError(
-                    f"`{name}` has {len(values)} entries; expected one per exit "
-                    f"({k}: exits={exits})."
+                    f"`{name}` has {len(values)} entries; expected one per exit ({k}: exits={exits})."
                 )
         for kind in kinds:
             if kind not in HEAD_KINDS:
@@ -501,9 +474,7 @@ def dmpo_flops_per_exit(config):
     kinds, bypass = config.per_exit()
     t, d = config.num_tokens, config.hidden_dim
     prefix = config.num_prefix_tokens
-    block = vit_block_flops(
-        t, d, config.mlp_dim, config.num_heads, config.layer_scale, config.attention_bias
-    )
+    block = vit_block_flops(t, d, config.mlp_dim, config.num_heads, config.layer_scale, config.attention_bias)
     block += parallel_adapter_flops(t, d, config.adapter_bottleneck)
     embedding = vit_embedding_flops(
         config.image_shape,
@@ -526,14 +497,23 @@ def dmpo_flops_per_exit(config):
             head = last_head
         elif kinds[k] == "covariance":
             head = covariance_head_flops(
-                t, d, config.covariance_dim, config.iterations,
-                config.num_classes, config.covariance_fusion, prefix,
+                t,
+                d,
+                config.covariance_dim,
+                config.iterations,
+                config.num_classes,
+                config.covariance_fusion,
+                prefix,
             )
         else:
             head = linear_head_flops(d, config.num_classes, use_layer_norm=True)
         side = (
             bypass_adapter_flops(
-                t, d, config.bypass_bottleneck, config.bypass_kernel_size, prefix,
+                t,
+                d,
+                config.bypass_bottleneck,
+                config.bypass_kernel_size,
+                prefix,
                 config.grid_shape,
             )
             if bypass[k]

@@ -17,8 +17,8 @@ import keras
 import numpy as np
 
 from keras_dmpo.export import bundle
-from keras_dmpo.export.spec import ExportSpec
 from keras_dmpo.export.onnx import export_onnx_stage_graphs
+from keras_dmpo.export.spec import ExportSpec
 from keras_dmpo.export.tflite import check_int8_data, export_stage_graphs
 from keras_dmpo.export.tflite_convert import QUANTIZATIONS
 from keras_dmpo.models.backbone_families import recomputed_on_load
@@ -46,8 +46,9 @@ def export_spec(ee, class_names=None):
     )
 
 
-def export(ee, fmt, directory, *, quantization=None, representative_data=None, overwrite=False,
-           class_names=None):
+def export(
+    ee, fmt, directory, *, quantization=None, representative_data=None, overwrite=False, class_names=None
+):
     """Export ``ee`` as ``fmt`` ("tflite" or "onnx"); returns the manifest.
 
     Bad arguments fail here, in the caller's process, before any conversion
@@ -60,18 +61,26 @@ def export(ee, fmt, directory, *, quantization=None, representative_data=None, o
     check_int8_data(representative_data, spec.image_shape, quantization)
     bundle.check_output_directory(directory, overwrite)
     if keras.backend.backend() != "tensorflow":
-        return _in_tensorflow_subprocess(fmt, ee, directory, quantization, representative_data,
-                                         overwrite, class_names)
+        return _in_tensorflow_subprocess(
+            fmt, ee, directory, quantization, representative_data, overwrite, class_names
+        )
     stage_models = ee.model.build_stage_models(probabilities=True)
     monolithic = ee.model.build_single_exit_model()
     if fmt == "tflite":
         return export_stage_graphs(
-            directory, stage_models, spec, monolithic_model=monolithic, quantization=quantization,
-            representative_data=None if representative_data is None else np.asarray(representative_data, "float32"),
+            directory,
+            stage_models,
+            spec,
+            monolithic_model=monolithic,
+            quantization=quantization,
+            representative_data=None
+            if representative_data is None
+            else np.asarray(representative_data, "float32"),
             overwrite=overwrite,
         )
-    return export_onnx_stage_graphs(directory, stage_models, spec, monolithic_model=monolithic,
-                                    overwrite=overwrite)
+    return export_onnx_stage_graphs(
+        directory, stage_models, spec, monolithic_model=monolithic, overwrite=overwrite
+    )
 
 
 def _in_tensorflow_subprocess(fmt, ee, directory, quantization, representative_data, overwrite, class_names):

@@ -25,7 +25,6 @@ further.
 import keras
 import numpy as np
 
-
 # Measured in the JAX demo (8 stages, batch 64): 28 stage compilations
 # (36 s) without a floor, 9 (15 s) with a floor of 16.
 MIN_JAX_BUCKET = 16

@@ -17,9 +17,7 @@ def check_positive_int(name, value):
 
 def check_choice(name, value, choices):
     if value not in choices:
-        raise ValueError(
-            f"Unknown `{name}`={value!r}; expected one of {list(choices)}."
-        )
+        raise ValueError(f"Unknown `{name}`={value!r}; expected one of {list(choices)}.")
     return value
 
 
@@ -32,9 +30,7 @@ def check_tokens_shape(name, shape):
             f"{len(shape)}-D input of shape {shape}."
         )
     if shape[-1] is None:
-        raise ValueError(
-            f"`{name}` must have a known width (last axis); got shape {shape}."
-        )
+        raise ValueError(f"`{name}` must have a known width (last axis); got shape {shape}.")
     return shape
 
 

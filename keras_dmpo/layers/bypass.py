@@ -3,8 +3,8 @@
 import keras
 
 from keras_dmpo.layers._checks import (
-    check_positive_int,
     check_grid_shape,
+    check_positive_int,
     check_prefix_tokens,
     check_tokens_shape,
     grid_shape_for,
@@ -72,9 +72,7 @@ class BypassAdapter(keras.layers.Layer):
         self.num_prefix_tokens = check_prefix_tokens(num_prefix_tokens)
         self.grid_shape = check_grid_shape(grid_shape)
         self._activation_fn = keras.activations.get(activation)
-        self.down = keras.layers.Dense(
-            self.bottleneck_dim, dtype=self.dtype_policy, name="down"
-        )
+        self.down = keras.layers.Dense(self.bottleneck_dim, dtype=self.dtype_policy, name="down")
         # "same" padding keeps the grid; one filter per channel keeps it cheap
         # (k*k*b weights instead of k*k*b*b).
         self.conv = keras.layers.DepthwiseConv2D(
@@ -85,9 +83,7 @@ class BypassAdapter(keras.layers.Layer):
 
     def build(self, tokens_shape):
         tokens_shape = check_tokens_shape("tokens", tokens_shape)
-        self.grid = grid_shape_for(
-            "tokens", tokens_shape[1], self.num_prefix_tokens, self.grid_shape
-        )
+        self.grid = grid_shape_for("tokens", tokens_shape[1], self.num_prefix_tokens, self.grid_shape)
         width = tokens_shape[-1]
         self.down.build(tokens_shape)
         self.conv.build((None, None, None, self.bottleneck_dim))

@@ -128,9 +128,7 @@ class CovariancePooling(keras.layers.Layer):
         self.epsilon = float(epsilon)
         if not self.epsilon > 0:
             raise ValueError(f"`epsilon` must be > 0; got epsilon={epsilon!r}.")
-        self.layer_norm = keras.layers.LayerNormalization(
-            epsilon=1e-6, dtype="float32", name="layer_norm"
-        )
+        self.layer_norm = keras.layers.LayerNormalization(epsilon=1e-6, dtype="float32", name="layer_norm")
         self.reduce = keras.layers.Dense(self.dim, dtype="float32", name="reduce")
         # Constant indices: TFLite sees one Gather for the triangle (and a
         # Mul + Sum with a constant identity for the trace), no diag/triu ops.

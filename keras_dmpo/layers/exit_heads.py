@@ -63,18 +63,12 @@ class LinearExitHead(keras.layers.Layer):
         self.use_layer_norm = bool(use_layer_norm)
         self.dropout = float(dropout)
         self.layer_norm = (
-            keras.layers.LayerNormalization(
-                epsilon=1e-6, dtype=self.dtype_policy, name="layer_norm"
-            )
+            keras.layers.LayerNormalization(epsilon=1e-6, dtype=self.dtype_policy, name="layer_norm")
             if self.use_layer_norm
             else None
         )
-        self.dropout_layer = keras.layers.Dropout(
-            self.dropout, dtype=self.dtype_policy, name="dropout"
-        )
-        self.classifier = keras.layers.Dense(
-            self.num_classes, dtype=self.dtype_policy, name="classifier"
-        )
+        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy, name="dropout")
+        self.classifier = keras.layers.Dense(self.num_classes, dtype=self.dtype_policy, name="classifier")
 
     def build(self, tokens_shape):
         tokens_shape = check_tokens_shape("tokens", tokens_shape)
@@ -192,12 +186,8 @@ class CovarianceExitHead(keras.layers.Layer):
             dtype="float32",
             name="covariance_pooling",
         )
-        self.dropout_layer = keras.layers.Dropout(
-            self.dropout, dtype="float32", name="dropout"
-        )
-        self.classifier = keras.layers.Dense(
-            self.num_classes, dtype="float32", name="classifier"
-        )
+        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype="float32", name="dropout")
+        self.classifier = keras.layers.Dense(self.num_classes, dtype="float32", name="classifier")
         self.linear_head = (
             None
             if self.fusion == "covariance_only"

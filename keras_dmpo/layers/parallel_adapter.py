@@ -56,12 +56,8 @@ class ParallelAdapter(keras.layers.Layer):
         self.dropout = float(dropout)
         self.activation = activation
         self._activation_fn = keras.activations.get(activation)
-        self.down = keras.layers.Dense(
-            self.bottleneck_dim, dtype=self.dtype_policy, name="down"
-        )
-        self.dropout_layer = keras.layers.Dropout(
-            self.dropout, dtype=self.dtype_policy, name="dropout"
-        )
+        self.down = keras.layers.Dense(self.bottleneck_dim, dtype=self.dtype_policy, name="down")
+        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy, name="dropout")
         self.up = None  # built once the width is known
 
     def build(self, inputs_shape, block_outputs_shape):

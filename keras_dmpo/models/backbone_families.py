@@ -95,8 +95,7 @@ def find_family(model):
 def _check_channels_last(config):
     if config.get("data_format", "channels_last") not in (None, "channels_last"):
         raise ValueError(
-            "Only channels_last backbones are supported; got "
-            f"data_format={config.get('data_format')!r}."
+            f"Only channels_last backbones are supported; got data_format={config.get('data_format')!r}."
         )
 
 
@@ -177,8 +176,7 @@ def describe(backbone):
         )
     if len(parts.blocks) != layout.num_layers:
         raise ValueError(
-            f"The backbone has {len(parts.blocks)} blocks but its config says "
-            f"num_layers={layout.num_layers}."
+            f"The backbone has {len(parts.blocks)} blocks but its config says num_layers={layout.num_layers}."
         )
     return layout, parts
 

@@ -6,13 +6,13 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_dmpo.inputs import check_images, check_labels, first_batch
 from keras_dmpo.layers import (
     BypassAdapter,
     CovarianceExitHead,
     LinearExitHead,
     ParallelAdapter,
 )
-from keras_dmpo.inputs import check_images, check_labels, first_batch
 from keras_dmpo.models import losses, stage_models
 from keras_dmpo.models.options import (
     PEFT_METHODS,
@@ -23,6 +23,7 @@ from keras_dmpo.models.options import (
 )
 from keras_dmpo.models.vit_stages import ViTStages
 from keras_dmpo.training.loss_weights import validate_loss_weights
+
 
 @keras.saving.register_keras_serializable(package="keras_dmpo")
 class DMPOClassifier(keras.Model):
@@ -118,17 +119,12 @@ class DMPOClassifier(keras.Model):
             raise ValueError(f"`label_smoothing` must be in [0, 1); got {label_smoothing!r}.")
         stages = ViTStages(backbone, exits)
         backbone = stages.backbone
-        self._normalization = resolve_input_normalization(
-            input_normalization, stages.image_shape[-1]
-        )
+        self._normalization = resolve_input_normalization(input_normalization, stages.image_shape[-1])
         num_exits = len(stages.exits)
-        covariance_positions = resolve_covariance_exits(
-            covariance_exits, stages.exits, stages.num_layers
-        )
+        covariance_positions = resolve_covariance_exits(covariance_exits, stages.exits, stages.num_layers)
         if covariance_positions and covariance_dim > stages.hidden_dim:
             raise ValueError(
-                f"`covariance_dim`={covariance_dim} is larger than the backbone "
-                f"width {stages.hidden_dim}."
+                f"`covariance_dim`={covariance_dim} is larger than the backbone width {stages.hidden_dim}."
             )
         freeze_backbone(backbone, peft, lora_rank)
 
@@ -141,9 +137,7 @@ class DMPOClassifier(keras.Model):
             ]
         layout = dict(num_prefix_tokens=stages.num_prefix_tokens)
         bypasses = [
-            BypassAdapter(
-                bypass_dim, grid_shape=stages.grid_size, name=f"exit_{k + 1}_bypass", **layout
-            )
+            BypassAdapter(bypass_dim, grid_shape=stages.grid_size, name=f"exit_{k + 1}_bypass", **layout)
             if use_bypass and k < num_exits - 1
             else None
             for k in range(num_exits)
@@ -214,13 +208,12 @@ class DMPOClassifier(keras.Model):
             initial, trainable=False, name="exit_loss_weights", dtype="float32"
         )
         self.distill_weight = keras.Variable(0.0, trainable=False, name="distill_weight", dtype="float32")
-        self.distill_temperature = keras.Variable(1.0, trainable=False, name="distill_temperature", dtype="float32")
-        self.exit_loss_trackers = [
-            keras.metrics.Mean(name=f"exit_{k + 1}_loss") for k in range(num_exits)
-        ]
+        self.distill_temperature = keras.Variable(
+            1.0, trainable=False, name="distill_temperature", dtype="float32"
+        )
+        self.exit_loss_trackers = [keras.metrics.Mean(name=f"exit_{k + 1}_loss") for k in range(num_exits)]
         self.exit_accuracies = [
-            keras.metrics.CategoricalAccuracy(name=f"exit_{k + 1}_accuracy")
-            for k in range(num_exits)
+            keras.metrics.CategoricalAccuracy(name=f"exit_{k + 1}_accuracy") for k in range(num_exits)
         ]
         self._warned_no_phase_callback = False
 

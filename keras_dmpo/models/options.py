@@ -79,8 +79,7 @@ def resolve_covariance_exits(covariance_exits, exits, num_layers):
             )
         if block not in exits:
             raise ValueError(
-                f"`covariance_exits` contains block {block}, which is not an "
-                f"exit; exits are {list(exits)}."
+                f"`covariance_exits` contains block {block}, which is not an exit; exits are {list(exits)}."
             )
         positions.append(exits.index(block))
     return tuple(sorted(positions))
@@ -90,7 +89,8 @@ def freeze_backbone(backbone, peft, lora_rank):
     """Freeze ``backbone``; with ``peft="lora"`` leave (or add) its LoRA weights trainable."""
     if peft == "lora":
         lora_layers = [
-            layer for layer in backbone._flatten_layers(include_self=False)
+            layer
+            for layer in backbone._flatten_layers(include_self=False)
             if getattr(layer, "lora_enabled", False)
         ]
         if lora_layers:  # rebuilt from a config that already has LoRA

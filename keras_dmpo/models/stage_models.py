@@ -16,6 +16,7 @@ def single_exit_model(model):
     probabilities = keras.layers.Softmax(dtype="float32", name="softmax")(logits)
     return keras.Model(images, {"probabilities": probabilities}, name="single_exit")
 
+
 def stage_models(model, probabilities=True):
     """One functional model per stage, sharing this model's layers.
 

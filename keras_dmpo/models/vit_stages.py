@@ -44,27 +44,18 @@ def validate_exits(exits, num_layers, add_last=True):
             a number outside ``[1, num_layers]``.
     """
     if exits is None or isinstance(exits, (str, bytes)):
-        raise ValueError(
-            f"`exits` must be a list of 1-based block numbers; got {exits!r}."
-        )
+        raise ValueError(f"`exits` must be a list of 1-based block numbers; got {exits!r}.")
     try:
         exits = list(exits)
     except TypeError:
-        raise ValueError(
-            f"`exits` must be a list of 1-based block numbers; got {exits!r}."
-        ) from None
+        raise ValueError(f"`exits` must be a list of 1-based block numbers; got {exits!r}.") from None
     if not exits:
         raise ValueError(
-            "`exits` is empty; expected at least one 1-based block number in "
-            f"[1, {num_layers}]."
+            f"`exits` is empty; expected at least one 1-based block number in [1, {num_layers}]."
         )
     for exit_block in exits:
-        if isinstance(exit_block, bool) or not isinstance(
-            exit_block, numbers.Integral
-        ):
-            raise ValueError(
-                f"`exits` must contain integers; got {exit_block!r} in {exits}."
-            )
+        if isinstance(exit_block, bool) or not isinstance(exit_block, numbers.Integral):
+            raise ValueError(f"`exits` must contain integers; got {exit_block!r} in {exits}.")
     exits = [int(e) for e in exits]
     for exit_block in exits:
         if exit_block < 1 or exit_block > num_layers:
@@ -76,10 +67,7 @@ def validate_exits(exits, num_layers, add_last=True):
     if len(set(exits)) != len(exits):
         raise ValueError(f"`exits` has repeated block numbers: {exits}.")
     if exits != sorted(exits):
-        raise ValueError(
-            f"`exits` must be in increasing order; got {exits} "
-            f"(expected {sorted(exits)})."
-        )
+        raise ValueError(f"`exits` must be in increasing order; got {exits} (expected {sorted(exits)}).")
     if add_last and exits[-1] != num_layers:
         exits.append(num_layers)
     return tuple(exits)
@@ -142,9 +130,7 @@ class ViTStages:
         self.num_prefix_tokens = layout.num_prefix_tokens
         self.grid_size = layout.grid_shape
         self.exits = (
-            default_exits(self.num_layers)
-            if exits is None
-            else validate_exits(exits, self.num_layers)
+            default_exits(self.num_layers) if exits is None else validate_exits(exits, self.num_layers)
         )
         self.blocks = self._parts.blocks
         self.final_norm = self._parts.final_norm
@@ -217,8 +203,13 @@ def _known_preset_names():
 
     models = keras_hub.models
     names = set()
-    for cls_name in ("ViTBackbone", "ViTImageClassifier", "DeiTBackbone",
-                     "DeiTImageClassifier", "DINOV2Backbone"):
+    for cls_name in (
+        "ViTBackbone",
+        "ViTImageClassifier",
+        "DeiTBackbone",
+        "DeiTImageClassifier",
+        "DINOV2Backbone",
+    ):
         names |= set(getattr(getattr(models, cls_name, None), "presets", {}) or {})
     return names
 
@@ -244,9 +235,7 @@ def load_vit_backbone(preset, image_shape=None):
     import keras_hub
 
     if not isinstance(preset, (str, os.PathLike)):
-        raise ValueError(
-            f"`preset` must be a preset name or a directory path; got {preset!r}."
-        )
+        raise ValueError(f"`preset` must be a preset name or a directory path; got {preset!r}.")
     preset = os.fspath(preset)
     preset = preset_registry.resolve(preset)
     looks_like_path = (
@@ -276,9 +265,7 @@ def load_vit_backbone(preset, image_shape=None):
     if image_shape is not None:
         image_shape = tuple(int(v) for v in image_shape)
         if len(image_shape) != 3 or min(image_shape) < 1:
-            raise ValueError(
-                f"`image_shape` must be (height, width, channels); got {image_shape!r}."
-            )
+            raise ValueError(f"`image_shape` must be (height, width, channels); got {image_shape!r}.")
         kwargs["image_shape"] = image_shape
     try:
         backbone = keras_hub.models.Backbone.from_preset(preset, **kwargs)

@@ -68,7 +68,9 @@ class PhaseSchedule:
         if not 0.0 <= float(switch_fraction) <= 1.0:
             raise ValueError(f"`switch_fraction` must be in [0, 1]; got {switch_fraction!r}.")
         if switch_epoch is not None and (
-            isinstance(switch_epoch, bool) or not isinstance(switch_epoch, (int, np.integer)) or switch_epoch < 0
+            isinstance(switch_epoch, bool)
+            or not isinstance(switch_epoch, (int, np.integer))
+            or switch_epoch < 0
         ):
             raise ValueError(f"`switch_epoch` must be a non-negative integer; got {switch_epoch!r}.")
         if not 0.0 <= float(ramp_fraction) <= 1.0:
