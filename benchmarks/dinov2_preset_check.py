@@ -158,7 +158,7 @@ def train_calibrate_export(work_dir, size):
         runtime = StagedRuntime(os.path.join(work_dir, "tflite"), num_threads=threads)
         out = runtime.predict(x[16:])
         result[f"threads_{threads or 'default'}"] = {
-            "stage_ms": {k: round(v, 3) for k, v in runtime.stage_latency(batch_size=1, repeats=30).items()},
+            "stage_ms": {k: round(v, 3) for k, v in runtime.stage_latency(batch_size=1, repeats=30).items()}
         }
         result["same_exit_fraction"] = float(np.mean(out["exit_index"] == keras_out["exit_index"]))
         result["max_prob_diff"] = float(np.abs(out["probabilities"] - keras_out["probabilities"]).max())

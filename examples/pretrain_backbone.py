@@ -43,12 +43,7 @@ SOURCE_CLASSES = [0, 2, 5, 7, 8]  # T-shirt/top, Pullover, Sandal, Sneaker, Bag
 TARGET_CLASSES = [1, 3, 4, 6, 9]  # Trouser, Dress, Coat, Shirt, Ankle boot
 
 BACKBONE_CONFIG = dict(
-    image_shape=(28, 28, 3),
-    patch_size=4,
-    num_layers=8,
-    num_heads=4,
-    hidden_dim=128,
-    mlp_dim=256,
+    image_shape=(28, 28, 3), patch_size=4, num_layers=8, num_heads=4, hidden_dim=128, mlp_dim=256
 )
 
 
@@ -290,10 +285,7 @@ def main(argv=None):
     model.fit(
         sequence,
         epochs=args.epochs,
-        callbacks=[
-            Progress(),
-            keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False),
-        ],
+        callbacks=[Progress(), keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False)],
         verbose=1 if sys.stdout.isatty() else 2,
     )
     train_minutes = sum(h["seconds"] for h in history) / 60

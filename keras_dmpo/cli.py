@@ -9,6 +9,7 @@ imported, and ``--help`` or ``presets list`` should not pay for importing it.
 """
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -142,7 +143,7 @@ def _load_early_exit(path):
 
 
 def cmd_calibrate(args):
-    from keras_dmpo.inference.early_exit import sidecar_path
+    from keras_dmpo.inference.saving import sidecar_path
 
     ee = _load_early_exit(args.model)
     key = args.data.lower().replace("-", "_")
@@ -246,17 +247,9 @@ def cmd_benchmark(args):
 def cmd_demo(args):
     from keras_dmpo.demo import run_demo
 
-    return run_demo(
-        output_dir=args.output_dir,
-        data=args.data,
-        preset=args.preset,
-        image_size=args.image_size,
-        epochs=args.epochs,
-        train_size=args.train_size,
-        test_size=args.test_size,
-        batch_size=args.batch_size,
-        max_steps=args.max_steps,
-    )
+    # The demo's keyword arguments are the --options of the same names.
+    names = inspect.signature(run_demo).parameters
+    return run_demo(**{name: getattr(args, name) for name in names})
 
 
 def cmd_presets(args):

@@ -255,20 +255,15 @@ def _to_float_images(x, image_size, channels, max_value):
     return np.ascontiguousarray(x, dtype="float32")
 
 
-def _make_splits(
-    x_pool,
-    y_pool,
-    x_test,
-    y_test,
-    class_names,
-    image_size,
-    channels,
-    validation_size,
-    train_size,
-    test_size,
-    seed,
-    max_value,
-):
+def _make_splits(pool, test, class_names, *, max_value, sizes):
+    """Train/validation from ``pool``, test from ``test``, images prepared.
+
+    ``sizes``: ``image_size``, ``channels``, ``validation_size``,
+    ``train_size``, ``test_size`` and ``seed`` as the loaders take them.
+    """
+    (x_pool, y_pool), (x_test, y_test) = pool, test
+    image_size, channels, seed = sizes["image_size"], sizes["channels"], sizes["seed"]
+    validation_size, train_size, test_size = sizes["validation_size"], sizes["train_size"], sizes["test_size"]
     _check_int("validation_size", validation_size, 0)
     _check_int("train_size", train_size, 1, allow_none=True)
     _check_int("test_size", test_size, 1, allow_none=True)
@@ -294,10 +289,7 @@ def _make_splits(
         x_test, y_test = x_test[take], y_test[take]
 
     def convert(x, y):
-        return (
-            _to_float_images(x, image_size, channels, max_value),
-            np.asarray(y, dtype="int32"),
-        )
+        return (_to_float_images(x, image_size, channels, max_value), np.asarray(y, dtype="int32"))
 
     return {
         "train": convert(x_pool[train_idx], y_pool[train_idx]),
@@ -308,13 +300,7 @@ def _make_splits(
 
 
 def load_fashion_mnist(
-    image_size=28,
-    channels=3,
-    validation_size=5000,
-    seed=0,
-    train_size=None,
-    test_size=None,
-    classes=None,
+    image_size=28, channels=3, validation_size=5000, seed=0, train_size=None, test_size=None, classes=None
 ):
     """Load Fashion-MNIST (Zalando Research, MIT licence) as float images.
 
@@ -356,30 +342,13 @@ def load_fashion_mnist(
         x_train, y_train.astype("int64"), FASHION_MNIST_CLASS_NAMES, classes
     )
     x_test, y_test, _ = _select_classes(x_test, y_test.astype("int64"), FASHION_MNIST_CLASS_NAMES, classes)
-    return _make_splits(
-        x_train,
-        y_train,
-        x_test,
-        y_test,
-        names,
-        image_size,
-        channels,
-        validation_size,
-        train_size,
-        test_size,
-        seed,
-        max_value=255.0,
-    )
+    sizes = dict(image_size=image_size, channels=channels, validation_size=validation_size)
+    sizes.update(train_size=train_size, test_size=test_size, seed=seed)
+    return _make_splits((x_train, y_train), (x_test, y_test), names, max_value=255.0, sizes=sizes)
 
 
 def load_digits(
-    image_size=28,
-    channels=3,
-    validation_size=360,
-    test_size=360,
-    seed=0,
-    train_size=None,
-    classes=None,
+    image_size=28, channels=3, validation_size=360, test_size=360, seed=0, train_size=None, classes=None
 ):
     """Load scikit-learn's handwritten digits (UCI, CC BY 4.0) as float images.
 
@@ -424,20 +393,10 @@ def load_digits(
             "and needs some left for training."
         )
     test_idx, pool_idx = _stratified_take(y, test_size, seed + 3, "test_size")
-    return _make_splits(
-        x[pool_idx],
-        y[pool_idx],
-        x[test_idx],
-        y[test_idx],
-        names,
-        image_size,
-        channels,
-        validation_size,
-        train_size,
-        None,
-        seed,
-        max_value=16.0,
-    )
+    sizes = dict(image_size=image_size, channels=channels, validation_size=validation_size)
+    sizes.update(train_size=train_size, test_size=None, seed=seed)
+    pool, test = (x[pool_idx], y[pool_idx]), (x[test_idx], y[test_idx])
+    return _make_splits(pool, test, names, max_value=16.0, sizes=sizes)
 
 
 _LOADERS = {"fashion_mnist": load_fashion_mnist, "digits": load_digits}

@@ -118,3 +118,33 @@ def check_labels(labels, num_classes, argument="y", num_samples=None):
             f"`{argument}` has labels in [{low}, {high}], outside [0, {num_classes}) "
             f"for num_classes={num_classes}."
         )
+
+
+def collect_arrays(x, y=None, argument="x"):
+    """Arrays from arrays, a ``tf.data.Dataset`` or a ``keras.utils.PyDataset``
+    yielding ``(images, labels)`` (or images only)."""
+    is_tf_dataset = hasattr(x, "as_numpy_iterator")
+    if hasattr(x, "shape") and not is_tf_dataset:
+        return _to_numpy(x), _to_numpy(y)
+    if y is not None:
+        raise ValueError(f"`y` must be None when `{argument}` is a dataset that yields (x, y).")
+    if is_tf_dataset:
+        batches = x.as_numpy_iterator()
+    elif hasattr(x, "__getitem__") and hasattr(x, "__len__"):
+        batches = (x[i] for i in range(len(x)))
+    else:
+        raise ValueError(
+            f"`{argument}` must be an array, a tf.data.Dataset or a keras.utils.PyDataset; "
+            f"got {type(x).__name__}."
+        )
+    images, labels = [], []
+    for batch in batches:
+        if isinstance(batch, (tuple, list)):
+            images.append(np.asarray(batch[0]))
+            if len(batch) > 1:
+                labels.append(np.asarray(batch[1]))
+        else:
+            images.append(np.asarray(batch))
+    if not images:
+        raise ValueError(f"`{argument}` is empty: no batches to read.")
+    return np.concatenate(images), (np.concatenate(labels) if labels else None)

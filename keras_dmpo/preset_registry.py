@@ -31,15 +31,13 @@ PRESETS = {
 DEMO_PRESET = "dinov2_small_imgfocus"
 
 # Build options a short name implies, unless the caller overrides them.
-PRESET_DEFAULTS = {
-    "dinov2_small_imgfocus": {"image_shape": (224, 224, 3), "input_normalization": "imagenet"},
-}
+PRESET_DEFAULTS = {"dinov2_small_imgfocus": {"image_shape": (224, 224, 3), "input_normalization": "imagenet"}}
 
 # Fashion-MNIST classes whose labels a shipped preset never saw (its source
 # task used the others): demos and benchmarks on that data set tune on these,
 # so the comparison is a real transfer (docs/data.md).
 HELD_OUT_CLASSES = {
-    ("dmpo_vit_tiny", "fashion_mnist"): [1, 3, 4, 6, 9],  # Trouser, Dress, Coat, Shirt, Ankle boot
+    ("dmpo_vit_tiny", "fashion_mnist"): [1, 3, 4, 6, 9]  # Trouser, Dress, Coat, Shirt, Ankle boot
 }
 
 

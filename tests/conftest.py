@@ -10,20 +10,9 @@ import keras
 import numpy as np
 import pytest
 
-OPT_IN = {
-    "slow": "--run-slow",
-    "network": "--run-network",
-    "fashion_mnist": "--run-fashion-mnist",
-}
+OPT_IN = {"slow": "--run-slow", "network": "--run-network", "fashion_mnist": "--run-fashion-mnist"}
 
-TINY_VIT = dict(
-    image_shape=(32, 32, 3),
-    patch_size=8,
-    num_layers=4,
-    num_heads=2,
-    hidden_dim=32,
-    mlp_dim=64,
-)
+TINY_VIT = dict(image_shape=(32, 32, 3), patch_size=8, num_layers=4, num_heads=2, hidden_dim=32, mlp_dim=64)
 
 
 def pytest_addoption(parser):
@@ -68,12 +57,7 @@ TINY_DINOV2 = dict(
     use_mask_token=False,
 )
 TINY_DEIT = dict(
-    image_shape=(32, 32, 3),
-    patch_size=8,
-    num_layers=4,
-    num_heads=2,
-    hidden_dim=32,
-    intermediate_dim=64,
+    image_shape=(32, 32, 3), patch_size=8, num_layers=4, num_heads=2, hidden_dim=32, intermediate_dim=64
 )
 
 

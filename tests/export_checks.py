@@ -47,10 +47,7 @@ def build_stage_models(exits=EXITS, seed=0):
             else keras.layers.LayerNormalization(name=f"head_{k + 1}_norm")
         )
         dense = keras.layers.Dense(
-            NUM_CLASSES,
-            activation="softmax",
-            kernel_initializer=init,
-            name=f"head_{k + 1}_dense",
+            NUM_CLASSES, activation="softmax", kernel_initializer=init, name=f"head_{k + 1}_dense"
         )
         heads.append((norm, dense))
 

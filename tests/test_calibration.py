@@ -36,9 +36,7 @@ def test_exit_scores():
     probabilities = np.array([[[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0]]])
     np.testing.assert_allclose(exit_rule.exit_scores(probabilities, "confidence"), [[1.0, 1 / 3, 0.5]])
     np.testing.assert_allclose(
-        exit_rule.exit_scores(probabilities, "entropy"),
-        [[1.0, 0.0, 1 - np.log(2) / np.log(3)]],
-        atol=1e-12,
+        exit_rule.exit_scores(probabilities, "entropy"), [[1.0, 0.0, 1 - np.log(2) / np.log(3)]], atol=1e-12
     )
     with pytest.raises(ValueError, match="'margin'"):
         exit_rule.exit_scores(probabilities, "margin")

@@ -140,8 +140,7 @@ def test_converter_writes_a_folder_keras_hub_loads(tmp_path):
         value(layer.layer_scale2.lambda1), expected["encoder.layer.1.layer_scale2.lambda1"]
     )
     np.testing.assert_array_equal(
-        value(backbone.embeddings.position_embeddings),
-        expected["embeddings.position_embeddings"],
+        value(backbone.embeddings.position_embeddings), expected["embeddings.position_embeddings"]
     )
     np.testing.assert_array_equal(
         value(backbone.embeddings.patch_embeddings.projection.kernel),
@@ -151,8 +150,7 @@ def test_converter_writes_a_folder_keras_hub_loads(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "problem, match",
-    [("drop", "block 1 has 5 of its 6"), ("garbage", "Could not read the ONNX")],
+    "problem, match", [("drop", "block 1 has 5 of its 6"), ("garbage", "Could not read the ONNX")]
 )
 def test_converter_refuses_corrupt_graphs(tmp_path, problem, match):
     onnx_path = str(tmp_path / "graph.onnx")

@@ -42,7 +42,7 @@ XFAIL = {}
 NOT_RUN = {
     "keras_dmpo.datasets.load_fashion_mnist": (
         "reads the Fashion-MNIST files (a download or Debian's package); tests marked fashion_mnist cover it"
-    ),
+    )
 }
 
 # Examples that only run on one backend (e.g. TFLite / ONNX conversion).

@@ -29,11 +29,7 @@ def cheap_model(tiny_vit_preset):
     # than a block, so budgets below 100% need the cheap configuration.
     keras.utils.set_random_seed(3)
     return DMPOClassifier.from_preset(
-        tiny_vit_preset,
-        num_classes=NUM_CLASSES,
-        exits=[1, 2, 3],
-        covariance_exits="none",
-        use_bypass=False,
+        tiny_vit_preset, num_classes=NUM_CLASSES, exits=[1, 2, 3], covariance_exits="none", use_bypass=False
     )
 
 
@@ -257,7 +253,7 @@ def test_sidecar_is_bound_to_its_model_file(cheap_model, dmpo_model, data, tmp_p
     import json
 
     from keras_dmpo import atomic_io
-    from keras_dmpo.inference.early_exit import sidecar_path
+    from keras_dmpo.inference.saving import sidecar_path
 
     x, y = data
     ee = EarlyExitModel(cheap_model)
@@ -295,7 +291,7 @@ def test_sidecar_is_bound_to_its_model_file(cheap_model, dmpo_model, data, tmp_p
 def test_interrupted_save_leaves_old_or_new_pair(cheap_model, dmpo_model, data, tmp_path, monkeypatch):
     """Every point at which a save can stop (simulated by failing the Nth
     rename) leaves a model that loads with its own thresholds."""
-    from keras_dmpo.inference.early_exit import sidecar_path
+    from keras_dmpo.inference.saving import sidecar_path
 
     old = EarlyExitModel(dmpo_model, thresholds=[0.9, 0.8, 0.7, 0.0])
     new = EarlyExitModel(cheap_model, thresholds=[0.25, 0.5, 0.75, 0.0])

@@ -615,7 +615,7 @@ def run_template(tmp_path_factory, tiny_vit_preset, image_folder, zygotes):
     sidecar with non-default thresholds and training.json; plus the
     thresholds calibrate gives it and the measured times."""
     from keras_dmpo import DMPOClassifier, EarlyExitModel, cli
-    from keras_dmpo.inference.early_exit import sidecar_path
+    from keras_dmpo.inference.saving import sidecar_path
 
     zygotes("cli")  # it imports in the background meanwhile
     directory = str(tmp_path_factory.mktemp("template") / "run")
@@ -720,7 +720,8 @@ def test_train_killed_at_random_moments(tmp_path, zygotes, run_template, tiny_vi
 
 def test_calibrate_killed_at_random_moments(tmp_path, zygotes, run_template, image_folder):
     from keras_dmpo import cli
-    from keras_dmpo.inference.early_exit import EarlyExitModel, sidecar_path
+    from keras_dmpo.inference.early_exit import EarlyExitModel
+    from keras_dmpo.inference.saving import sidecar_path
 
     zygote = zygotes("cli")
     directory = str(tmp_path / "run")

@@ -71,12 +71,7 @@ def test_newton_schulz_folding_matches_textbook_iteration():
 
 def test_pooling_common_checks(tmp_path):
     run_layer_checks(
-        CovariancePooling,
-        {"dim": 8, "iterations": 5},
-        _tokens(),
-        (2, 36),
-        tmp_path,
-        randomize_weights=True,
+        CovariancePooling, {"dim": 8, "iterations": 5}, _tokens(), (2, 36), tmp_path, randomize_weights=True
     )
 
 
@@ -101,8 +96,7 @@ def _train_one_step(tokens, dim):
     outputs = CovarianceExitHead(num_classes=3, covariance_dim=dim, iterations=5)(inputs)
     model = keras.Model(inputs, outputs)
     model.compile(
-        optimizer=keras.optimizers.SGD(0.1),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
     labels = np.arange(tokens.shape[0]) % 3
     before = [keras.ops.convert_to_numpy(w).copy() for w in model.trainable_weights]

@@ -9,12 +9,7 @@ import keras_dmpo
 from keras_dmpo import preset_registry
 
 EXPECTED_CONFIG = dict(
-    image_shape=[28, 28, 3],
-    patch_size=[4, 4],
-    num_layers=8,
-    num_heads=4,
-    hidden_dim=128,
-    mlp_dim=256,
+    image_shape=[28, 28, 3], patch_size=[4, 4], num_layers=8, num_heads=4, hidden_dim=128, mlp_dim=256
 )
 PRESET_DIR = preset_registry.preset_path("dmpo_vit_tiny")
 # Class token (first 8 features) for _fixed_images(), measured on torch when the

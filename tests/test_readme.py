@@ -14,10 +14,6 @@ def test_readme_python_blocks_run():
     assert blocks, "README has no python example"
     for block in blocks:
         result = subprocess.run(
-            [sys.executable, "-c", block],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=600,
+            [sys.executable, "-c", block], capture_output=True, text=True, cwd=ROOT, timeout=600
         )
         assert result.returncode == 0, f"README block failed:\n{block}\n{result.stderr[-3000:]}"

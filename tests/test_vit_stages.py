@@ -2,12 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_dmpo.models.vit_stages import (
-    ViTStages,
-    default_exits,
-    load_vit_backbone,
-    validate_exits,
-)
+from keras_dmpo.models.vit_stages import ViTStages, default_exits, load_vit_backbone, validate_exits
 
 
 def test_preset_round_trip_is_exact(tiny_vit_preset, images):
@@ -16,8 +11,7 @@ def test_preset_round_trip_is_exact(tiny_vit_preset, images):
     original = build_tiny_vit(seed=0)
     loaded = load_vit_backbone(tiny_vit_preset)
     np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(original(images)),
-        keras.ops.convert_to_numpy(loaded(images)),
+        keras.ops.convert_to_numpy(original(images)), keras.ops.convert_to_numpy(loaded(images))
     )
 
 

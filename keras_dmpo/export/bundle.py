@@ -8,6 +8,7 @@ the runtime's schema and publishes the directory in one atomic step, so the
 target is always either the previous complete export or the new one.
 """
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -34,15 +35,17 @@ def check_stage_models(stage_models):
     return list(stage_models)
 
 
+BundleFormat = collections.namedtuple("BundleFormat", ["name", "suffix", "created_by"])
+BundleFormat.__doc__ = """A format's manifest ``format``, its files' extension and its writer's name."""
+
+
 def write_bundle(
     directory,
     spec,
     stage_models,
     convert,
-    *,
     fmt,
-    suffix,
-    created_by,
+    *,
     monolithic_model=None,
     quantization=None,
     overwrite=False,
@@ -58,8 +61,7 @@ def write_bundle(
             ``io`` is ``{"inputs": [...], "outputs": [...]}`` (plus any other
             keys for the stage's manifest entry); ``index`` is the 0-based
             stage, or ``None`` for the monolithic model.
-        fmt, suffix, created_by: the manifest's ``format``, the files'
-            extension and the writer's name.
+        fmt: the ``BundleFormat`` (manifest ``format``, file extension, writer).
         quantization: recorded in the manifest.
         manifest_extra: top-level manifest keys of this format (e.g. ``opset``).
 
@@ -68,23 +70,23 @@ def write_bundle(
     """
     with staging_directory(directory, overwrite) as staging:
         stages = [
-            spec.stage_entry(k, _write_file(staging, f"stage_{k + 1}.{suffix}", *convert(model, k)))
+            spec.stage_entry(k, _write_file(staging, f"stage_{k + 1}.{fmt.suffix}", *convert(model, k)))
             for k, model in enumerate(stage_models)
         ]
         monolithic = None
         if monolithic_model is not None:
-            monolithic = _write_file(staging, f"monolithic.{suffix}", *convert(monolithic_model, None))
+            monolithic = _write_file(staging, f"monolithic.{fmt.suffix}", *convert(monolithic_model, None))
             monolithic["flops"] = spec.full_model_flops
         manifest = spec.manifest(
-            fmt,
+            fmt.name,
             num_classes=_num_classes(stages[-1]),
             quantization=quantization,
-            created_by=created_by,
+            created_by=fmt.created_by,
             stages=stages,
             monolithic=monolithic,
         )
         manifest.update(manifest_extra or {})
-        if fmt == "tflite":
+        if fmt.name == "tflite":
             # The runtime's own schema check: an export it would refuse is a
             # bug here, caught before anything is published.
             validate_manifest(json.loads(json.dumps(manifest)), source="the new manifest")

@@ -24,7 +24,7 @@ from keras_dmpo.export import bundle
 from keras_dmpo.export.tflite_convert import check_tensorflow_backend
 from keras_dmpo.optional_deps import require
 
-CREATED_BY = "keras_dmpo.export.onnx.export_onnx_stage_graphs"
+FORMAT = bundle.BundleFormat("onnx", "onnx", "keras_dmpo.export.onnx.export_onnx_stage_graphs")
 DEFAULT_OPSET = 17
 # Name of the tokens output in the ONNX graphs (see convert_to_onnx).
 TOKEN_OUTPUT = "next_tokens"
@@ -62,19 +62,10 @@ def export_onnx_stage_graphs(
         proto = convert_to_onnx(model, opset=opset)
         return proto.SerializeToString(), _graph_io(proto)
 
-    return bundle.write_bundle(
-        directory,
-        spec,
-        stage_models,
-        convert,
-        fmt="onnx",
-        suffix="onnx",
-        created_by=CREATED_BY,
-        monolithic_model=monolithic_model,
-        quantization=None,
-        overwrite=overwrite,
-        manifest_extra={"opset": int(opset)},
+    options = dict(
+        monolithic_model=monolithic_model, overwrite=overwrite, manifest_extra={"opset": int(opset)}
     )
+    return bundle.write_bundle(directory, spec, stage_models, convert, FORMAT, **options)
 
 
 def convert_to_onnx(model, opset=DEFAULT_OPSET):
@@ -102,10 +93,7 @@ def convert_to_onnx(model, opset=DEFAULT_OPSET):
         return {TOKEN_OUTPUT if k == "tokens" else k: v for k, v in outputs.items()}
 
     proto, _ = tf2onnx.convert.from_function(
-        serve,
-        input_signature=spec,
-        opset=opset,
-        custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])},
+        serve, input_signature=spec, opset=opset, custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])}
     )
     _freeze_captured_inputs(proto, serve.get_concrete_function(), keep={symbolic.name})
     _check_supported(proto, model.name)

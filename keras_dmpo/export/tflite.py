@@ -23,7 +23,7 @@ from keras_dmpo.export.tflite_convert import (
     make_interpreter,
 )
 
-CREATED_BY = "keras_dmpo.export.tflite.export_stage_graphs"
+FORMAT = bundle.BundleFormat("tflite", "tflite", "keras_dmpo.export.tflite.export_stage_graphs")
 
 
 def export_stage_graphs(
@@ -99,18 +99,8 @@ def export_stage_graphs(
             stage_inputs[0] = _stage_tokens(model, data)
         return flatbuffer, signature_io(flatbuffer)
 
-    return bundle.write_bundle(
-        directory,
-        spec,
-        stage_models,
-        convert,
-        fmt="tflite",
-        suffix="tflite",
-        created_by=CREATED_BY,
-        monolithic_model=monolithic_model,
-        quantization=quantization,
-        overwrite=overwrite,
-    )
+    options = dict(monolithic_model=monolithic_model, quantization=quantization, overwrite=overwrite)
+    return bundle.write_bundle(directory, spec, stage_models, convert, FORMAT, **options)
 
 
 def check_int8_data(representative_data, image_shape, quantization):

@@ -239,13 +239,7 @@ def _coordinate_search(scores, correct, flops, budget_total, thresholds, candida
 
 
 def calibrate_thresholds(
-    scores,
-    correct,
-    flops_per_exit,
-    budget_flops,
-    full_model_flops=None,
-    max_candidates=96,
-    max_sweeps=10,
+    scores, correct, flops_per_exit, budget_flops, full_model_flops=None, max_candidates=96, max_sweeps=10
 ):
     """Thresholds that maximise validation accuracy with mean FLOPs <= budget.
 

@@ -34,10 +34,7 @@ class AccuracyFlopsCurve:
 
     def table(self):
         """Markdown table: budget, FLOPs reached, accuracies."""
-        lines = [
-            "| budget | test FLOPs | test accuracy | validation accuracy |",
-            "|---|---|---|---|",
-        ]
+        lines = ["| budget | test FLOPs | test accuracy | validation accuracy |", "|---|---|---|---|"]
         for row in self.rows:
             lines.append(
                 f"| {row['budget']:.0%} | {row['test_fraction']:.1%} | "

@@ -1,110 +1,17 @@
 """EarlyExitModel: batched early-exit inference, calibration and export."""
 
-import json
 import os
 
 import keras
 import numpy as np
 
-from keras_dmpo import atomic_io, exit_rule
+from keras_dmpo import exit_rule
 from keras_dmpo.inference import calibration as calib
-from keras_dmpo.inference import stage_export
+from keras_dmpo.inference import saving, stage_export
 from keras_dmpo.inference.curves import AccuracyFlopsCurve
 from keras_dmpo.inference.flops import ExitCostConfig, dmpo_flops_per_exit
 from keras_dmpo.inference.stage_runner import StageRunner, pad_rows
-from keras_dmpo.inputs import check_images, check_labels
-from keras_dmpo.models import dmpo_classifier  # noqa: F401  (registers DMPOClassifier for load_model)
-
-SIDECAR_SUFFIX = ".early_exit.json"
-
-
-def sidecar_path(model_path):
-    """The JSON beside a ``.keras`` file that holds thresholds and calibration."""
-    root = model_path[: -len(".keras")] if model_path.endswith(".keras") else model_path
-    return root + SIDECAR_SUFFIX
-
-
-def model_path_of_sidecar(json_path):
-    """The ``.keras`` file a sidecar is named after (inverse of
-    ``sidecar_path``), or None for a JSON named otherwise."""
-    if json_path.endswith(SIDECAR_SUFFIX):
-        return json_path[: -len(SIDECAR_SUFFIX)] + ".keras"
-    return None
-
-
-def _model_lock(model_path):
-    """The lock that serialises writers of a model and its sidecar."""
-    directory, base = os.path.split(os.path.abspath(model_path))
-    return atomic_io.exclusive_lock(
-        os.path.join(directory, f".{base}.lock"), blocking=True, what=f"saving {model_path!r}"
-    )
-
-
-def _remove_debris(model_path):
-    """Temporary files of killed saves of this model (call with the lock held)."""
-    directory, base = os.path.split(os.path.abspath(model_path))
-    prefixes = tuple(
-        f".{name}{atomic_io.PARTIAL_MARK}" for name in (base, os.path.basename(sidecar_path(model_path)))
-    )
-    for entry in os.listdir(directory):
-        if entry.startswith(prefixes):
-            atomic_io.remove_quietly(os.path.join(directory, entry))
-
-
-def _read_settings(settings_path):
-    try:
-        with open(settings_path) as handle:
-            settings = json.load(handle)
-    except (OSError, ValueError, RecursionError) as error:
-        raise ValueError(f"Corrupt early-exit settings {settings_path!r}: {error}") from None
-    if not isinstance(settings, dict):
-        raise ValueError(
-            f"Corrupt early-exit settings {settings_path!r}: expected a JSON object; got "
-            f"{type(settings).__name__}."
-        )
-    return settings
-
-
-def _settings_for_model(settings, digest, settings_path, model_path):
-    """The settings that belong to the model file with sha256 ``digest``.
-
-    ``None`` when there are none (no sidecar, or a save recorded that the
-    model had none). Raises ``ValueError`` for a sidecar of another model.
-    """
-    if settings is None:
-        return None
-    recorded = settings.get("model_sha256")
-    if recorded is None:
-        return settings  # written before sidecars recorded the model's hash
-    if recorded == digest:
-        return settings
-    previous = settings.get("previous")
-    if isinstance(previous, dict) and previous.get("model_sha256") == digest:
-        # A save was interrupted before it replaced the model: the old model
-        # with its own settings.
-        return previous.get("settings")
-    raise ValueError(
-        f"The early-exit settings {settings_path!r} belong to another model file (they "
-        f"record sha256 {str(recorded)[:12]}..., {model_path!r} has {digest[:12]}...): "
-        "refusing to apply stale thresholds. Calibrate this model again (keras-dmpo "
-        "calibrate) or delete the sidecar to use the default thresholds."
-    )
-
-
-def _settings_of_current_model(path, json_path):
-    """``{"model_sha256", "settings"}`` of the model now at ``path`` (None if
-    there is none), for the sidecar's ``previous`` entry during a save."""
-    if not os.path.isfile(path):
-        return None
-    digest = atomic_io.sha256_file(path)
-    try:
-        settings = _read_settings(json_path) if os.path.isfile(json_path) else None
-        settings = _settings_for_model(settings, digest, json_path, path)
-    except ValueError:
-        settings = None  # corrupt or stale: the old model had no valid settings
-    if settings is not None:
-        settings = {k: v for k, v in settings.items() if k != "previous"}
-    return {"model_sha256": digest, "settings": settings}
+from keras_dmpo.inputs import check_images, check_labels, collect_arrays
 
 
 def _check_batch_size(batch_size):
@@ -116,38 +23,6 @@ def _softmax(logits):
     logits = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(logits)
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def collect_arrays(x, y=None, argument="x"):
-    """Arrays from arrays, a ``tf.data.Dataset`` or a ``keras.utils.PyDataset``
-    yielding ``(images, labels)`` (or images only)."""
-    is_tf_dataset = hasattr(x, "as_numpy_iterator")
-    if hasattr(x, "shape") and not is_tf_dataset:
-        images = x if isinstance(x, np.ndarray) else keras.ops.convert_to_numpy(x)
-        labels = None if y is None else (y if isinstance(y, np.ndarray) else keras.ops.convert_to_numpy(y))
-        return images, labels
-    if y is not None:
-        raise ValueError(f"`y` must be None when `{argument}` is a dataset that yields (x, y).")
-    if is_tf_dataset:
-        batches = x.as_numpy_iterator()
-    elif hasattr(x, "__getitem__") and hasattr(x, "__len__"):
-        batches = (x[i] for i in range(len(x)))
-    else:
-        raise ValueError(
-            f"`{argument}` must be an array, a tf.data.Dataset or a keras.utils.PyDataset; "
-            f"got {type(x).__name__}."
-        )
-    images, labels = [], []
-    for batch in batches:
-        if isinstance(batch, (tuple, list)):
-            images.append(np.asarray(batch[0]))
-            if len(batch) > 1:
-                labels.append(np.asarray(batch[1]))
-        else:
-            images.append(np.asarray(batch))
-    if not images:
-        raise ValueError(f"`{argument}` is empty: no batches to read.")
-    return np.concatenate(images), (np.concatenate(labels) if labels else None)
 
 
 class EarlyExitModel:
@@ -522,30 +397,8 @@ class EarlyExitModel:
         its own, never a mixture. Concurrent saves to the same path queue on
         a lock file beside it.
         """
-        path = os.fspath(path)
-        if not path.endswith(".keras"):
-            raise ValueError(f"`path` must end in .keras; got {path!r}.")
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        json_path = sidecar_path(path)
-        with _model_lock(path):
-            _remove_debris(path)
-            temporary = atomic_io.partial_path(path, suffix=".keras")
-            try:
-                self.model.save(temporary)
-                digest = atomic_io.sha256_file(temporary)
-                settings = dict(self.get_config(), model_sha256=digest)
-                previous = _settings_of_current_model(path, json_path)
-                if previous is not None:
-                    # Step 1: the sidecar serves the old and the new model.
-                    atomic_io.write_json_atomic(json_path, dict(settings, previous=previous))
-                atomic_io.replace_file(temporary, path)  # step 2: the new model
-            except BaseException:
-                atomic_io.remove_quietly(temporary)
-                raise
-            atomic_io.write_json_atomic(json_path, settings)  # step 3: drop "previous"
-        self.model_sha256 = digest
-        return path
+        self.model_sha256 = saving.save_with_settings(self.model, self.get_config(), path)
+        return os.fspath(path)
 
     def save_settings(self, json_path, model_path=None):
         """Write the early-exit settings (criterion, thresholds, calibration)
@@ -560,27 +413,7 @@ class EarlyExitModel:
                 since, nothing is written (``ValueError``): the thresholds
                 would be stored for another model.
         """
-        json_path = os.fspath(json_path)
-        if model_path is None:
-            model_path = model_path_of_sidecar(json_path)
-        if model_path is None:  # a JSON of another name: not bound to a model file
-            atomic_io.write_json_atomic(json_path, self.get_config())
-            return
-        model_path = os.fspath(model_path)
-        with _model_lock(model_path):
-            _remove_debris(model_path)
-            digest = atomic_io.sha256_file(model_path) if os.path.isfile(model_path) else None
-            if digest is not None and self.model_sha256 not in (None, digest):
-                raise ValueError(
-                    f"{model_path!r} changed since this model was loaded or saved (sha256 "
-                    f"{self.model_sha256[:12]}... then, {digest[:12]}... now): refusing to "
-                    f"store its thresholds in {json_path!r} for another model. Load the "
-                    "model again and re-calibrate."
-                )
-            settings = self.get_config()
-            if digest is not None:
-                settings["model_sha256"] = digest
-            atomic_io.write_json_atomic(json_path, settings)
+        saving.save_settings(self.get_config(), json_path, model_path, self.model_sha256)
 
     @classmethod
     def load(cls, path):
@@ -591,23 +424,8 @@ class EarlyExitModel:
         a mismatch raises ``ValueError``: stale thresholds are never applied
         to another model.
         """
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise ValueError(f"`path` {path!r} does not exist (expected a .keras file).")
-        digest = atomic_io.sha256_file(path)
-        model = keras.models.load_model(path)
-        if atomic_io.sha256_file(path) != digest:
-            raise ValueError(
-                f"{path!r} was replaced while it was being loaded (another process "
-                "saved over it); load it again."
-            )
-        settings_path = sidecar_path(path)
-        settings = _read_settings(settings_path) if os.path.isfile(settings_path) else None
-        settings = _settings_for_model(settings, digest, settings_path, path)
-        if settings is None:
-            ee = cls(model)
-        else:
-            ee = cls._from_settings(model, settings, settings_path)
+        model, settings, digest, settings_path = saving.load_with_settings(path)
+        ee = cls(model) if settings is None else cls._from_settings(model, settings, settings_path)
         ee.model_sha256 = digest
         return ee
 

@@ -267,13 +267,7 @@ def covariance_pooling_flops(num_tokens, hidden_dim, covariance_dim, iterations,
 
 
 def covariance_head_flops(
-    num_tokens,
-    hidden_dim,
-    covariance_dim,
-    iterations,
-    num_classes,
-    fusion="mean",
-    num_prefix_tokens=1,
+    num_tokens, hidden_dim, covariance_dim, iterations, num_classes, fusion="mean", num_prefix_tokens=1
 ):
     """FLOPs of a ``CovarianceExitHead`` (covariance branch + fused linear head).
 
@@ -477,10 +471,7 @@ def dmpo_flops_per_exit(config):
     block = vit_block_flops(t, d, config.mlp_dim, config.num_heads, config.layer_scale, config.attention_bias)
     block += parallel_adapter_flops(t, d, config.adapter_bottleneck)
     embedding = vit_embedding_flops(
-        config.image_shape,
-        config.patch_size,
-        d,
-        position_tokens=t - config.num_register_tokens,
+        config.image_shape, config.patch_size, d, position_tokens=t - config.num_register_tokens
     )
     if config.input_normalization:
         height, width = config.image_shape[:2]
@@ -509,12 +500,7 @@ def dmpo_flops_per_exit(config):
             head = linear_head_flops(d, config.num_classes, use_layer_norm=True)
         side = (
             bypass_adapter_flops(
-                t,
-                d,
-                config.bypass_bottleneck,
-                config.bypass_kernel_size,
-                prefix,
-                config.grid_shape,
+                t, d, config.bypass_bottleneck, config.bypass_kernel_size, prefix, config.grid_shape
             )
             if bypass[k]
             else 0

@@ -89,11 +89,7 @@ class BypassAdapter(keras.layers.Layer):
         self.conv.build((None, None, None, self.bottleneck_dim))
         # Zero kernel and bias: the predictor starts from the trunk's features.
         self.up = keras.layers.Dense(
-            width,
-            kernel_initializer="zeros",
-            bias_initializer="zeros",
-            dtype=self.dtype_policy,
-            name="up",
+            width, kernel_initializer="zeros", bias_initializer="zeros", dtype=self.dtype_policy, name="up"
         )
         self.up.build(tokens_shape[:-1] + (self.bottleneck_dim,))
         self.built = True

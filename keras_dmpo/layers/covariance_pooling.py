@@ -17,11 +17,7 @@ costs ``6 d^3`` FLOPs.
 import keras
 import numpy as np
 
-from keras_dmpo.layers._checks import (
-    check_positive_int,
-    check_prefix_tokens,
-    check_tokens_shape,
-)
+from keras_dmpo.layers._checks import check_positive_int, check_prefix_tokens, check_tokens_shape
 
 DEFAULT_COVARIANCE_DIM = 32
 DEFAULT_ITERATIONS = 5

@@ -19,8 +19,33 @@ POOLINGS = ("class_token", "mean")
 FUSIONS = ("mean", "sum", "covariance_only")
 
 
+class ExitHead(keras.layers.Layer):
+    """What every exit predictor shares: tokens ``(batch, tokens, width)`` in,
+    ``(batch, num_classes)`` logits out, and the config keys common to all
+    (``num_classes``, ``dropout``, ``num_prefix_tokens``)."""
+
+    def _init_common(self, num_classes, dropout, num_prefix_tokens):
+        self.num_prefix_tokens = check_prefix_tokens(num_prefix_tokens)
+        self.num_classes = check_positive_int("num_classes", num_classes)
+        self.dropout = float(dropout)
+
+    def compute_output_shape(self, tokens_shape):
+        return (tokens_shape[0], self.num_classes)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_classes": self.num_classes,
+                "dropout": self.dropout,
+                "num_prefix_tokens": self.num_prefix_tokens,
+            }
+        )
+        return config
+
+
 @keras.saving.register_keras_serializable(package="keras_dmpo")
-class LinearExitHead(keras.layers.Layer):
+class LinearExitHead(ExitHead):
     """Linear exit predictor: (LayerNorm +) Dense on a pooled token.
 
     Args:
@@ -57,11 +82,9 @@ class LinearExitHead(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_prefix_tokens = check_prefix_tokens(num_prefix_tokens)
-        self.num_classes = check_positive_int("num_classes", num_classes)
+        self._init_common(num_classes, dropout, num_prefix_tokens)
         self.pooling = check_choice("pooling", pooling, POOLINGS)
         self.use_layer_norm = bool(use_layer_norm)
-        self.dropout = float(dropout)
         self.layer_norm = (
             keras.layers.LayerNormalization(epsilon=1e-6, dtype=self.dtype_policy, name="layer_norm")
             if self.use_layer_norm
@@ -99,25 +122,14 @@ class LinearExitHead(keras.layers.Layer):
         pooled = self.dropout_layer(pooled, training=training)
         return self.classifier(pooled)
 
-    def compute_output_shape(self, tokens_shape):
-        return (tokens_shape[0], self.num_classes)
-
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "num_classes": self.num_classes,
-                "pooling": self.pooling,
-                "use_layer_norm": self.use_layer_norm,
-                "dropout": self.dropout,
-                "num_prefix_tokens": self.num_prefix_tokens,
-            }
-        )
+        config.update({"pooling": self.pooling, "use_layer_norm": self.use_layer_norm})
         return config
 
 
 @keras.saving.register_keras_serializable(package="keras_dmpo")
-class CovarianceExitHead(keras.layers.Layer):
+class CovarianceExitHead(ExitHead):
     """Early exit predictor: covariance pooling fused with a linear head.
 
     The covariance branch is ``CovariancePooling`` (LayerNorm, Dense to
@@ -171,11 +183,9 @@ class CovarianceExitHead(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**float32_policy_kwargs(kwargs))
-        self.num_prefix_tokens = check_prefix_tokens(num_prefix_tokens)
-        self.num_classes = check_positive_int("num_classes", num_classes)
+        self._init_common(num_classes, dropout, num_prefix_tokens)
         self.covariance_dim = check_positive_int("covariance_dim", covariance_dim)
         self.iterations = check_positive_int("iterations", iterations)
-        self.dropout = float(dropout)
         self.fusion = check_choice("fusion", fusion, FUSIONS)
         self.epsilon = float(epsilon)
         self.pooling = CovariancePooling(
@@ -218,20 +228,14 @@ class CovarianceExitHead(keras.layers.Layer):
             return logits + linear_logits
         return 0.5 * (logits + linear_logits)
 
-    def compute_output_shape(self, tokens_shape):
-        return (tokens_shape[0], self.num_classes)
-
     def get_config(self):
         config = super().get_config()
         config.update(
             {
-                "num_classes": self.num_classes,
                 "covariance_dim": self.covariance_dim,
                 "iterations": self.iterations,
-                "dropout": self.dropout,
                 "fusion": self.fusion,
                 "epsilon": self.epsilon,
-                "num_prefix_tokens": self.num_prefix_tokens,
             }
         )
         return config

@@ -41,13 +41,7 @@ class ParallelAdapter(keras.layers.Layer):
     """
 
     def __init__(
-        self,
-        bottleneck_dim,
-        scale=0.1,
-        learnable_scale=False,
-        dropout=0.0,
-        activation="gelu",
-        **kwargs,
+        self, bottleneck_dim, scale=0.1, learnable_scale=False, dropout=0.0, activation="gelu", **kwargs
     ):
         super().__init__(**kwargs)
         self.bottleneck_dim = check_positive_int("bottleneck_dim", bottleneck_dim)
@@ -72,19 +66,12 @@ class ParallelAdapter(keras.layers.Layer):
         self.down.build(inputs_shape)
         # Zero kernel and bias: the adapted block starts as the frozen block.
         self.up = keras.layers.Dense(
-            width,
-            kernel_initializer="zeros",
-            bias_initializer="zeros",
-            dtype=self.dtype_policy,
-            name="up",
+            width, kernel_initializer="zeros", bias_initializer="zeros", dtype=self.dtype_policy, name="up"
         )
         self.up.build(inputs_shape[:-1] + (self.bottleneck_dim,))
         if self.learnable_scale:
             self.scale_weight = self.add_weight(
-                name="scale",
-                shape=(),
-                initializer=keras.initializers.Constant(self.scale),
-                trainable=True,
+                name="scale", shape=(), initializer=keras.initializers.Constant(self.scale), trainable=True
             )
         self.built = True
 

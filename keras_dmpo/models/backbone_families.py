@@ -99,6 +99,27 @@ def _check_channels_last(config):
         )
 
 
+# ViT and DeiT share keras-hub's encoder layout (``<family>_encoder`` with
+# ``encoder_layers`` and ``layer_norm``, ``<family>_patching_and_embedding``);
+# what differs is here. DINOv2 has a layout of its own (see ``describe``).
+ENCODER_FAMILIES = {
+    "vit": {
+        "mlp_key": "mlp_dim",
+        "num_prefix_tokens": 1,
+        "encoder_dropout": True,
+        "block_returns_tuple": False,
+    },
+    # Class + distillation tokens; the dropout sits inside the embedding layer;
+    # a block returns (tokens, attention scores).
+    "deit": {
+        "mlp_key": "intermediate_dim",
+        "num_prefix_tokens": 2,
+        "encoder_dropout": False,
+        "block_returns_tuple": True,
+    },
+}
+
+
 def describe(backbone):
     """Return ``(BackboneLayout, BackboneParts)`` of a supported backbone."""
     family, backbone = find_family(backbone)
@@ -116,42 +137,27 @@ def describe(backbone):
         num_heads=int(config["num_heads"]),
         grid_shape=grid,
     )
-    if family == "vit":
-        if not config.get("use_class_token", True):
+    if family in ENCODER_FAMILIES:
+        spec = ENCODER_FAMILIES[family]
+        if family == "vit" and not config.get("use_class_token", True):
             raise ValueError(
                 "The exit predictors read the class token: the ViT backbone "
                 "must be built with use_class_token=True."
             )
         layout = BackboneLayout(
-            mlp_dim=int(config["mlp_dim"]),
-            num_prefix_tokens=1,
+            mlp_dim=int(config[spec["mlp_key"]]),
+            num_prefix_tokens=spec["num_prefix_tokens"],
             attention_bias=bool(config.get("use_mha_bias", True)),
             **common,
         )
-        encoder = backbone.get_layer("vit_encoder")
+        encoder = backbone.get_layer(f"{family}_encoder")
         parts = BackboneParts(
             backbone=backbone,
-            embedding=backbone.get_layer("vit_patching_and_embedding"),
-            input_dropout=encoder.dropout,
+            embedding=backbone.get_layer(f"{family}_patching_and_embedding"),
+            input_dropout=encoder.dropout if spec["encoder_dropout"] else None,
             blocks=list(encoder.encoder_layers),
             final_norm=encoder.layer_norm,
-            block_returns_tuple=False,
-        )
-    elif family == "deit":
-        layout = BackboneLayout(
-            mlp_dim=int(config["intermediate_dim"]),
-            num_prefix_tokens=2,
-            attention_bias=bool(config.get("use_mha_bias", True)),
-            **common,
-        )
-        encoder = backbone.get_layer("deit_encoder")
-        parts = BackboneParts(
-            backbone=backbone,
-            embedding=backbone.get_layer("deit_patching_and_embedding"),
-            input_dropout=None,  # inside the embedding layer
-            blocks=list(encoder.encoder_layers),
-            final_norm=encoder.layer_norm,
-            block_returns_tuple=True,  # (tokens, attention scores)
+            block_returns_tuple=spec["block_returns_tuple"],
         )
     else:
         if config.get("use_swiglu_ffn"):

@@ -7,12 +7,7 @@ import numpy as np
 from keras import ops
 
 from keras_dmpo.inputs import check_images, check_labels, first_batch
-from keras_dmpo.layers import (
-    BypassAdapter,
-    CovarianceExitHead,
-    LinearExitHead,
-    ParallelAdapter,
-)
+from keras_dmpo.layers import BypassAdapter, CovarianceExitHead, LinearExitHead, ParallelAdapter
 from keras_dmpo.models import losses, stage_models
 from keras_dmpo.models.options import (
     PEFT_METHODS,

@@ -191,9 +191,7 @@ class ViTStages:
             images = keras.Input(shape=self.image_shape, name="images")
             outputs = self.exit_tokens(images)
             self._tokens_model = keras.Model(
-                images,
-                {f"exit_{k + 1}": t for k, t in enumerate(outputs)},
-                name="vit_exit_tokens",
+                images, {f"exit_{k + 1}": t for k, t in enumerate(outputs)}, name="vit_exit_tokens"
             )
         return self._tokens_model
 

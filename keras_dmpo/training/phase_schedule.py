@@ -227,9 +227,7 @@ class PhaseCallback(keras.callbacks.Callback):
         if state == self._current:
             return
         self.model.set_loss_weights(
-            weights,
-            distill_weight=distill,
-            distill_temperature=schedule.distill_temperature or 1.0,
+            weights, distill_weight=distill, distill_temperature=schedule.distill_temperature or 1.0
         )
         self._current = state
         if self.verbose and phase != self.phase:

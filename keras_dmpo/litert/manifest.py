@@ -1,0 +1,431 @@
+"""The manifest.json schema of an export and the checks on its bundle files.
+
+Pure Python and numpy: a manifest is checked completely (types, ranges,
+file names, tensor specs, preprocessing) before any stage file is opened.
+The schema is described in docs/export.md; what is refused and why, in
+docs/reliability.md.
+"""
+
+import json
+import math
+import os
+import stat
+
+from keras_dmpo import exit_rule
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = (1,)
+QUANTIZATION_MODES = (None, "dynamic", "float16", "int8")
+# A manifest is a few KB; anything this large is not one (and would be slow
+# to parse).
+MAX_MANIFEST_BYTES = 16 << 20
+PREPROCESSING_KEYS = ("scale", "offset", "input_range", "resize", "channels", "color_order", "formula")
+TENSOR_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
+
+
+def _describe(value):
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_hex_digest(value):
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdefABCDEF" for c in value)
+
+
+class _Checker:
+    """Raises ``ValueError("<source>: manifest[...] must be ...; got ...")``."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def fail(self, where, value, expected):
+        raise ValueError(f"{self.source}: {where} must be {expected}; got {_describe(value)}.")
+
+    def require(self, mapping, key, where, expected):
+        if key not in mapping:
+            raise ValueError(f"{self.source}: {where} lacks the required key {key!r} ({expected}).")
+        return mapping[key]
+
+    def int_at_least(self, value, where, low):
+        if not _is_int(value) or value < low:
+            self.fail(where, value, f"an integer >= {low}")
+        return value
+
+    def number(self, value, where, low=None, high=None, expected=None):
+        ok = _is_number(value) and (low is None or value >= low) and (high is None or value <= high)
+        if not ok:
+            if expected is None:
+                expected = "a finite number" + (
+                    f" in [{low}, {high}]"
+                    if low is not None and high is not None
+                    else f" >= {low}"
+                    if low is not None
+                    else ""
+                )
+            self.fail(where, value, expected)
+        return float(value)
+
+    def string(self, value, where, optional=False):
+        if optional and value is None:
+            return value
+        if not isinstance(value, str):
+            self.fail(where, value, "a string" + (" or null" if optional else ""))
+        return value
+
+    def list_of(self, value, where, length=None, expected="a list"):
+        if not isinstance(value, list) or (length is not None and len(value) != length):
+            self.fail(where, value, expected)
+        return value
+
+
+def _check_file_name(check, value, where):
+    """A plain file name inside the bundle directory: no path at all."""
+    expected = "a plain file name inside the export directory (no '..', no path separator, not absolute)"
+    if not isinstance(value, str) or not value or len(value) > 255:
+        check.fail(where, value, expected)
+    separators = {"/", "\\", "\x00", os.sep} | ({os.altsep} if os.altsep else set())
+    if (
+        value in (".", "..")
+        or any(s in value for s in separators)
+        or os.path.isabs(value)
+        or value == MANIFEST_NAME
+    ):
+        check.fail(where, value, expected + f" and not {MANIFEST_NAME!r}")
+    return value
+
+
+def _check_tensor_specs(check, specs, where, count=None):
+    expected = (
+        f"a list of {count} tensor spec(s)" if count else "a non-empty list of tensor specs"
+    ) + ' {"name": str, "shape": [ints, -1 for the batch], "dtype": str}'
+    if not isinstance(specs, list) or not specs or (count is not None and len(specs) != count):
+        check.fail(where, specs, expected)
+    names = set()
+    for i, spec in enumerate(specs):
+        at = f"{where}[{i}]"
+        if not isinstance(spec, dict):
+            check.fail(at, spec, 'a dict {"name", "shape", "dtype"}')
+        name = check.require(spec, "name", at, "the tensor name")
+        if not isinstance(name, str) or not name:
+            check.fail(f"{at}['name']", name, "a non-empty string")
+        if name in names:
+            check.fail(f"{at}['name']", name, "unique within the list")
+        names.add(name)
+        shape = check.require(spec, "shape", at, "a list of dimensions")
+        if (
+            not isinstance(shape, list)
+            or not shape
+            or any(not _is_int(d) or (d < 1 and d != -1) for d in shape)
+        ):
+            check.fail(
+                f"{at}['shape']", shape, "a non-empty list of positive ints (-1 for a dynamic dimension)"
+            )
+        dtype = check.require(spec, "dtype", at, "the element type")
+        if dtype not in TENSOR_DTYPES:
+            check.fail(f"{at}['dtype']", dtype, f"one of {list(TENSOR_DTYPES)}")
+    return {spec["name"]: spec for spec in specs}
+
+
+def _check_graph_entry(check, entry, where, image_shape, num_classes, first, last):
+    """File keys and signature of a stage (or the monolithic) entry."""
+    if not isinstance(entry, dict):
+        check.fail(where, entry, "a dict (a graph entry)")
+    _check_file_name(check, check.require(entry, "file", where, "the graph's file name"), f"{where}['file']")
+    digest = check.require(entry, "sha256", where, "the file's hex sha256")
+    if not _is_hex_digest(digest):
+        check.fail(f"{where}['sha256']", digest, "a 64-character hex sha256 string")
+    check.int_at_least(
+        check.require(entry, "size_bytes", where, "the file size"), f"{where}['size_bytes']", 0
+    )
+    if "signature_key" in entry:
+        check.string(entry["signature_key"], f"{where}['signature_key']", optional=True)
+    inputs = _check_tensor_specs(
+        check, check.require(entry, "inputs", where, "the input specs"), f"{where}['inputs']", count=1
+    )
+    (spec,) = inputs.values()
+    if spec["dtype"] != "float32":
+        check.fail(f"{where}['inputs'][0]['dtype']", spec["dtype"], "'float32' (the runtime feeds float32)")
+    if first and spec["shape"][1:] != list(image_shape):
+        check.fail(
+            f"{where}['inputs'][0]['shape']",
+            spec["shape"],
+            f"[-1, {', '.join(map(str, image_shape))}] (batch + image_shape)",
+        )
+    if not first and len(spec["shape"]) != 3:
+        check.fail(f"{where}['inputs'][0]['shape']", spec["shape"], "[batch, tokens, width]")
+    outputs = _check_tensor_specs(
+        check, check.require(entry, "outputs", where, "the output specs"), f"{where}['outputs']"
+    )
+    wanted = {"probabilities"} if last else {"probabilities", "tokens"}
+    if set(outputs) != wanted:
+        check.fail(f"{where}['outputs']", sorted(outputs), f"outputs named {sorted(wanted)}")
+    probabilities = outputs["probabilities"]["shape"]
+    if len(probabilities) != 2 or probabilities[-1] != num_classes:
+        check.fail(
+            f"{where}['outputs'] 'probabilities' shape",
+            probabilities,
+            f"[batch, {num_classes}] (num_classes)",
+        )
+    if not last and len(outputs["tokens"]["shape"]) != 3:
+        check.fail(f"{where}['outputs'] 'tokens' shape", outputs["tokens"]["shape"], "[batch, tokens, width]")
+    return inputs, outputs
+
+
+def _check_preprocessing(check, value, image_shape):
+    where = "manifest['preprocessing']"
+    if not isinstance(value, dict):
+        check.fail(where, value, "a dict (scale, offset, input_range, ...)")
+    unknown = sorted(set(value) - set(PREPROCESSING_KEYS))
+    if unknown:
+        # An unknown step (say "mean") would be silently skipped: refuse it.
+        check.fail(
+            f"{where} key {unknown[0]!r}",
+            value[unknown[0]],
+            f"absent: known keys are {list(PREPROCESSING_KEYS)}",
+        )
+    channels = image_shape[-1]
+    for key in ("scale", "offset"):
+        item = check.require(value, key, where, "a number or one number per channel")
+        items = item if isinstance(item, list) else [item]
+        if (isinstance(item, list) and len(item) not in (1, channels)) or not all(
+            _is_number(v) for v in items
+        ):
+            check.fail(f"{where}['{key}']", item, f"a finite number or {channels} finite numbers")
+        if key == "scale" and any(v == 0 for v in items):
+            check.fail(f"{where}['scale']", item, "non-zero")
+    input_range = check.require(value, "input_range", where, "[low, high] of the raw pixels")
+    if (
+        not isinstance(input_range, list)
+        or len(input_range) != 2
+        or not all(_is_number(v) for v in input_range)
+        or not input_range[0] < input_range[1]
+    ):
+        check.fail(f"{where}['input_range']", input_range, "[low, high] finite numbers with low < high")
+    if "resize" in value and value["resize"] != list(image_shape[:2]):
+        check.fail(f"{where}['resize']", value["resize"], f"{list(image_shape[:2])} (the model's image size)")
+    if "channels" in value and (not _is_int(value["channels"]) or value["channels"] != channels):
+        check.fail(f"{where}['channels']", value["channels"], f"{channels} (image_shape)")
+    for key in ("color_order", "formula"):
+        if key in value:
+            check.string(value[key], f"{where}['{key}']", optional=True)
+
+
+def validate_manifest(manifest, source="manifest.json"):
+    """Check a TFLite export manifest against the format-1 schema.
+
+    Pure Python: no file is opened. File names must be plain names inside
+    the export directory (``StagedRuntime`` also refuses symlinks that leave
+    it). Raises ``ValueError`` naming the key, the value and what is
+    expected; returns ``manifest`` unchanged.
+    """
+    check = _Checker(source)
+    if not isinstance(manifest, dict):
+        check.fail("the manifest", manifest, "a JSON object")
+    version = check.require(manifest, "format_version", "the manifest", "the schema version")
+    if not _is_int(version) or version not in SUPPORTED_FORMAT_VERSIONS:
+        raise ValueError(
+            f"{source} has format_version={version!r}; this keras_dmpo runtime "
+            f"supports format_version {list(SUPPORTED_FORMAT_VERSIONS)}. Re-export "
+            "the model or upgrade keras_dmpo."
+        )
+    fmt = check.require(manifest, "format", "the manifest", '"tflite"')
+    if fmt != "tflite":
+        if fmt == "onnx":
+            raise ValueError(
+                f"{source} describes an 'onnx' export; StagedRuntime runs TFLite "
+                "exports only (use onnxruntime for ONNX)."
+            )
+        check.fail("manifest['format']", fmt, '"tflite"')
+    check.string(
+        check.require(manifest, "keras_dmpo_version", "the manifest", "a version string"),
+        "manifest['keras_dmpo_version']",
+    )
+    for key in ("created_by", "flops_convention"):
+        if key in manifest:
+            check.string(manifest[key], f"manifest['{key}']", optional=True)
+
+    image_shape = check.require(manifest, "image_shape", "the manifest", "[height, width, channels]")
+    if (
+        not isinstance(image_shape, list)
+        or len(image_shape) != 3
+        or not all(_is_int(d) and d >= 1 for d in image_shape)
+    ):
+        check.fail("manifest['image_shape']", image_shape, "[height, width, channels] of 3 positive ints")
+    num_classes = check.int_at_least(
+        check.require(manifest, "num_classes", "the manifest", "the class count"),
+        "manifest['num_classes']",
+        2,
+    )
+    class_names = manifest.get("class_names")
+    if class_names is not None and (
+        not isinstance(class_names, list)
+        or len(class_names) != num_classes
+        or not all(isinstance(c, str) for c in class_names)
+    ):
+        check.fail(
+            "manifest['class_names']", class_names, f"null or a list of {num_classes} strings (num_classes)"
+        )
+    criterion = check.require(manifest, "criterion", "the manifest", f"one of {exit_rule.CRITERIA}")
+    if criterion not in exit_rule.CRITERIA:
+        check.fail("manifest['criterion']", criterion, f"one of {list(exit_rule.CRITERIA)}")
+    if manifest.get("quantization") not in QUANTIZATION_MODES:
+        check.fail(
+            "manifest['quantization']", manifest.get("quantization"), f"one of {list(QUANTIZATION_MODES)}"
+        )
+    _check_preprocessing(
+        check, check.require(manifest, "preprocessing", "the manifest", "a dict"), image_shape
+    )
+
+    exits = check.require(manifest, "exits", "the manifest", "the 1-based exit blocks")
+    if (
+        not isinstance(exits, list)
+        or not exits
+        or not all(_is_int(e) and e >= 1 for e in exits)
+        or any(b <= a for a, b in zip(exits, exits[1:]))
+    ):
+        check.fail("manifest['exits']", exits, "a non-empty list of increasing positive ints")
+    k = len(exits)
+    thresholds = check.list_of(
+        check.require(manifest, "thresholds", "the manifest", f"{k} numbers in [0, 1]"),
+        "manifest['thresholds']",
+        k,
+        f"a list of {k} numbers in [0, 1] (one per exit)",
+    )
+    for i, t in enumerate(thresholds):
+        check.number(t, f"manifest['thresholds'][{i}]", 0.0, 1.0)
+    full = check.require(manifest, "full_model_flops", "the manifest", "a positive number")
+    if not _is_number(full) or full <= 0:
+        check.fail("manifest['full_model_flops']", full, "a positive finite number")
+    if "extra" in manifest and not isinstance(manifest["extra"], dict):
+        check.fail("manifest['extra']", manifest["extra"], "a dict")
+
+    stages = check.require(manifest, "stages", "the manifest", "the stage entries")
+    check.list_of(
+        stages, "manifest['stages']", k, f"a list of {k} stage entries (one per exit in manifest['exits'])"
+    )
+    files = []
+    previous_flops = 0.0
+    previous_tokens = None
+    for i, entry in enumerate(stages):
+        where = f"manifest['stages'][{i}]"
+        inputs, outputs = _check_graph_entry(
+            check, entry, where, image_shape, num_classes, first=i == 0, last=i == k - 1
+        )
+        if entry.get("index") != i + 1 or not _is_int(entry.get("index")):
+            check.fail(f"{where}['index']", entry.get("index"), f"{i + 1} (1-based stage number)")
+        if entry.get("exit_block") != exits[i] or not _is_int(entry.get("exit_block")):
+            check.fail(
+                f"{where}['exit_block']", entry.get("exit_block"), f"{exits[i]} (manifest['exits'][{i}])"
+            )
+        threshold = check.number(
+            check.require(entry, "threshold", where, "a number in [0, 1]"), f"{where}['threshold']", 0.0, 1.0
+        )
+        if threshold != thresholds[i]:
+            check.fail(
+                f"{where}['threshold']",
+                entry["threshold"],
+                f"{thresholds[i]!r}, the same as manifest['thresholds'][{i}]",
+            )
+        flops = check.number(
+            check.require(entry, "flops", where, "cumulative FLOPs"), f"{where}['flops']", 0.0
+        )
+        if flops < previous_flops:
+            check.fail(
+                f"{where}['flops']",
+                entry["flops"],
+                f">= the previous stage's {previous_flops!r} (cumulative FLOPs never decrease)",
+            )
+        previous_flops = flops
+        for key in ("stage_flops", "fraction_of_full_model"):
+            if key in entry:
+                check.number(entry[key], f"{where}['{key}']", 0.0)
+        (spec,) = inputs.values()
+        if previous_tokens is not None and spec["shape"][1:] != previous_tokens[1:]:
+            check.fail(
+                f"{where}['inputs'][0]['shape']",
+                spec["shape"],
+                f"the previous stage's tokens shape {previous_tokens}",
+            )
+        previous_tokens = outputs["tokens"]["shape"] if "tokens" in outputs else None
+        files.append((f"{where}['file']", entry["file"]))
+    monolithic = manifest.get("monolithic")
+    if monolithic is not None:
+        _check_graph_entry(
+            check, monolithic, "manifest['monolithic']", image_shape, num_classes, first=True, last=True
+        )
+        if "flops" in monolithic:
+            check.number(monolithic["flops"], "manifest['monolithic']['flops']", 0.0)
+        files.append(("manifest['monolithic']['file']", monolithic["file"]))
+    seen = {}
+    for where, name in files:
+        if name in seen:
+            check.fail(where, name, f"a file of its own (also named by {seen[name]})")
+        seen[name] = where
+    return manifest
+
+
+def read_manifest(directory):
+    """Read and validate ``directory/manifest.json`` (no stage file is opened)."""
+    path = os.path.join(directory, MANIFEST_NAME)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"Export directory {directory!r} does not exist (expected the output "
+            "of EarlyExitModel.export_tflite)."
+        )
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"No {MANIFEST_NAME} in {directory!r}: not a keras_dmpo export, or an export that did not finish."
+        )
+    size = os.path.getsize(path)
+    if size > MAX_MANIFEST_BYTES:
+        raise ValueError(
+            f"{path} has {size} bytes; a manifest has a few KB (at most "
+            f"{MAX_MANIFEST_BYTES} bytes accepted): not a keras_dmpo manifest."
+        )
+    try:
+        with open(path, encoding="utf-8") as handle:
+            manifest = json.load(handle)
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        # ValueError covers JSONDecodeError and over-long integer literals;
+        # RecursionError a maliciously deep nesting.
+        raise ValueError(f"{path} is not valid JSON (corrupt manifest): {error}") from None
+    return validate_manifest(manifest, source=path)
+
+
+def resolve_bundle_file(directory, name, where):
+    """The real path of ``name``, refused unless it is a regular file inside
+    ``directory`` (a symlink may point elsewhere inside it, not outside)."""
+    path = os.path.join(directory, name)
+    if not os.path.lexists(path):
+        raise FileNotFoundError(
+            f"Stage file {name!r} listed in the manifest ({where}) is missing from {directory!r}."
+        )
+    real_directory = os.path.realpath(directory)
+    real = os.path.realpath(path)
+    if os.path.commonpath([real_directory, real]) != real_directory:
+        raise ValueError(
+            f"{where} = {name!r} in {directory!r} is a symlink that resolves to {real!r}, "
+            "outside the export directory; expected a file inside it."
+        )
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"Stage file {name!r} listed in the manifest ({where}) is a dangling symlink in {directory!r}."
+        ) from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(
+            f"{where} = {name!r} in {directory!r} is not a regular file; expected a .tflite file."
+        )
+    return real
