@@ -52,7 +52,7 @@ ONLY_ON = {
     "keras_dmpo.export.tflite_convert.convert_to_tflite": "tensorflow",
     # Builds its export in-process; the runtime itself is tested on every
     # backend against a TensorFlow-subprocess export (test_litert_runtime.py).
-    "keras_dmpo.litert.StagedRuntime": "tensorflow",
+    "keras_dmpo.litert.runtime.StagedRuntime": "tensorflow",
 }
 
 

@@ -230,6 +230,19 @@ def validate_manifest(manifest, source="manifest.json"):
     expected; returns ``manifest`` unchanged.
     """
     check = _Checker(source)
+    _check_header(check, manifest, source)
+    image_shape, num_classes, exits, thresholds = _check_model_keys(check, manifest)
+    files = _check_stages(check, manifest, image_shape, num_classes, exits, thresholds)
+    seen = {}
+    for where, name in files:
+        if name in seen:
+            check.fail(where, name, f"a file of its own (also named by {seen[name]})")
+        seen[name] = where
+    return manifest
+
+
+def _check_header(check, manifest, source):
+    """The object itself, the schema version, the format and the version strings."""
     if not isinstance(manifest, dict):
         check.fail("the manifest", manifest, "a JSON object")
     version = check.require(manifest, "format_version", "the manifest", "the schema version")
@@ -255,6 +268,10 @@ def validate_manifest(manifest, source="manifest.json"):
         if key in manifest:
             check.string(manifest[key], f"manifest['{key}']", optional=True)
 
+
+def _check_model_keys(check, manifest):
+    """Image shape, classes, criterion, quantization, preprocessing, exits,
+    thresholds and FLOPs; returns what the stage checks need."""
     image_shape = check.require(manifest, "image_shape", "the manifest", "[height, width, channels]")
     if (
         not isinstance(image_shape, list)
@@ -309,7 +326,13 @@ def validate_manifest(manifest, source="manifest.json"):
         check.fail("manifest['full_model_flops']", full, "a positive finite number")
     if "extra" in manifest and not isinstance(manifest["extra"], dict):
         check.fail("manifest['extra']", manifest["extra"], "a dict")
+    return image_shape, num_classes, exits, thresholds
 
+
+def _check_stages(check, manifest, image_shape, num_classes, exits, thresholds):
+    """Every stage entry (and the monolithic one) against the model keys and
+    each other; returns ``[(where, file name)]`` for the duplicate check."""
+    k = len(exits)
     stages = check.require(manifest, "stages", "the manifest", "the stage entries")
     check.list_of(
         stages, "manifest['stages']", k, f"a list of {k} stage entries (one per exit in manifest['exits'])"
@@ -367,12 +390,7 @@ def validate_manifest(manifest, source="manifest.json"):
         if "flops" in monolithic:
             check.number(monolithic["flops"], "manifest['monolithic']['flops']", 0.0)
         files.append(("manifest['monolithic']['file']", monolithic["file"]))
-    seen = {}
-    for where, name in files:
-        if name in seen:
-            check.fail(where, name, f"a file of its own (also named by {seen[name]})")
-        seen[name] = where
-    return manifest
+    return files
 
 
 def read_manifest(directory):
