@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from keras_dmpo import preset_fetch, preset_registry
+from keras_dmpo import exit_rule, preset_fetch, preset_registry
 from keras_dmpo.atomic_io import is_partial_name, write_json_atomic
 from keras_dmpo.datasets import NAMED_DATA, all_images, load_data
 
@@ -43,6 +43,18 @@ def budget_fraction(text):
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(
             f"budget {text} is outside (0, 1]: it is a fraction of the full model's FLOPs"
+        )
+    return value
+
+
+def accuracy_drop(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"accuracy drop {text!r} is not a number") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"accuracy drop {text} is outside [0, 1): it is a fraction (0.01 = one point)"
         )
     return value
 
@@ -152,12 +164,31 @@ def cmd_calibrate(args):
     else:
         x, y, _ = all_images(args.data, ee.model.image_shape)
     ee.criterion = args.criterion or ee.criterion
-    result = ee.calibrate(x, y, flops_budget=args.budget)
+    if args.temperature_scaling:
+        fitted = ee.fit_temperatures(x, y)
+        ece = ", ".join(
+            f"{100 * b:.1f}->{100 * a:.1f}" for b, a in zip(fitted["ece_before"], fitted["ece_after"])
+        )
+        print(f"temperatures {[round(t, 3) for t in fitted['temperatures']]} (ECE % per exit: {ece})")
+    if args.max_accuracy_drop is not None:
+        result = ee.calibrate(x, y, max_accuracy_drop=args.max_accuracy_drop)
+        goal = (
+            f"at most {100 * args.max_accuracy_drop:g} points below the last exit "
+            f"({100 * result.target_accuracy:.2f}% or better)"
+        )
+    else:
+        budget = 0.3 if args.budget is None else args.budget
+        result = ee.calibrate(x, y, flops_budget=budget)
+        goal = f"{budget:.0%} of the full model's FLOPs"
     # Atomic, and bound to the sha256 of the model file that was calibrated.
     ee.save_settings(sidecar_path(args.model), model_path=args.model)
+    chosen = (
+        f"patience {result.patience}"
+        if result.patience is not None
+        else f"thresholds {[round(t, 4) for t in result.thresholds]}"
+    )
     print(
-        f"calibrated for {args.budget:.0%} of the full model's FLOPs on {len(x)} images: "
-        f"thresholds {[round(t, 4) for t in result.thresholds]}, expected FLOPs "
+        f"calibrated ({ee.criterion}) for {goal} on {len(x)} images: {chosen}, expected FLOPs "
         f"{result.expected_fraction:.1%}, validation accuracy {100 * result.validation_accuracy:.2f}%"
     )
     print(f"stored in {sidecar_path(args.model)}")
@@ -374,10 +405,26 @@ def build_parser():
     calibrate.add_argument(
         "--data", required=True, help=data_help + "; named sets use their validation split"
     )
-    calibrate.add_argument(
-        "--budget", type=budget_fraction, default=0.3, help="fraction (0, 1] of the full model's FLOPs"
+    target = calibrate.add_mutually_exclusive_group()
+    target.add_argument(
+        "--budget",
+        type=budget_fraction,
+        default=None,
+        help="fraction (0, 1] of the full model's FLOPs (default 0.3)",
     )
-    calibrate.add_argument("--criterion", choices=["confidence", "entropy"], default=None)
+    target.add_argument(
+        "--max-accuracy-drop",
+        type=accuracy_drop,
+        default=None,
+        help="instead of --budget: fewest FLOPs within this drop below the last exit's accuracy "
+        "(a fraction, 0.01 = one point)",
+    )
+    calibrate.add_argument("--criterion", choices=list(exit_rule.CRITERIA), default=None)
+    calibrate.add_argument(
+        "--temperature-scaling",
+        action="store_true",
+        help="fit one temperature per exit on the same data before calibrating",
+    )
 
     export = add("export", "Write TFLite stage graphs + manifest.json for the calibrated model.", cmd_export)
     export.add_argument("--model", required=True)

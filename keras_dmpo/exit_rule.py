@@ -1,8 +1,15 @@
 """The early-exit rule, written once (numpy only).
 
-Each exit scores a sample in [0, 1]; the sample leaves at the first exit
-whose score is at or above that exit's threshold, and the last exit always
-answers (its threshold is stored, as 0.0 by convention, and ignored).
+After each stage, an exit either answers for a sample or passes it on; the
+last exit always answers. Which exits answer is an ``ExitPolicy``:
+
+- ``"confidence"`` and ``"entropy"``: exit k scores the sample in [0, 1]
+  (max probability; ``1 - H / ln C``) and answers when the score is at or
+  above its threshold (``passes``, the one comparison of the rule). An
+  optional temperature per exit rescales the probabilities first
+  (``temper``: ``softmax(log p / T)``), which changes scores, not labels.
+- ``"patience"`` (PABEE): exit k answers when exits k-p+1..k agree on the
+  label (``patience`` = p >= 2).
 
 Threshold calibration (``keras_dmpo.inference.calibration``),
 ``EarlyExitModel.predict`` and the LiteRT ``StagedRuntime`` all call this
@@ -18,13 +25,19 @@ Example:
 >>> scores = exit_rule.exit_scores(probabilities, "confidence")
 >>> exit_rule.assign_exits(scores, [0.8, 0.0]).tolist()
 [0, 1]
+>>> policy = exit_rule.ExitPolicy("confidence", thresholds=[0.8, 0.0])
+>>> policy.assign(probabilities).tolist()
+[0, 1]
 """
 
+import dataclasses
 import math
 
 import numpy as np
 
-CRITERIA = ("confidence", "entropy")
+CRITERIA = ("confidence", "entropy", "patience")
+# Criteria that compare a score with a threshold per exit.
+SCORE_CRITERIA = ("confidence", "entropy")
 
 
 def check_criterion(criterion, argument="criterion"):
@@ -34,7 +47,19 @@ def check_criterion(criterion, argument="criterion"):
     return criterion
 
 
-def exit_scores(probabilities, criterion="confidence"):
+def temper(probabilities, temperature):
+    """``softmax(log p / T)`` along the last axis: probabilities at temperature
+    ``T`` (None or 1: unchanged). Labels (argmax) never change."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    if temperature is None or temperature == 1.0:
+        return p
+    log_p = np.log(np.clip(p, 1e-300, None)) / float(temperature)
+    log_p -= log_p.max(axis=-1, keepdims=True)
+    e = np.exp(log_p)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def exit_scores(probabilities, criterion="confidence", temperature=None):
     """Exit scores in [0, 1] from softmax outputs.
 
     Args:
@@ -43,16 +68,24 @@ def exit_scores(probabilities, criterion="confidence"):
         criterion: ``"confidence"`` (the max probability) or ``"entropy"``
             (``1 - H / ln C``, H the entropy in nats: 1 for one-hot, 0 for
             uniform, and 1 when ``C == 1``).
+        temperature: optional, applied first (``temper``); for ``(K, N, C)``
+            input a single number, or use ``ExitPolicy`` for one per exit.
 
     Returns:
         float64 array of shape ``probabilities.shape[:-1]``.
     """
     check_criterion(criterion)
+    if criterion not in SCORE_CRITERIA:
+        raise ValueError(
+            f"`criterion` {criterion!r} has no per-exit score (it compares exits' labels); "
+            f"scores exist for {SCORE_CRITERIA}."
+        )
     p = np.asarray(probabilities, dtype=np.float64)
     if p.ndim < 1 or p.shape[-1] == 0:
         raise ValueError(
             f"`probabilities` must end in a class axis, e.g. (num_samples, num_classes); got shape {p.shape}."
         )
+    p = temper(p, temperature)
     if criterion == "confidence":
         scores = p.max(axis=-1)
     else:
@@ -87,6 +120,37 @@ def check_thresholds(thresholds, num_exits):
     return values
 
 
+def check_temperatures(temperatures, num_exits):
+    """None, or ``num_exits`` positive finite temperatures as a tuple of floats."""
+    if temperatures is None:
+        return None
+    try:
+        values = [float(t) for t in temperatures]
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`temperatures` must be None or {num_exits} positive numbers; got {temperatures!r}."
+        ) from None
+    if len(values) != num_exits or not all(math.isfinite(t) and t > 0 for t in values):
+        raise ValueError(
+            f"`temperatures` must be None or {num_exits} positive numbers (one per exit); got {temperatures!r}."
+        )
+    return tuple(values)
+
+
+def check_patience(patience, num_exits):
+    """An int in [2, num_exits]: how many exits in a row must agree."""
+    if (
+        isinstance(patience, bool)
+        or not isinstance(patience, (int, np.integer))
+        or not 2 <= patience <= num_exits
+    ):
+        raise ValueError(
+            f"`patience` must be an integer in [2, {num_exits}] (exits in a row that agree, "
+            f"at most the number of exits); got {patience!r}."
+        )
+    return int(patience)
+
+
 def check_scores(scores):
     """A non-empty, finite ``(K, N)`` float64 array of scores, or a ``ValueError``."""
     scores = np.asarray(scores, dtype=np.float64)
@@ -116,18 +180,6 @@ def first_exit(passed):
     return np.argmax(passed, axis=0).astype(np.int64)
 
 
-def leaves(k, probabilities, thresholds, criterion):
-    """Which samples at exit ``k`` (0-based) answer there.
-
-    The step a staged runner takes after running stage ``k`` on the samples
-    still alive: ``probabilities`` ``(N, C)`` are exit k's outputs for them.
-    At the last exit every sample answers.
-    """
-    if k == len(thresholds) - 1:
-        return np.ones(np.shape(probabilities)[0], dtype=bool)
-    return passes(exit_scores(probabilities, criterion), thresholds[k])
-
-
 def assign_exits(scores, thresholds):
     """The exit that answers each sample, from every exit's scores.
 
@@ -141,3 +193,113 @@ def assign_exits(scores, thresholds):
     scores = check_scores(scores)
     thresholds = check_thresholds(thresholds, scores.shape[0])
     return first_exit(passes(scores, thresholds[:, None]))
+
+
+def patience_exits(labels, patience):
+    """The exit that answers each sample under the patience rule, from every
+    exit's labels ``(K, N)``: the first k where exits k-p+1..k agree."""
+    labels = np.asarray(labels)
+    streak = np.ones(labels.shape[1], dtype=np.int64)
+    passed = np.zeros(labels.shape, dtype=bool)
+    for k in range(1, labels.shape[0]):
+        streak = np.where(labels[k] == labels[k - 1], streak + 1, 1)
+        passed[k] = passes(streak, patience)
+    return first_exit(passed)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExitPolicy:
+    """Which exit answers: a criterion and its parameters, validated once.
+
+    Args:
+        criterion: ``"confidence"``, ``"entropy"`` or ``"patience"``.
+        thresholds: K thresholds in [0, 1] (score criteria; the last one is
+            ignored). For ``"patience"`` they are not used (None: zeros).
+        temperatures: None, or K temperatures applied to each exit's
+            probabilities before scoring (``temper``).
+        patience: for ``"patience"``: exits in a row that must agree (>= 2).
+
+    Example:
+
+    >>> probabilities = np.array([[[0.6, 0.4]], [[0.7, 0.3]], [[0.2, 0.8]]])
+    >>> ExitPolicy("patience", patience=2, num_exits=3).assign(probabilities).tolist()
+    [1]
+    """
+
+    criterion: str = "confidence"
+    thresholds: tuple = None
+    temperatures: tuple = None
+    patience: int = None
+    num_exits: int = None
+
+    def __post_init__(self):
+        check_criterion(self.criterion)
+        k = self.num_exits if self.num_exits is not None else len(self.thresholds)
+        if self.criterion == "patience":
+            thresholds = self.thresholds if self.thresholds is not None else [0.0] * k
+            patience = check_patience(self.patience, k)
+        else:
+            if self.patience is not None:
+                raise ValueError(
+                    f"`patience` applies to criterion='patience' only; got patience={self.patience!r} "
+                    f"with criterion={self.criterion!r}."
+                )
+            thresholds, patience = self.thresholds, None
+        object.__setattr__(self, "thresholds", tuple(float(t) for t in check_thresholds(thresholds, k)))
+        object.__setattr__(self, "temperatures", check_temperatures(self.temperatures, k))
+        object.__setattr__(self, "patience", patience)
+        object.__setattr__(self, "num_exits", k)
+
+    def scores(self, k, probabilities):
+        """Exit ``k``'s scores of ``(N, C)`` probabilities (score criteria)."""
+        temperature = None if self.temperatures is None else self.temperatures[k]
+        return exit_scores(probabilities, self.criterion, temperature)
+
+    def start(self, num_samples):
+        """The running state of ``num_samples`` samples before stage 1."""
+        return {"labels": np.full(num_samples, -1, np.int64), "streak": np.zeros(num_samples, np.int64)}
+
+    def step(self, k, probabilities, state):
+        """After stage ``k`` (0-based): which samples answer there.
+
+        ``probabilities`` ``(N, C)`` are exit k's outputs for the samples
+        still running, ``state`` theirs (``start``). Returns ``(leave,
+        state)``: a bool mask, and the state of the samples that go on.
+        """
+        num_samples = np.shape(probabilities)[0]
+        if self.criterion == "patience":
+            labels = np.asarray(probabilities).argmax(axis=-1)
+            streak = np.where(labels == state["labels"], state["streak"] + 1, 1)
+            leave = passes(streak, self.patience)
+            state = {"labels": labels, "streak": streak}
+        else:
+            leave = passes(self.scores(k, probabilities), self.thresholds[k])
+        if k == self.num_exits - 1:
+            leave = np.ones(num_samples, dtype=bool)
+        stay = ~leave
+        return leave, {name: value[stay] for name, value in state.items()}
+
+    def assign(self, probabilities):
+        """The exit (0-based) that answers each sample, from every exit's
+        ``(K, N, C)`` probabilities: ``step`` applied exit by exit."""
+        probabilities = np.asarray(probabilities)
+        num_samples = probabilities.shape[1]
+        exit_index = np.full(num_samples, self.num_exits - 1, dtype=np.int64)
+        alive = np.arange(num_samples)
+        state = self.start(num_samples)
+        for k in range(self.num_exits):
+            leave, state = self.step(k, probabilities[k, alive], state)
+            exit_index[alive[leave]] = k
+            alive = alive[~leave]
+            if not alive.size:
+                break
+        return exit_index
+
+    def to_dict(self):
+        """The manifest's / settings' fields of this policy."""
+        return {
+            "criterion": self.criterion,
+            "thresholds": list(self.thresholds),
+            "temperatures": None if self.temperatures is None else list(self.temperatures),
+            "patience": self.patience,
+        }

@@ -94,7 +94,7 @@ def test_cli_verbs_on_an_image_folder(tiny_vit_preset, image_folder, tmp_path, c
         ["calibrate", "--model", model_path, "--data", image_folder, "--budget", "0.95"], capsys
     )
     assert code == 0, err
-    assert "calibrated for 95%" in out
+    assert "calibrated (confidence) for 95%" in out
     with open(os.path.join(out_dir, "model.early_exit.json")) as handle:
         settings = json.load(handle)
     assert settings["calibration"]["budget"] > 0

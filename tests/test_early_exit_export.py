@@ -7,7 +7,9 @@ One TFLite export per test process (module fixture): a conversion costs
 seconds, a subprocess export ~20 s more (TensorFlow and keras-hub imports).
 """
 
+import json
 import os
+import shutil
 import subprocess
 
 import keras
@@ -121,6 +123,60 @@ def test_manifest_carries_the_early_exit_settings(trained, tflite_export):
     runtime = StagedRuntime(directory)
     assert runtime.thresholds == ee.thresholds
     np.testing.assert_allclose(runtime.flops_per_exit, ee.flops_per_exit)
+
+
+@pytest.mark.parametrize(
+    "criterion, options",
+    [
+        ("confidence", {"temperatures": [2.5, 0.7, 1.3, 1.0]}),
+        ("entropy", {}),
+        ("patience", {"patience": 2, "temperatures": [2.0, 1.0, 1.0, 1.0]}),
+    ],
+)
+def test_litert_equals_keras_for_every_exit_policy(trained, tflite_export, tmp_path, criterion, options):
+    """The same stage graphs under each policy: the runtime reads the policy
+    from the manifest and answers like EarlyExitModel.predict."""
+    ee, x, _ = trained
+    policy_ee = EarlyExitModel(ee.model, criterion=criterion, **options)
+    if criterion != "patience":
+        probabilities = policy_ee.exit_probabilities(x)
+        scores = [policy_ee.policy.scores(k, p) for k, p in enumerate(probabilities)]
+        policy_ee.thresholds = [_midpoints(s) for s in scores[:-1]] + [0.0]
+    expected = policy_ee.predict(x)
+    assert len(set(expected["exit_index"].tolist())) >= 2
+    directory, _ = tflite_export
+    copy = tmp_path / "export"
+    shutil.copytree(directory, copy)
+    with open(copy / "manifest.json") as handle:
+        manifest = json.load(handle)
+    manifest.update(
+        policy_ee.export_spec().manifest(
+            "tflite", num_classes=NUM_CLASSES, quantization=None, created_by="test", stages=manifest["stages"]
+        )
+    )
+    for stage, threshold in zip(manifest["stages"], policy_ee.thresholds):
+        stage["threshold"] = threshold
+    manifest["monolithic"] = None
+    with open(copy / "manifest.json", "w") as handle:
+        json.dump(manifest, handle)
+    runtime = StagedRuntime(str(copy))
+    assert (runtime.criterion, runtime.patience) == (criterion, options.get("patience"))
+    for batch_size in (None, 1):
+        out = runtime.predict(x, batch_size=batch_size)
+        np.testing.assert_array_equal(out["exit_index"], expected["exit_index"])
+        np.testing.assert_array_equal(out["labels"], expected["labels"])
+
+
+def test_exported_policy_round_trip(trained, tmp_path):
+    """Patience and temperatures go through export_tflite (on JAX and torch:
+    .keras settings -> TensorFlow subprocess) into manifest.json."""
+    ee, x, _ = trained
+    policy_ee = EarlyExitModel(ee.model, criterion="patience", patience=3, temperatures=[1.5, 1.0, 1.0, 1.0])
+    manifest = policy_ee.export_tflite(str(tmp_path / "patience"))
+    assert (manifest["criterion"], manifest["patience"]) == ("patience", 3)
+    assert manifest["temperatures"] == [1.5, 1.0, 1.0, 1.0]
+    out = StagedRuntime(str(tmp_path / "patience")).predict(x)
+    np.testing.assert_array_equal(out["exit_index"], policy_ee.predict(x)["exit_index"])
 
 
 @pytest.mark.skipif(

@@ -39,6 +39,9 @@ OPTIONAL = {
     ("preprocessing", "formula"),
     ("monolithic", "signature_key"),
     ("monolithic", "flops"),
+    # Exit-policy parameters: absent in manifests written before them.
+    ("temperatures",),
+    ("patience",),
 }
 OPTIONAL_STAGE_KEYS = {"signature_key", "stage_flops", "fraction_of_full_model"}
 # Out-of-range values by key name (for list elements: the list's key).

@@ -34,7 +34,8 @@ class ExportSpec:
         exits: K increasing 1-based block numbers, one per stage.
         thresholds: K exit thresholds in [0, 1] (the last exit always
             answers; its threshold is kept for the record).
-        criterion: ``"confidence"`` or ``"entropy"`` (``keras_dmpo.exit_rule``).
+        criterion: ``"confidence"``, ``"entropy"`` or ``"patience"``
+            (``keras_dmpo.exit_rule``).
         flops_per_exit: K positive, non-decreasing cumulative FLOPs per image.
         full_model_flops: FLOPs of the backbone with only the last head (100%).
         image_shape: ``(H, W, C)`` of the model input.
@@ -45,6 +46,8 @@ class ExportSpec:
             identity defaults (docs/export.md).
         class_names: optional list of C names.
         extra: optional JSON-serialisable dict, stored as ``manifest["extra"]``.
+        temperatures: None, or K per-exit temperatures applied before scoring.
+        patience: for ``criterion="patience"``: exits in a row that must agree.
 
     Example:
 
@@ -65,6 +68,8 @@ class ExportSpec:
     preprocessing: dict = None
     class_names: tuple = None
     extra: dict = None
+    temperatures: tuple = None
+    patience: int = None
     keras_dmpo_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -73,7 +78,6 @@ class ExportSpec:
         k = len(exits)
         values = {
             "exits": exits,
-            "thresholds": self._thresholds(k),
             "criterion": exit_rule.check_criterion(self.criterion),
             "flops_per_exit": self._flops(k),
             "full_model_flops": self._full_model_flops(),
@@ -82,6 +86,13 @@ class ExportSpec:
         values["preprocessing"] = normalize_preprocessing(self.preprocessing, list(values["image_shape"]))
         values["class_names"] = self._class_names()
         values["extra"] = self._extra()
+        # The policy checks thresholds, temperatures and patience together.
+        policy = exit_rule.ExitPolicy(
+            values["criterion"], self.thresholds, self.temperatures, self.patience, num_exits=k
+        )
+        values.update(
+            thresholds=policy.thresholds, temperatures=policy.temperatures, patience=policy.patience
+        )
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
@@ -94,9 +105,6 @@ class ExportSpec:
         if not exits or list(exits) != sorted(set(exits)) or exits[0] < 1:
             _fail("exits", self.exits, "increasing 1-based block numbers (one per stage)")
         return exits
-
-    def _thresholds(self, k):
-        return tuple(float(t) for t in exit_rule.check_thresholds(self.thresholds, k))
 
     def _flops(self, k):
         try:
@@ -196,6 +204,8 @@ class ExportSpec:
             "quantization": quantization,
             "exits": list(self.exits),
             "thresholds": list(self.thresholds),
+            "temperatures": None if self.temperatures is None else list(self.temperatures),
+            "patience": self.patience,
             "full_model_flops": self.full_model_flops,
             "flops_convention": FLOPS_CONVENTION,
             "stages": list(stages),

@@ -60,6 +60,12 @@ class CalibrationResult:
         budget: the FLOPs budget (absolute, per sample).
         full_model_flops: "100%", or None.
         num_samples: validation samples used.
+        mode: ``"flops_budget"`` (most accurate within ``budget``) or
+            ``"max_accuracy_drop"`` (fewest FLOPs within the drop).
+        max_accuracy_drop: the drop asked for (accuracy mode), else None.
+        target_accuracy: the last exit's validation accuracy minus the drop
+            (accuracy mode), else None.
+        patience: the patience chosen (criterion ``"patience"``), else None.
     """
 
     thresholds: list
@@ -70,6 +76,10 @@ class CalibrationResult:
     budget: float
     full_model_flops: object = None
     num_samples: int = 0
+    mode: str = "flops_budget"
+    max_accuracy_drop: object = None
+    target_accuracy: object = None
+    patience: object = None
 
     def to_dict(self):
         """JSON-safe dict (floats, ints, lists, None)."""
@@ -82,6 +92,10 @@ class CalibrationResult:
             "budget": float(self.budget),
             "full_model_flops": None if self.full_model_flops is None else float(self.full_model_flops),
             "num_samples": int(self.num_samples),
+            "mode": self.mode,
+            "max_accuracy_drop": None if self.max_accuracy_drop is None else float(self.max_accuracy_drop),
+            "target_accuracy": None if self.target_accuracy is None else float(self.target_accuracy),
+            "patience": None if self.patience is None else int(self.patience),
         }
 
     @classmethod
@@ -340,4 +354,133 @@ def calibrate_thresholds(
         budget=budget,
         full_model_flops=None if full_model_flops is None else float(full_model_flops),
         num_samples=num_samples,
+    )
+
+
+def check_accuracy_drop(max_accuracy_drop):
+    """A drop in [0, 1) (a fraction: 0.01 is one point), or a ``ValueError``."""
+    try:
+        value = float(max_accuracy_drop)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 <= value < 1.0:  # also rejects NaN
+        raise ValueError(
+            f"`max_accuracy_drop` must be a fraction in [0, 1) (0.01 = one point of accuracy); "
+            f"got {max_accuracy_drop!r}."
+        )
+    return value
+
+
+def calibrate_for_accuracy(
+    scores, correct, flops_per_exit, max_accuracy_drop, full_model_flops=None, iterations=30
+):
+    """Thresholds with the fewest expected FLOPs whose validation accuracy is
+    at least the last exit's minus ``max_accuracy_drop``.
+
+    Searches the FLOPs budget: for a budget, ``calibrate_thresholds`` finds
+    the most accurate thresholds within it, so the smallest budget whose
+    result meets the target is found by bisection (deterministic; thresholds
+    at score midpoints as in the budget mode). Of every result that meets
+    the target, the one with the fewest expected FLOPs is returned (ties:
+    the more accurate).
+
+    Args:
+        scores, correct, flops_per_exit, full_model_flops: as in
+            ``calibrate_thresholds``.
+        max_accuracy_drop: fraction in [0, 1) (0.01 = one point).
+        iterations: bisection steps on the budget.
+
+    Returns:
+        ``CalibrationResult`` with ``mode="max_accuracy_drop"``.
+    """
+    drop = check_accuracy_drop(max_accuracy_drop)
+    correct = np.asarray(correct, dtype=bool)
+    flops = np.asarray(flops_per_exit, dtype=np.float64).reshape(-1)
+    target = float(correct[-1].mean()) - drop
+    upper = flops[-1] if full_model_flops is None else max(flops[-1], float(full_model_flops))
+    found = []
+
+    def meets(budget):
+        result = calibrate_thresholds(scores, correct, flops, budget, full_model_flops=full_model_flops)
+        if result.validation_accuracy >= target - 1e-12:
+            found.append(result)
+            return True
+        return False
+
+    low, high = float(flops[0]), float(upper)
+    if not meets(low):
+        meets(high)  # always met: the last exit alone reaches the reference accuracy
+        for _ in range(iterations):
+            middle = (low + high) / 2.0
+            if meets(middle):
+                high = middle
+            else:
+                low = middle
+    best = min(found, key=lambda r: (r.expected_flops, -r.validation_accuracy))
+    return dataclasses.replace(best, mode="max_accuracy_drop", max_accuracy_drop=drop, target_accuracy=target)
+
+
+def calibrate_patience(
+    labels, correct, flops_per_exit, flops_budget=None, max_accuracy_drop=None, full_model_flops=None
+):
+    """The patience (exits in a row that agree) for a FLOPs budget or an
+    accuracy target, by trying every p in [2, K] on validation.
+
+    Args:
+        labels: ``(K, N)`` predicted labels of every exit.
+        correct: ``(K, N)`` bool.
+        flops_per_exit: K cumulative FLOPs per sample.
+        flops_budget: absolute FLOPs per sample: the most accurate p within
+            it (ties: fewer FLOPs).
+        max_accuracy_drop: the fewest-FLOPs p whose accuracy is at least the
+            last exit's minus the drop. Exactly one of the two.
+        full_model_flops: "100%", for ``expected_fraction``.
+
+    Returns:
+        ``CalibrationResult`` with ``patience`` set and all thresholds 0.0.
+
+    Raises:
+        ValueError: when no p fits the budget (naming the cheapest).
+    """
+    labels = np.asarray(labels)
+    correct = np.asarray(correct, dtype=bool)
+    flops = np.asarray(flops_per_exit, dtype=np.float64).reshape(-1)
+    num_exits, num_samples = labels.shape
+    if (flops_budget is None) == (max_accuracy_drop is None):
+        raise ValueError("Give exactly one of `flops_budget` and `max_accuracy_drop`.")
+    if num_exits < 2:
+        raise ValueError("`criterion='patience'` needs at least 2 exits.")
+    options = []
+    for p in range(2, num_exits + 1):
+        exits = exit_rule.patience_exits(labels, p)
+        options.append((p, exit_accuracy(exits, correct), expected_flops(exits, flops), exits))
+    if flops_budget is not None:
+        budget = float(flops_budget)
+        feasible = [o for o in options if o[2] <= budget * (1 + _BUDGET_RTOL)]
+        if not feasible:
+            cheapest = min(options, key=lambda o: o[2])
+            raise ValueError(
+                f"`flops_budget` ({budget:.6g} FLOPs per sample) is below the cheapest patience: p={cheapest[0]} "
+                f"spends {cheapest[2]:.6g} on these validation samples."
+            )
+        p, accuracy, mean_flops, exits = max(feasible, key=lambda o: (o[1], -o[2]))
+        extra = {}
+    else:
+        drop = check_accuracy_drop(max_accuracy_drop)
+        target = float(correct[-1].mean()) - drop
+        feasible = [o for o in options if o[1] >= target - 1e-12]  # p = K always is
+        p, accuracy, mean_flops, exits = min(feasible, key=lambda o: (o[2], -o[1]))
+        budget = mean_flops
+        extra = {"mode": "max_accuracy_drop", "max_accuracy_drop": drop, "target_accuracy": target}
+    return CalibrationResult(
+        thresholds=[0.0] * num_exits,
+        expected_flops=mean_flops,
+        expected_fraction=None if full_model_flops is None else mean_flops / float(full_model_flops),
+        validation_accuracy=accuracy,
+        exit_fractions=exit_fractions(exits, num_exits),
+        budget=budget,
+        full_model_flops=None if full_model_flops is None else float(full_model_flops),
+        num_samples=num_samples,
+        patience=p,
+        **extra,
     )

@@ -7,7 +7,7 @@ import numpy as np
 
 from keras_dmpo import exit_rule
 from keras_dmpo.inference import calibration as calib
-from keras_dmpo.inference import saving, stage_export
+from keras_dmpo.inference import saving, stage_export, temperature
 from keras_dmpo.inference.curves import AccuracyFlopsCurve
 from keras_dmpo.inference.flops import ExitCostConfig, dmpo_flops_per_exit
 from keras_dmpo.inference.stage_runner import StageRunner, pad_rows
@@ -28,10 +28,13 @@ def _softmax(logits):
 class EarlyExitModel:
     """Batched early-exit inference for a ``DMPOClassifier``.
 
-    A sample leaves at the first exit whose score reaches that exit's
-    threshold; the last exit always answers. Scores are in [0, 1]:
-    ``"confidence"`` is the max softmax probability, ``"entropy"`` is
-    ``1 - H(p) / ln C``. ``predict`` runs stage by stage on whole batches and
+    Which exit answers is an ``keras_dmpo.exit_rule.ExitPolicy``: with
+    ``"confidence"`` (max softmax probability) or ``"entropy"`` (``1 - H(p) /
+    ln C``) a sample leaves at the first exit whose score, in [0, 1], reaches
+    that exit's threshold, optionally after a per-exit temperature
+    (``fit_temperatures``); with ``"patience"`` it leaves when ``patience``
+    exits in a row agree on the label. The last exit always answers.
+    ``predict`` runs stage by stage on whole batches and
     sends only the samples that have not exited to the next stage (survivors
     are padded to power-of-two bucket sizes so compiled backends build a few
     shapes only).
@@ -45,7 +48,11 @@ class EarlyExitModel:
         model: a ``DMPOClassifier``.
         thresholds: K values in [0, 1] (the last is ignored). ``None``: 1.0
             everywhere, i.e. practically no early exit until ``calibrate``.
-        criterion: ``"confidence"`` or ``"entropy"``.
+        criterion: ``"confidence"``, ``"entropy"`` or ``"patience"``.
+        temperatures: None, or K per-exit temperatures applied to the
+            probabilities before scoring (``fit_temperatures`` fits them).
+        patience: for ``criterion="patience"``: exits in a row that must agree
+            (default 2; ``calibrate`` chooses it).
 
     Example (an untuned model and random images, to show the calls):
 
@@ -64,18 +71,19 @@ class EarlyExitModel:
     [0.5, 1.0]
     """
 
-    def __init__(self, model, thresholds=None, criterion="confidence"):
+    def __init__(self, model, thresholds=None, criterion="confidence", temperatures=None, patience=None):
         if not hasattr(model, "exits") or not hasattr(model, "build_stage_models"):
             raise ValueError(
                 "`model` must be a keras_dmpo.DMPOClassifier (a model with exits); got "
                 f"{type(model).__name__}. Build one with DMPOClassifier.from_preset(...)."
             )
-        exit_rule.check_criterion(criterion)
         self.model = model
-        self.criterion = criterion
         self.exits = tuple(model.exits)
         self.num_exits = len(self.exits)
         self.calibration = None
+        self.criterion = criterion
+        self.temperatures = temperatures
+        self.patience = patience
         self.thresholds = thresholds
         cost = dmpo_flops_per_exit(self.cost_config())
         self.flops_per_exit = [float(f) for f in cost.flops_per_exit]
@@ -115,6 +123,54 @@ class EarlyExitModel:
         if values is None:
             values = [1.0] * (self.num_exits - 1) + [0.0]
         self._thresholds = [float(t) for t in exit_rule.check_thresholds(values, self.num_exits)]
+
+    @property
+    def criterion(self):
+        return self._criterion
+
+    @criterion.setter
+    def criterion(self, value):
+        self._criterion = exit_rule.check_criterion(value)
+        if value == "patience" and getattr(self, "_patience", None) is None:
+            self._patience = 2  # until calibrate chooses it
+        elif value != "patience":
+            self._patience = None
+
+    @property
+    def patience(self):
+        """Exits in a row that must agree (criterion ``"patience"``), else None."""
+        return self._patience
+
+    @patience.setter
+    def patience(self, value):
+        if value is None:
+            self._patience = 2 if self._criterion == "patience" else None
+        elif self._criterion != "patience":
+            raise ValueError(
+                f"`patience` applies to criterion='patience' only; got patience={value!r} "
+                f"with criterion={self._criterion!r}."
+            )
+        else:
+            self._patience = exit_rule.check_patience(value, self.num_exits)
+
+    @property
+    def temperatures(self):
+        """Per-exit temperatures applied before scoring, or None."""
+        return None if self._temperatures is None else list(self._temperatures)
+
+    @temperatures.setter
+    def temperatures(self, values):
+        self._temperatures = exit_rule.check_temperatures(values, self.num_exits)
+
+    @property
+    def policy(self):
+        """The ``ExitPolicy`` that ``predict`` and the exports apply."""
+        return self._policy(self._thresholds, self._patience)
+
+    def _policy(self, thresholds, patience):
+        return exit_rule.ExitPolicy(
+            self._criterion, thresholds, self._temperatures, patience, num_exits=self.num_exits
+        )
 
     @property
     def flops_fractions(self):
@@ -185,14 +241,16 @@ class EarlyExitModel:
         exit_index = np.zeros(n, "int64")
         progbar = keras.utils.Progbar(n, verbose=verbose) if verbose else None
         stages = self._stage_runners
+        policy = self.policy
         for start in range(0, n, batch_size):
             batch = images[start : start + batch_size].astype("float32")
             alive = np.arange(len(batch))
             inputs = batch
+            state = policy.start(len(batch))
             for k, stage in enumerate(stages):
                 out = stage(inputs, batch_size)
                 probs = out["probabilities"]
-                leave = exit_rule.leaves(k, probs, self._thresholds, self.criterion)
+                leave, state = policy.step(k, probs, state)
                 rows = start + alive[leave]
                 probabilities[rows] = probs[leave]
                 exit_index[rows] = k
@@ -244,25 +302,65 @@ class EarlyExitModel:
         labels = labels.reshape(-1).astype("int64")
         return self.exit_probabilities(images, batch_size), labels
 
-    def calibrate(self, x, y=None, flops_budget=0.3, batch_size=64):
-        """Choose thresholds that maximise validation accuracy within a budget.
+    def calibrate(self, x, y=None, flops_budget=None, max_accuracy_drop=None, batch_size=64):
+        """Choose the exit policy's parameters on validation data, for a FLOPs
+        budget or for an accuracy target.
 
         Args:
             x, y: validation images and labels (arrays), or a dataset yielding
                 ``(x, y)``.
-            flops_budget: a fraction in (0, 1] of ``full_model_flops``, or an
-                absolute number of FLOPs per image (> 1).
+            flops_budget: the most accurate thresholds whose expected FLOPs
+                fit: a fraction in (0, 1] of ``full_model_flops``, or an
+                absolute number of FLOPs per image (> 1). The default when
+                ``max_accuracy_drop`` is not given: 0.3.
+            max_accuracy_drop: instead, the fewest expected FLOPs whose
+                validation accuracy is at least the last exit's minus this
+                fraction (0.01 = one point). Give one of the two, not both.
             batch_size: inference batch size.
+
+        With ``criterion="patience"`` the patience is chosen instead of
+        thresholds. Temperatures (``fit_temperatures``) are applied first.
 
         Returns:
             The ``CalibrationResult`` (also stored as ``self.calibration``):
-            thresholds, expected FLOPs and fraction, validation accuracy, and
-            the fraction of samples at each exit. Deterministic for the same
-            data.
+            thresholds (and patience), the mode, expected FLOPs and fraction,
+            validation accuracy, and the fraction of samples at each exit.
+            Deterministic for the same data (thresholds at score midpoints).
         """
-        budget = self._budget_flops(flops_budget)
+        target = self._calibration_target(flops_budget, max_accuracy_drop)
         probabilities, labels = self._validation_arrays(x, y, batch_size)
-        return self._calibrate_arrays(probabilities, labels, budget)
+        return self._calibrate_arrays(probabilities, labels, target)
+
+    def _calibration_target(self, flops_budget, max_accuracy_drop):
+        if flops_budget is not None and max_accuracy_drop is not None:
+            raise ValueError(
+                f"Give one of `flops_budget` and `max_accuracy_drop`, not both; got flops_budget="
+                f"{flops_budget!r} and max_accuracy_drop={max_accuracy_drop!r}."
+            )
+        if max_accuracy_drop is not None:
+            return {"max_accuracy_drop": calib.check_accuracy_drop(max_accuracy_drop)}
+        return {"flops_budget": self._budget_flops(0.3 if flops_budget is None else flops_budget)}
+
+    def fit_temperatures(self, x, y=None, batch_size=64):
+        """Fit one temperature per exit on validation data (negative
+        log-likelihood) and use them from now on.
+
+        Returns:
+            dict: ``temperatures``, and the expected calibration error of
+            each exit's confidence on this data before and after
+            (``ece_before``, ``ece_after``).
+        """
+        probabilities, labels = self._validation_arrays(x, y, batch_size)
+        temperatures = temperature.fit_temperatures(probabilities, labels)
+        self.temperatures = temperatures
+        return {
+            "temperatures": temperatures,
+            "ece_before": [temperature.expected_calibration_error(p, labels) for p in probabilities],
+            "ece_after": [
+                temperature.expected_calibration_error(exit_rule.temper(p, t), labels)
+                for p, t in zip(probabilities, temperatures)
+            ],
+        }
 
     def set_calibration(self, calibration):
         """Adopt a calibration computed earlier: a ``CalibrationResult`` or
@@ -281,18 +379,31 @@ class EarlyExitModel:
                 f"`calibration` must be a CalibrationResult or its dict; got {type(calibration).__name__}."
             )
         self.thresholds = calibration.thresholds  # validates the count and range
+        if calibration.patience is not None:
+            self.patience = calibration.patience
         self.calibration = calibration
         return calibration
 
-    def _calibrate_arrays(self, probabilities, labels, budget, store=True):
-        scores = exit_rule.exit_scores(probabilities, self.criterion)
+    def _calibrate_arrays(self, probabilities, labels, target, store=True):
         correct = probabilities.argmax(-1) == labels[None, :]
-        result = calib.calibrate_thresholds(
-            scores, correct, self.flops_per_exit, budget, full_model_flops=self.full_model_flops
-        )
+        flops, full = self.flops_per_exit, self.full_model_flops
+        if self._criterion == "patience":
+            result = calib.calibrate_patience(
+                probabilities.argmax(-1), correct, flops, full_model_flops=full, **target
+            )
+        else:
+            policy = self.policy
+            scores = np.stack([policy.scores(k, p) for k, p in enumerate(probabilities)])
+            if "flops_budget" in target:
+                result = calib.calibrate_thresholds(
+                    scores, correct, flops, target["flops_budget"], full_model_flops=full
+                )
+            else:
+                result = calib.calibrate_for_accuracy(
+                    scores, correct, flops, target["max_accuracy_drop"], full_model_flops=full
+                )
         if store:
-            self.thresholds = result.thresholds
-            self.calibration = result
+            self.set_calibration(result)
         return result
 
     def curve(
@@ -344,12 +455,12 @@ class EarlyExitModel:
         for budget in budgets:
             try:
                 absolute = self._budget_flops(budget)
+                result = self._calibrate_arrays(
+                    val_probs, val_labels, {"flops_budget": absolute}, store=False
+                )
             except ValueError:
-                continue  # below the first exit: not reachable
-            result = self._calibrate_arrays(val_probs, val_labels, absolute, store=False)
-            index = exit_rule.assign_exits(
-                exit_rule.exit_scores(test_probs, self.criterion), result.thresholds
-            )
+                continue  # below the first exit (or the cheapest patience): not reachable
+            index = self._policy(result.thresholds, result.patience or self._patience).assign(test_probs)
             correct = test_probs.argmax(-1) == test_labels[None, :]
             rows.append(
                 {
@@ -378,6 +489,8 @@ class EarlyExitModel:
         return {
             "criterion": self.criterion,
             "thresholds": self.thresholds,
+            "temperatures": self.temperatures,
+            "patience": self.patience,
             "exits": list(self.exits),
             "flops_per_exit": self.flops_per_exit,
             "full_model_flops": self.full_model_flops,
@@ -436,6 +549,9 @@ class EarlyExitModel:
                 model,
                 thresholds=settings.get("thresholds"),
                 criterion=settings.get("criterion", "confidence"),
+                # Absent in settings written before exit policies: None.
+                temperatures=settings.get("temperatures"),
+                patience=settings.get("patience"),
             )
             if settings.get("calibration"):
                 ee.calibration = calib.CalibrationResult.from_dict(settings["calibration"])

@@ -326,7 +326,25 @@ def _check_model_keys(check, manifest):
         check.fail("manifest['full_model_flops']", full, "a positive finite number")
     if "extra" in manifest and not isinstance(manifest["extra"], dict):
         check.fail("manifest['extra']", manifest["extra"], "a dict")
+    _check_policy_parameters(check, manifest, criterion, k)
     return image_shape, num_classes, exits, thresholds
+
+
+def _check_policy_parameters(check, manifest, criterion, k):
+    """The exit policy's parameters (absent in manifests written before them:
+    no temperature scaling, and then the criterion cannot be patience)."""
+    temperatures = manifest.get("temperatures")
+    if temperatures is not None:
+        check.list_of(temperatures, "manifest['temperatures']", k, f"null or a list of {k} positive numbers")
+        for i, t in enumerate(temperatures):
+            if not _is_number(t) or t <= 0:
+                check.fail(f"manifest['temperatures'][{i}]", t, "a positive finite number")
+    patience = manifest.get("patience")
+    if criterion == "patience":
+        if not _is_int(patience) or not 2 <= patience <= k:
+            check.fail("manifest['patience']", patience, f"an integer in [2, {k}] (criterion 'patience')")
+    elif patience is not None:
+        check.fail("manifest['patience']", patience, f"null (criterion {criterion!r} has no patience)")
 
 
 def _check_stages(check, manifest, image_shape, num_classes, exits, thresholds):

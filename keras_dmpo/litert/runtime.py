@@ -121,9 +121,11 @@ class _Stage:
 class StagedRuntime:
     """Run exported TFLite stage graphs with the early-exit rule, as a phone would.
 
-    Stage 1 runs on the whole batch; samples whose exit score reaches the
-    threshold answer there, the others' tokens go on to stage 2, and so on;
-    the last stage always answers.
+    Stage 1 runs on the whole batch; samples whose exit answers (the
+    manifest's exit policy, ``keras_dmpo.exit_rule.ExitPolicy``: the
+    criterion, thresholds, optional per-exit temperatures, or patience) leave
+    there, the others' tokens go on to stage 2, and so on; the last stage
+    always answers.
 
     Images are given in the raw range that the manifest's ``preprocessing``
     describes (``input_range``) with the model's ``image_shape``; the runtime
@@ -189,6 +191,10 @@ class StagedRuntime:
         self._stages = graphs[: len(manifest["stages"])]
         self._monolithic = graphs[len(manifest["stages"])] if len(graphs) > len(self._stages) else None
         self._warned_range = False
+        # Manifests before the exit-policy fields have neither key: no
+        # temperature scaling, no patience.
+        self.temperatures = manifest.get("temperatures")
+        self.patience = manifest.get("patience")
         self.thresholds = (
             [stage["threshold"] for stage in manifest["stages"]] if thresholds is None else thresholds
         )
@@ -233,7 +239,14 @@ class StagedRuntime:
 
     @thresholds.setter
     def thresholds(self, values):
-        self._thresholds = [float(t) for t in exit_rule.check_thresholds(values, self.num_exits)]
+        self.policy = exit_rule.ExitPolicy(
+            self.criterion,
+            thresholds=values,
+            temperatures=self.temperatures,
+            patience=self.patience,
+            num_exits=self.num_exits,
+        )
+        self._thresholds = list(self.policy.thresholds)
 
     # -- inference ------------------------------------------------------------
 
@@ -347,10 +360,12 @@ class StagedRuntime:
         """One image ``(1, H, W, C)`` (what a phone does): the same rule as
         ``_predict_batch`` without its survivor bookkeeping."""
         value = x
+        state = self.policy.start(1)
         for k, stage in enumerate(self._stages):
             stage.run_single(value)
             p = stage.output("probabilities")
-            if exit_rule.leaves(k, p, self._thresholds, self.criterion)[0]:
+            leave, state = self.policy.step(k, p, state)
+            if leave[0]:
                 return p[0], k
             value = stage.output("tokens")
         raise AssertionError("unreachable: the last stage always answers")
@@ -362,10 +377,11 @@ class StagedRuntime:
         alive = np.arange(num_samples)  # original positions of the survivors
         feed = {self._input_name(0): x}
         last = self.num_exits - 1
+        state = self.policy.start(num_samples)
         for k, stage in enumerate(self._stages):
             outputs = stage(**feed)
             p = outputs["probabilities"]
-            leave = exit_rule.leaves(k, p, self._thresholds, self.criterion)
+            leave, state = self.policy.step(k, p, state)
             probabilities[alive[leave]] = p[leave]
             exit_index[alive[leave]] = k
             if k == last or leave.all():
