@@ -172,7 +172,10 @@ PROFILES = {
         marker=" (dinov2)",
         plot_suffix="_dinov2",
         schedule="cosine",
-        learning_rate=2e-3,
+        # Chosen on validation by benchmarks/run_recipe_check.sh (single-exit
+        # model, seed 0: 2e-3 x 10 epochs 82.0%, 2e-3 x 30 epochs 83.2%,
+        # 6e-3 x 10 epochs 84.5%); see docs/benchmarks.md.
+        learning_rate=6e-3,
         batch_size=32,
         data={
             "fashion_mnist": {
@@ -1236,7 +1239,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--batch-size", type=int, default=None, help="default: the profile's (toy 64, dinov2 32)"
     )
-    parser.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default 2e-3)")
+    parser.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the profile's; dinov2 6e-3, toy 2e-3)")
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument(
         "--data-seed", type=int, default=0, help="seed of the data splits (fixed across runs)"
