@@ -1239,7 +1239,12 @@ def parse_args(argv=None):
     parser.add_argument(
         "--batch-size", type=int, default=None, help="default: the profile's (toy 64, dinov2 32)"
     )
-    parser.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the profile's; dinov2 6e-3, toy 2e-3)")
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="peak learning rate (default: the profile's; dinov2 6e-3, toy 2e-3)",
+    )
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument(
         "--data-seed", type=int, default=0, help="seed of the data splits (fixed across runs)"

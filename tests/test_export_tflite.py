@@ -99,7 +99,10 @@ def test_manifest_schema(tmp_path_factory):
             {"thresholds": [float("nan"), 0.5, 0.0]},
             r"`thresholds` must be in \[0, 1\] \(scores are\); got \[nan\]",
         ),
-        ({"criterion": "margin"}, r"`criterion` must be one of \('confidence', 'entropy', 'patience'\); got 'margin'"),
+        (
+            {"criterion": "margin"},
+            r"`criterion` must be one of \('confidence', 'entropy', 'patience'\); got 'margin'",
+        ),
         ({"exits": [1, 3, 3]}, r"`exits` must be increasing 1-based block numbers"),
         ({"flops_per_exit": [3.0, 2.0, 1.0]}, r"`flops_per_exit` must be 3 positive, non-decreasing"),
         ({"full_model_flops": -1}, r"`full_model_flops` must be a positive number; got -1"),
