@@ -99,6 +99,66 @@ def test_cli_verbs_on_an_image_folder(tiny_vit_preset, image_folder, tmp_path, c
         settings = json.load(handle)
     assert settings["calibration"]["budget"] > 0
 
+    # An accuracy target, the patience criterion and temperature scaling.
+    code, out, err = run_cli(
+        [
+            "calibrate",
+            "--model",
+            model_path,
+            "--data",
+            image_folder,
+            "--max-accuracy-drop",
+            "0.05",
+            "--criterion",
+            "patience",
+            "--temperature-scaling",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert "temperatures" in out and "ECE" in out
+    assert "calibrated (patience) for at most 5 points below the last exit" in out
+    with open(os.path.join(out_dir, "model.early_exit.json")) as handle:
+        settings = json.load(handle)
+    assert settings["criterion"] == "patience" and settings["patience"] >= 2
+    assert settings["calibration"]["mode"] == "max_accuracy_drop" and len(settings["temperatures"]) == len(
+        settings["thresholds"]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(
+            [
+                "calibrate",
+                "--model",
+                model_path,
+                "--data",
+                image_folder,
+                "--budget",
+                "0.9",
+                "--max-accuracy-drop",
+                "0.01",
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    # Back to the budget calibration the export below expects.
+    code, out, err = run_cli(
+        [
+            "calibrate",
+            "--model",
+            model_path,
+            "--data",
+            image_folder,
+            "--budget",
+            "0.95",
+            "--criterion",
+            "confidence",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    with open(os.path.join(out_dir, "model.early_exit.json")) as handle:
+        settings = json.load(handle)
+
     export_dir = str(tmp_path / "export")
     code, out, err = run_cli(["export", "--model", model_path, "--output-dir", export_dir], capsys)
     assert code == 0, err
