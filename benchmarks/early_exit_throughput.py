@@ -32,6 +32,11 @@ steps on 1,000 Fashion-MNIST training images (all 10 classes), calibrated on
 1,000 validation images and timed on 512 test images; results in
 ``benchmarks/results/early_exit_throughput_dinov2.json``.
 
+The trained model is kept (``--weights``, and the same model as an
+``EarlyExitModel`` file beside it, ``.keras``, which
+``litert_latency.py --model`` can time), so a re-run skips training;
+``--backends ""`` only trains.
+
 Run:
     .venv/bin/python benchmarks/early_exit_throughput.py              # all backends
     .venv/bin/python benchmarks/early_exit_throughput.py --profile dinov2 --images 512 --rounds 3
@@ -105,6 +110,10 @@ def worker_train(weights, steps):
     )
     seconds = time.time() - start
     model.save_weights(weights)
+    # The same model as an EarlyExitModel file, for litert_latency.py --model.
+    from keras_dmpo import EarlyExitModel
+
+    EarlyExitModel(model).save(weights.replace(".weights.h5", ".keras"))
     logs = model.evaluate(*data["validation"], verbose=0, return_dict=True)
     return {
         "backbone": source,
@@ -226,6 +235,29 @@ def _subprocess(backend, args):
     return json.loads(lines[-1][len("RESULT ") :])
 
 
+def markdown(results):
+    """The throughput table of docs/early_exit.md from a result JSON."""
+    lines = [
+        "| backend | batch | full img/s | budget | achieved FLOPs fraction | early-exit img/s "
+        "| speed-up | ideal | **speed-up / ideal** | accuracy EE / full | load (1 min) at end |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for backend, entry in results["runs"].items():
+        full = {row["batch_size"]: row for row in entry["rows"] if row["variant"] == "full"}
+        for row in entry["rows"]:
+            if row["variant"] == "full":
+                continue
+            base = full[row["batch_size"]]
+            lines.append(
+                f"| {backend} | {row['batch_size']} | {base['images_per_second']:.0f} "
+                f"| {row['budget']:.0%} | {row['flops_fraction']:.3f} | {row['images_per_second']:.0f} "
+                f"| {row['speedup']:.2f} | {row['ideal_speedup']:.2f} | **{row['ratio_to_ideal']:.2f}** "
+                f"| {row['accuracy']:.3f} / {base['accuracy']:.3f} "
+                f"| {entry.get('load_average_1m_at_end', float('nan')):.2f} |"
+            )
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backends", default="tensorflow,jax,torch")
@@ -238,6 +270,7 @@ def main():
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--worker", choices=["train", "bench"])
+    parser.add_argument("--markdown", action="store_true", help="print the table of the result JSON and exit")
     parser.add_argument(
         "--profile",
         choices=["toy", "dinov2"],
@@ -252,6 +285,10 @@ def main():
         if args.weights.endswith("early_exit_demo.weights.h5"):
             args.weights = args.weights.replace("early_exit_demo", "early_exit_dinov2")
 
+    if args.markdown:
+        with open(RESULTS) as handle:
+            print(markdown(json.load(handle)))
+        return
     if args.worker == "train":
         print("RESULT " + json.dumps(worker_train(args.weights, args.train_steps)))
         return
@@ -279,7 +316,9 @@ def main():
             ],
         )
         print("trained:", results["training"], flush=True)
-    for backend in args.backends.split(","):
+        _write(results)
+    # --backends "" trains (and saves) the model only.
+    for backend in filter(None, args.backends.split(",")):
         entry = _subprocess(
             backend,
             [
@@ -311,9 +350,13 @@ def main():
                 f"{row['images_per_second']:8.0f} img/s acc {row['accuracy']:.3f}{extra}",
                 flush=True,
             )
-        os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-        with open(RESULTS, "w") as handle:
-            json.dump(results, handle, indent=2)
+        _write(results)
+
+
+def _write(results):
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    with open(RESULTS, "w") as handle:
+        json.dump(results, handle, indent=2)
 
 
 if __name__ == "__main__":
