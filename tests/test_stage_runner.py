@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from keras_dmpo import DMPOClassifier
-from keras_dmpo.inference.stage_runner import StageRunner, bucket_size
+from keras_dmpo.inference.stage_runner import StageRunner, bucket_size, chunk_sizes
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +19,22 @@ def test_bucket_size():
     assert bucket_size(20, 24) == 24  # capped at the batch size
     assert [bucket_size(n, 64, min_size=16) for n in (1, 9, 16, 17, 40)] == [16, 16, 16, 32, 64]
     assert bucket_size(3, 8, min_size=16) == 8  # the cap wins over the floor
+
+
+def test_chunk_sizes():
+    assert chunk_sizes(38, 64, min_size=8) == [32, 8]
+    assert chunk_sizes(154, 256, min_size=8) == [128, 16, 8, 8]
+    assert chunk_sizes(17, 64, min_size=16) == [32]  # 16 + 16 pads as much: one call
+    assert chunk_sizes(64, 64, min_size=8) == [64]  # a whole batch is one call
+    assert chunk_sizes(100, 100, min_size=8) == [100]
+    for batch_size, min_size in ((128, 8), (64, 16), (48, 1)):
+        powers = {2**k for k in range(12) if min_size <= 2**k <= batch_size}
+        for n in range(1, batch_size):
+            chunks = chunk_sizes(n, batch_size, min_size)
+            assert set(chunks) <= powers, (n, chunks)
+            assert 0 <= sum(chunks) - n < min_size, (n, chunks)  # fewer padded rows than the floor
+            assert sum(chunks[:-1]) < n, (n, chunks)  # only the last chunk is padded
+            assert chunks == sorted(chunks, reverse=True)
 
 
 @pytest.mark.parametrize("n", [1, 3, 8, 13])
@@ -82,9 +98,12 @@ def test_tensorflow_many_stages_print_no_retracing_warning(stages, caplog):
 def test_jax_compiles_one_shape_per_bucket(stages):
     runner = StageRunner(stages[1])
     tokens = stages[0].predict(np.zeros((64, 32, 32, 3), "float32"), verbose=0)["tokens"]
+    expected = stages[1].predict(tokens, verbose=0)
     sizes = (1, 2, 3, 5, 9, 16, 17, 40, 64, 7)
     for n in sizes:
         out = runner(tokens[:n], batch_size=64)
         assert out["probabilities"].shape[0] == n  # padding rows are cut off
-    # 1..16 share the floor bucket of 16; then 32 and 64.
-    assert runner._function.jitted._cache_size() == 3
+        # 17 and 40 rows run as two chunks, put back together in order
+        np.testing.assert_allclose(out["probabilities"], expected["probabilities"][:n], atol=1e-5)
+    # 1..8 share the floor bucket of 8; then 16, 32 (40 = 32 + 8) and 64.
+    assert runner._function.jitted._cache_size() == 4
