@@ -484,12 +484,12 @@ def main(argv=None):
             "test": len(y_test),
         },
         "model": {
-            "path": os.path.relpath(model_path, ROOT),
+            "path": os.path.relpath(model_path, ROOT) if model_path.startswith(ROOT) else model_path,
             "exits": list(ee.exits),
             "flops_per_exit": ee.flops_per_exit,
             "full_model_flops": ee.full_model_flops,
             "flops_fractions": ee.flops_fractions,
-            "epochs": args.epochs,
+            "epochs": args.epochs if train_s is not None else None,  # None: loaded (--model)
             "train_seconds": train_s,
         },
         "keras_float32": {"last_exit_test_accuracy": keras_ref["last_accuracy"], "budgets": keras_budgets},
