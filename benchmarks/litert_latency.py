@@ -22,9 +22,11 @@ What it does, on real data (scikit-learn digits, 28x28x3, 10 classes):
    target (issue 16): staged <= 1.15 x (FLOPs fraction x monolithic), with the
    FLOPs fraction measured on the same test images. The full model is timed
    both ways: the monolithic graph, and all stages back to back (thresholds
-   1.0: no image leaves early). The Python overhead is the measured staged
-   time minus the bare interpreter time of the stages the images ran through
-   (``stage_latency``).
+   1.0: no image leaves early). The overhead column is the measured staged
+   time minus the isolated interpreter time of the stages the images ran
+   through (``stage_latency``: each stage invoked alone, 200 times): Python,
+   token copies, and the cost of switching between interpreters, which
+   ``litert_runtime_overhead.py`` separates.
 5. Exports with quantization None / dynamic / float16 / int8 (int8 calibrated
    on 200 training images): file sizes, and accuracy and argmax agreement of
    the monolithic and the staged model (50% thresholds) vs float32 Keras.
@@ -257,7 +259,7 @@ def markdown(result):
             "",
             "| budget | test FLOPs fraction | staged ms | staged / monolithic "
             "| staged / (fraction × monolithic) | target ms | target met | stage invokes ms "
-            "| Python overhead ms | all stages back to back ms |",
+            "| overhead beyond isolated invokes ms | all stages back to back ms |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in table["budgets"]:
