@@ -27,6 +27,9 @@ def test_chunk_sizes():
     assert chunk_sizes(17, 64, min_size=16) == [32]  # 16 + 16 pads as much: one call
     assert chunk_sizes(64, 64, min_size=8) == [64]  # a whole batch is one call
     assert chunk_sizes(100, 100, min_size=8) == [100]
+    assert chunk_sizes(0, 64, min_size=8) == [8]  # no rows: one call, cut to 0 rows
+    with pytest.raises(ValueError, match="min_size"):
+        chunk_sizes(11, 64, min_size=3)
     for batch_size, min_size in ((128, 8), (64, 16), (48, 1)):
         powers = {2**k for k in range(12) if min_size <= 2**k <= batch_size}
         for n in range(1, batch_size):
@@ -97,13 +100,17 @@ def test_tensorflow_many_stages_print_no_retracing_warning(stages, caplog):
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="XLA bucket compilations")
 def test_jax_compiles_one_shape_per_bucket(stages):
     runner = StageRunner(stages[1])
-    tokens = stages[0].predict(np.zeros((64, 32, 32, 3), "float32"), verbose=0)["tokens"]
+    images = np.random.default_rng(3).uniform(size=(64, 32, 32, 3)).astype("float32")
+    tokens = stages[0].predict(images, verbose=0)["tokens"]
     expected = stages[1].predict(tokens, verbose=0)
+    # distinct rows, so a chunk out of order or from the wrong offset shows
+    assert np.abs(np.diff(expected["probabilities"], axis=0)).max() > 1e-3
     sizes = (1, 2, 3, 5, 9, 16, 17, 40, 64, 7)
     for n in sizes:
         out = runner(tokens[:n], batch_size=64)
         assert out["probabilities"].shape[0] == n  # padding rows are cut off
         # 17 and 40 rows run as two chunks, put back together in order
         np.testing.assert_allclose(out["probabilities"], expected["probabilities"][:n], atol=1e-5)
-    # 1..8 share the floor bucket of 8; then 16, 32 (40 = 32 + 8) and 64.
+    assert runner(tokens[:0], batch_size=64)["probabilities"].shape == (0, 4)
+    # 0..8 share the floor bucket of 8; then 16, 32 (40 = 32 + 8) and 64.
     assert runner._function.jitted._cache_size() == 4

@@ -12,7 +12,7 @@ handles variable batch sizes best:
 - PyTorch: eager calls under ``torch.no_grad()`` (no tracing, no padding);
 - JAX: ``jax.jit`` of ``stateless_call``; XLA needs static shapes, so the
   survivors run as power-of-two chunks of at least ``MIN_JAX_BUCKET`` rows
-  (``chunk_sizes``: 38 survivors of a batch of 64 run as 32 + 16 rows, the
+  (``chunk_sizes``: 38 survivors of a batch of 64 run as 32 + 8 rows, the
   last chunk padded, instead of 64 rows; at most ``log2(batch / 8) + 1``
   compilations per stage, reused across batches and calls). Padding to one
   power-of-two bucket wasted up to half of a deep stage's work, which on
@@ -62,6 +62,8 @@ def chunk_sizes(n, batch_size, min_size=1):
     >>> chunk_sizes(38, 64, min_size=8), chunk_sizes(64, 64, min_size=8)
     ([32, 8], [64])
     """
+    if min_size < 1 or min_size & (min_size - 1):
+        raise ValueError(f"`min_size` must be a power of two >= 1; got {min_size!r}.")
     if n >= batch_size:
         return [n]
     chunks, remaining = [], n
@@ -72,7 +74,8 @@ def chunk_sizes(n, batch_size, min_size=1):
     if remaining:
         chunks.append(bucket_size(remaining, batch_size, min_size))
     single = bucket_size(n, batch_size, min_size)
-    return [single] if single <= sum(chunks) else chunks
+    # n == 0 leaves no chunks: one padded call still gives outputs of 0 rows.
+    return [single] if not chunks or single <= sum(chunks) else chunks
 
 
 class StageRunner:
@@ -164,5 +167,7 @@ class StageRunner:
         return call
 
     def _build_generic(self):
+        # predict_on_batch traces per shape: bucketed shapes, as on JAX.
         self._pads = True
+        self._min_bucket = MIN_JAX_BUCKET
         return self.stage.predict_on_batch
