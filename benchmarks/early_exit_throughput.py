@@ -300,8 +300,9 @@ def main():
     if os.path.isfile(RESULTS):
         with open(RESULTS) as handle:
             results = json.load(handle)
-    if not os.path.isfile(args.weights):
+    if not os.path.isfile(args.weights) or not os.path.isfile(args.weights.replace(".weights.h5", ".keras")):
         os.makedirs(os.path.dirname(args.weights), exist_ok=True)
+        results["runs"] = {}  # measured on another model
         results["training"] = _subprocess(
             args.train_backend,
             [

@@ -1,11 +1,14 @@
 """LiteRT batch-1 latency of the staged early-exit runtime vs the monolithic
-model, model sizes and accuracy per quantization (issue 7, point 8).
+model, model sizes and accuracy per quantization (issues 7 and 16).
 
-Usage (the tables in docs/export.md were made with):
+Usage (the DINOv2-S tables in docs/export.md were made with the second):
 
-    KERAS_BACKEND=tensorflow python benchmarks/litert_latency.py
+    KERAS_BACKEND=tensorflow python benchmarks/litert_latency.py      # toy profile
+    KERAS_BACKEND=tensorflow python benchmarks/litert_latency.py --profile dinov2 \
+        --model /tmp/keras_dmpo_bench/early_exit_dinov2.keras \
+        --model-note "early_exit_throughput.py --profile dinov2 --train-steps 96"
 
-What it does, on real data (scikit-learn digits, 28x28x3, 10 classes):
+What it does, by default on scikit-learn digits (28x28x3, 10 classes):
 
 1. Backbone: the shipped preset ``dmpo_vit_tiny`` when
    ``keras_dmpo/preset_files/dmpo_vit_tiny/config.json`` exists, else a random
@@ -16,7 +19,7 @@ What it does, on real data (scikit-learn digits, 28x28x3, 10 classes):
 3. Thresholds from ``EarlyExitModel.calibrate`` on the validation split for
    budgets 30/50/75% of the full model's FLOPs.
 4. Exports float32 stage graphs + monolithic graph, and measures with LiteRT
-   at batch 1 (``num_threads=1`` and LiteRT's default), per image averaged
+   at batch 1 (``num_threads`` 1 and 2), per image averaged
    over the test images: staged ``StagedRuntime.predict(x, batch_size=1)`` at
    each budget vs ``predict_monolithic(x, batch_size=1)``. The issue's
    target (issue 16): staged <= 1.15 x (FLOPs fraction x monolithic), with the
@@ -39,7 +42,9 @@ latency on the first ``--latency-images`` test images (default 200). Pass
 trained (``/tmp/keras_dmpo_bench/early_exit_dinov2.keras``) to time the same
 model. Writes ``benchmarks/results/litert_latency_dinov2.json``.
 
-Writes ``benchmarks/results/litert_latency.json``. Latencies are medians of
+The toy profile writes ``benchmarks/results/litert_latency.json``. Exports
+are kept in ``--work-dir`` and re-used: pass ``--fresh`` after retraining
+the model given to ``--model``. Latencies are medians of
 ``--repeats`` passes over the test images; the JSON records the load average
 (the machine is idle only where that says so).
 """
@@ -108,6 +113,8 @@ def train_or_load(args, data, work_dir):
 
     from keras_dmpo import DMPOClassifier, EarlyExitModel, PhaseCallback, PhaseSchedule
 
+    if args.model and not os.path.isfile(args.model):
+        raise SystemExit(f"--model {args.model!r} does not exist (it is loaded, never trained, when given).")
     path = args.model or os.path.join(work_dir, "model.keras")
     profile = PROFILES[args.profile]
     if args.profile == "dinov2":
@@ -311,6 +318,7 @@ def main(argv=None):
         help="test images timed at batch 1 (default: all for toy, 200 for dinov2)",
     )
     parser.add_argument("--model", default=None, help="load this .keras EarlyExitModel instead of training")
+    parser.add_argument("--model-note", default=None, help="where --model came from (stored in the JSON)")
     parser.add_argument(
         "--work-dir",
         default=os.path.join(tempfile.gettempdir(), "keras_dmpo_litert_latency"),
@@ -492,6 +500,7 @@ def main(argv=None):
             "full_model_flops": ee.full_model_flops,
             "flops_fractions": ee.flops_fractions,
             "epochs": args.epochs if train_s is not None else None,  # None: loaded (--model)
+            "trained_by": args.model_note if args.model else "this script",
             "train_seconds": train_s,
         },
         "keras_float32": {"last_exit_test_accuracy": keras_ref["last_accuracy"], "budgets": keras_budgets},

@@ -12,19 +12,30 @@ interleaved for ``--rounds`` rounds, ms per image:
 ``runtime.predict`` minus ``bare loop`` is the Python of the runtime;
 ``bare loop`` minus ``invokes only`` the token copies.
 
-Usage (an export from litert_latency.py --profile dinov2):
+Usage (an export from litert_latency.py --profile dinov2; docs/export.md):
 
-    KERAS_BACKEND=tensorflow python benchmarks/litert_runtime_overhead.py \\
-        /tmp/keras_dmpo_litert_latency_dinov2/export_float32
+    for t in 1 2; do KERAS_BACKEND=tensorflow python benchmarks/litert_runtime_overhead.py \\
+        /tmp/keras_dmpo_litert_latency_dinov2/export_float32 --rounds 5 --threads $t; done
+
+Results are merged by thread count into
+``benchmarks/results/litert_runtime_overhead.json``.
 """
 
 import argparse
+import json
 import os
 import time
 
 import numpy as np
 
 from keras_dmpo.litert import StagedRuntime
+
+RESULTS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "benchmarks",
+    "results",
+    "litert_runtime_overhead.json",
+)
 
 
 def main():
@@ -38,7 +49,8 @@ def main():
     runtime = StagedRuntime(args.directory, num_threads=args.threads)
     runtime.thresholds = [1.0] * runtime.num_exits
     shape = runtime.image_shape
-    images = np.random.default_rng(0).uniform(0, 255, (args.images, *shape)).astype("float32")
+    low, high = runtime.manifest["preprocessing"].get("input_range", [0.0, 1.0])
+    images = np.random.default_rng(0).uniform(low, high, (args.images, *shape)).astype("float32")
     inputs = runtime.preprocess(images)
     stages = runtime._stages
     runtime.predict(images[:2], batch_size=1)  # loads and allocates every stage
@@ -67,9 +79,25 @@ def main():
             start = time.perf_counter()
             loop()
             times[name].append(1e3 * (time.perf_counter() - start) / len(images))
-    print(f"load average {os.getloadavg()[0]:.2f}; ms per image, {args.rounds} rounds:")
+    load = os.getloadavg()[0]
+    print(f"load average {load:.2f}; ms per image, {args.rounds} rounds:")
     for name, values in times.items():
         print(f"  {name:16s} median {np.median(values):.3f}  all {[round(v, 3) for v in values]}")
+    results = {}
+    if os.path.isfile(RESULTS):
+        with open(RESULTS) as handle:
+            results = json.load(handle)
+    results[f"threads_{args.threads}"] = {
+        "directory": args.directory,
+        "images": args.images,
+        "rounds": args.rounds,
+        "load_average_1m_at_end": load,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "median_ms_per_image": {name: float(np.median(values)) for name, values in times.items()},
+        "ms_per_image": times,
+    }
+    with open(RESULTS, "w") as handle:
+        json.dump(results, handle, indent=2)
 
 
 if __name__ == "__main__":
