@@ -89,10 +89,9 @@ def test_cli_verbs_on_an_image_folder(tiny_vit_preset, image_folder, tmp_path, c
     assert "--output-dir" in err and "is not empty" in err and "--overwrite" in err
     assert {name: open(os.path.join(out_dir, name), "rb").read() for name in os.listdir(out_dir)} == first
 
+    calibrate = ["calibrate", "--model", model_path, "--data", image_folder]
     # The tiny test ViT's heads are expensive: 95% is a reachable budget here.
-    code, out, err = run_cli(
-        ["calibrate", "--model", model_path, "--data", image_folder, "--budget", "0.95"], capsys
-    )
+    code, out, err = run_cli(calibrate + ["--budget", "0.95"], capsys)
     assert code == 0, err
     assert "calibrated (confidence) for 95%" in out
     with open(os.path.join(out_dir, "model.early_exit.json")) as handle:
@@ -101,18 +100,7 @@ def test_cli_verbs_on_an_image_folder(tiny_vit_preset, image_folder, tmp_path, c
 
     # An accuracy target, the patience criterion and temperature scaling.
     code, out, err = run_cli(
-        [
-            "calibrate",
-            "--model",
-            model_path,
-            "--data",
-            image_folder,
-            "--max-accuracy-drop",
-            "0.05",
-            "--criterion",
-            "patience",
-            "--temperature-scaling",
-        ],
+        calibrate + ["--max-accuracy-drop", "0.05", "--criterion", "patience", "--temperature-scaling"],
         capsys,
     )
     assert code == 0, err
@@ -125,36 +113,11 @@ def test_cli_verbs_on_an_image_folder(tiny_vit_preset, image_folder, tmp_path, c
         settings["thresholds"]
     )
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(
-            [
-                "calibrate",
-                "--model",
-                model_path,
-                "--data",
-                image_folder,
-                "--budget",
-                "0.9",
-                "--max-accuracy-drop",
-                "0.01",
-            ]
-        )
+        cli.main(calibrate + ["--budget", "0.9", "--max-accuracy-drop", "0.01"])
     assert exit_info.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
     # Back to the budget calibration the export below expects.
-    code, out, err = run_cli(
-        [
-            "calibrate",
-            "--model",
-            model_path,
-            "--data",
-            image_folder,
-            "--budget",
-            "0.95",
-            "--criterion",
-            "confidence",
-        ],
-        capsys,
-    )
+    code, out, err = run_cli(calibrate + ["--budget", "0.95", "--criterion", "confidence"], capsys)
     assert code == 0, err
     with open(os.path.join(out_dir, "model.early_exit.json")) as handle:
         settings = json.load(handle)
