@@ -71,6 +71,7 @@ Examples:
 """
 
 import argparse
+import glob
 import hashlib
 import json
 import math
@@ -91,6 +92,11 @@ BACKBONE_CACHE = os.path.join(
 )
 SCHEMA_VERSION = 1
 BUDGETS = (0.25, 0.3, 0.5, 0.75, 1.0)
+# How the budgets' thresholds were found (recorded per run). Runs written
+# before 2026-11-30 searched each budget alone (FIRST_CALIBRATION); that
+# could end a larger budget at a lower validation accuracy.
+CALIBRATION = "budgets calibrated together, smallest first (calibration.calibrate_budgets)"
+FIRST_CALIBRATION = "each budget searched alone (calibration.calibrate_thresholds)"
 DATASETS = ("fashion_mnist", "digits")
 RANDOM_VIT = dict(
     image_shape=(28, 28, 3), patch_size=4, num_layers=8, num_heads=4, hidden_dim=128, mlp_dim=256
@@ -492,22 +498,7 @@ def run_one(dataset, method, seed, data, settings, preset_dir, backbone_source, 
         "test_labels": y_test,
     }
     eval_seconds = time.perf_counter() - eval_start
-    rows_by_budget = {round(r["budget"], 6): r for r in curve.rows}
-    budgets = []
-    for budget in BUDGETS:
-        row = rows_by_budget.get(round(budget, 6))
-        if row is None:
-            first = ee.flops_per_exit[0] / ee.full_model_flops
-            budgets.append(
-                {
-                    "budget": budget,
-                    "reachable": False,
-                    "reason": f"below the cost of the first exit (block {ee.exits[0]}: {first:.1%} of the full "
-                    f"model's FLOPs)",
-                }
-            )
-        else:
-            budgets.append({"reachable": True, **row})
+    budgets = budget_rows(ee, curve)
 
     latency = None
     if settings["latency"]:
@@ -576,11 +567,34 @@ def run_one(dataset, method, seed, data, settings, preset_dir, backbone_source, 
             "fractions": ee.flops_fractions,
         },
         "budgets": budgets,
+        "calibration": CALIBRATION,
         "single_exits": curve.single_exits,
         "latency": latency,
     }
     record["_outputs"] = outputs
     return record
+
+
+def budget_rows(ee, curve):
+    """One row per budget of ``BUDGETS``: the curve's row, or why it cannot
+    be reached."""
+    rows_by_budget = {round(r["budget"], 6): r for r in curve.rows}
+    budgets = []
+    for budget in BUDGETS:
+        row = rows_by_budget.get(round(budget, 6))
+        if row is None:
+            first = ee.flops_per_exit[0] / ee.full_model_flops
+            budgets.append(
+                {
+                    "budget": budget,
+                    "reachable": False,
+                    "reason": f"below the cost of the first exit (block {ee.exits[0]}: {first:.1%} of the full "
+                    f"model's FLOPs)",
+                }
+            )
+        else:
+            budgets.append({"reachable": True, **row})
+    return budgets
 
 
 def write_outputs_atomic(path, outputs):
@@ -656,6 +670,75 @@ def measure_latency(ee, budgets, x_test, num_images, repeats=3):
 
 # --------------------------------------------------------------------------
 # aggregation and report (JSON files only; no keras import)
+def read_outputs(path):
+    """Inverse of ``write_outputs_atomic``: ``(val_probs, val_labels,
+    test_probs, test_labels)``, probabilities renormalised after the float16
+    round trip."""
+    import numpy as np
+
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    probs = {}
+    for split in ("val", "test"):
+        p = np.exp(arrays[f"{split}_log_probabilities"].astype("float64"))
+        probs[split] = p / p.sum(-1, keepdims=True)
+    return (
+        probs["val"],
+        arrays["val_labels"].astype("int64"),
+        probs["test"],
+        arrays["test_labels"].astype("int64"),
+    )
+
+
+def recalibrate(results_dir, preset_dir):
+    """Re-read every run's stored outputs and calibrate its budgets again with
+    the current ``EarlyExitModel.curve`` (no training). The budgets found at
+    run time are kept once, as ``budgets_at_run_time`` with their method."""
+    import numpy as np
+
+    from keras_dmpo import EarlyExitModel
+    from keras_dmpo.models.options import load_preset_backbone
+
+    paths = sorted(glob.glob(os.path.join(results_dir, "*", "*.json")))
+    changed = 0
+    backbones = {}
+    for path in paths:
+        outputs = path[: -len(".json")] + ".npz"
+        if not os.path.isfile(outputs):
+            _log(f"    {os.path.relpath(path, REPO)}: no stored outputs, left as it is")
+            continue
+        with open(path) as handle:
+            record = json.load(handle)
+        config = record["config"]
+        image_shape = tuple(record["backbone_config"]["image_shape"])
+        if image_shape not in backbones:
+            backbones[image_shape] = load_preset_backbone(preset_dir, image_shape=image_shape)
+        backbone, common = backbones[image_shape]
+        # A fresh copy: the architecture is all the FLOPs and exits need, and
+        # LoRA changes a backbone in place.
+        fresh = backbone.__class__.from_config(backbone.get_config())
+        val_probs, val_labels, test_probs, test_labels = read_outputs(outputs)
+        model = build_model(record["method"], fresh, val_probs.shape[-1], config["exits"], common)
+        ee = EarlyExitModel(model)
+        if not np.allclose(ee.flops_per_exit, record["flops"]["flops_per_exit"], rtol=1e-9):
+            raise SystemExit(f"{path}: the rebuilt model's FLOPs differ from the run's; not recalibrated")
+        curve = ee.curve_from_probabilities(val_probs, val_labels, test_probs, test_labels, budgets=BUDGETS)
+        record.setdefault("budgets_at_run_time", record["budgets"])
+        record.setdefault("calibration_at_run_time", record.get("calibration", FIRST_CALIBRATION))
+        record["budgets"] = budget_rows(ee, curve)
+        record["calibration"] = CALIBRATION + ", from the stored float16 outputs (--recalibrate)"
+        write_json_atomic(path, record)
+        changed += 1
+        b30 = _budget_row(record, 0.3)
+        was30 = _budget_row({"budgets": record["budgets_at_run_time"]}, 0.3)
+        if b30 and b30.get("reachable"):
+            _log(
+                f"    {os.path.relpath(path, REPO)}: @30% {100 * b30['test_accuracy']:.2f}% "
+                f"(at run time {100 * was30['test_accuracy']:.2f}%)"
+            )
+    return changed
+
+
 def load_results(results_dir):
     """All run records under ``results_dir``: list of dicts."""
     records = []
@@ -710,6 +793,7 @@ def aggregate(records):
                 summary["budgets"][budget] = {
                     "accuracy": acc[:2],
                     "fraction": frac[:2],
+                    "validation": mean_std([100 * row["validation_accuracy"] for row in reached])[:2],
                     "n": acc[2],
                     "unreachable_reasons": reasons,
                 }
@@ -898,6 +982,46 @@ def _consistency_notes(records):
     return notes
 
 
+def _calibration_comparison(runs, order):
+    """Report lines: test accuracy per budget with the run-time calibration
+    (each budget searched alone) next to the current one, for the runs that
+    were recalibrated from a different method."""
+    first = [
+        r
+        for r in runs
+        if "budgets_at_run_time" in r and r.get("calibration_at_run_time") == FIRST_CALIBRATION
+    ]
+    if not first:
+        return []
+    before = aggregate([{**r, "budgets": r["budgets_at_run_time"]} for r in first])
+    after = aggregate(first)
+    dataset = first[0]["dataset"]
+    lines = [
+        "",
+        f"Calibration at run time ({FIRST_CALIBRATION}) → now ({CALIBRATION}, re-read from the stored "
+        "outputs by `--recalibrate`): test accuracy (%), mean over the same seeds, FLOPs spent in brackets; "
+        "validation accuracy after the slash. The ladder never ends a larger budget lower on validation; "
+        "test accuracy can still move either way.",
+        "",
+        "| method | seeds | " + " | ".join(f"{int(100 * b)}%" for b in BUDGETS) + " |",
+        "|---|---|" + "---|" * len(BUDGETS),
+    ]
+    for method in [m for m in order if m in after[dataset]]:
+        cells = []
+        for budget in BUDGETS:
+            b0, b1 = before[dataset][method]["budgets"][budget], after[dataset][method]["budgets"][budget]
+            if b0["n"] == 0 or b1["n"] == 0:
+                cells.append("—")
+                continue
+            cells.append(
+                f"{b0['accuracy'][0]:.2f} ({b0['fraction'][0]:.0f}) / {b0['validation'][0]:.1f} → "
+                f"{b1['accuracy'][0]:.2f} ({b1['fraction'][0]:.0f}) / {b1['validation'][0]:.1f}"
+            )
+        seeds = ",".join(map(str, after[dataset][method]["seeds"]))
+        lines.append(f"| {method} | {seeds} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def build_report(results_dir, out_dir, quick=False, command=None, plot=True):
     """Write ``benchmarks.md`` (generated block) and the plots into ``out_dir``
     from the JSON files under ``results_dir``. Returns the markdown text."""
@@ -921,6 +1045,8 @@ def build_report(results_dir, out_dir, quick=False, command=None, plot=True):
         f"backbone_source: {'; '.join(sources)}. Backend: {', '.join(backends)}.",
         "",
         "Accuracy: test accuracy (%) with thresholds calibrated on the validation split for each budget "
+        "(all budgets of a run together, smallest first, so that validation accuracy never falls as the "
+        "budget grows) "
         "(fraction of the full model's FLOPs, the backbone with only the last head), mean ± sample std over "
         "seeds; in brackets the test FLOPs actually spent (%). '—' = budget below the cost of the first exit. "
         "Train time and ms / train image are wall time (they include other jobs on the machine and pauses of "
@@ -1000,6 +1126,7 @@ def build_report(results_dir, out_dir, quick=False, command=None, plot=True):
                 )
                 + " |"
             )
+        lines += _calibration_comparison(runs, order)
         with_latency = [m for m in order if "latency" in methods[m]]
         if with_latency:
             lines += [
@@ -1205,6 +1332,12 @@ def parse_args(argv=None):
         "docs/benchmarks_*.png, or a temporary directory with --quick",
     )
     parser.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="no training: calibrate every stored run's budgets again from its .npz outputs with the "
+        "current calibration (keeps the run-time budgets as budgets_at_run_time)",
+    )
+    parser.add_argument(
         "--datasets", default=None, help="comma list of data sets (default: fashion_mnist,digits)"
     )
     parser.add_argument(
@@ -1310,6 +1443,12 @@ def main(argv=None):
                 cores = min(2, os.cpu_count() or 2)
                 idle = estimate_full_run(records, idle_cores=cores)
                 _print_estimate(idle, label=f"on {cores} idle cores (from CPU time / {cores})")
+        return 0
+
+    if args.recalibrate:
+        preset_dir, _ = resolve_backbone(args.preset, args.backbone_seed)
+        changed = recalibrate(results_dir, preset_dir)
+        _log(f"recalibrated {changed} runs in {results_dir}; rebuild the report with --report")
         return 0
 
     datasets = args.datasets.split(",") if args.datasets else list(DATASETS)

@@ -31,6 +31,9 @@ from keras_dmpo import exit_rule
 from keras_dmpo.inference import calibration as calib
 from keras_dmpo.inference import temperature
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dmpo_benchmark import read_outputs  # noqa: E402  (the inverse of the benchmark's writer)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "dmpo_dinov2")
 OUT_JSON = os.path.join(ROOT, "benchmarks", "results", "exit_policies.json")
@@ -45,54 +48,57 @@ DROPS = (0.005, 0.01, 0.02)
 def load_run(json_path):
     with open(json_path) as handle:
         record = json.load(handle)
-    with np.load(json_path[: -len(".json")] + ".npz") as data:
-        arrays = {k: data[k] for k in data.files}
-    val = np.exp(arrays["val_log_probabilities"].astype("float64"))
-    test = np.exp(arrays["test_log_probabilities"].astype("float64"))
-    # float16 storage: renormalise so each row sums to 1 again.
-    val /= val.sum(-1, keepdims=True)
-    test /= test.sum(-1, keepdims=True)
+    val, val_labels, test, test_labels = read_outputs(json_path[: -len(".json")] + ".npz")
     flops = np.asarray(record["flops"]["flops_per_exit"], "float64")
-    return (
-        record,
-        val,
-        arrays["val_labels"].astype("int64"),
-        test,
-        arrays["test_labels"].astype("int64"),
-        flops,
-    )
+    return record, val, val_labels, test, test_labels, flops
 
 
-def policy_for(name, val, val_labels, flops, full, budget=None, drop=None):
-    """Calibrate ``name`` on validation for a FLOPs ``budget`` (fraction) or an
-    accuracy ``drop``; returns ``(ExitPolicy, CalibrationResult)`` or None when
-    the target cannot be met (a budget below the policy's cheapest point)."""
+def _threshold_scores(name, val, val_labels, flops):
+    """The exit scores of a threshold policy on validation, and its policy
+    settings (criterion, temperatures)."""
+    temperatures = temperature.fit_temperatures(val, val_labels) if name == "temperature" else None
+    criterion = "entropy" if name == "entropy" else "confidence"
+    scoring = exit_rule.ExitPolicy(criterion, thresholds=[0.0] * len(flops), temperatures=temperatures)
+    scores = np.stack([scoring.scores(k, val[k]) for k in range(len(flops))])
+    return criterion, temperatures, scores
+
+
+def policies_for(name, val, val_labels, flops, full, budgets=(), drop=None):
+    """Calibrate ``name`` on validation for each FLOPs budget (fractions,
+    calibrated together as ``EarlyExitModel.curve`` does) or for an accuracy
+    ``drop``. Returns one ``(ExitPolicy, CalibrationResult)`` per target, or
+    None where it cannot be met (a budget below the policy's cheapest point)."""
     correct = val.argmax(-1) == val_labels[None]
-    absolute = None if budget is None else budget * full
-    try:
-        if name == "patience":
-            result = calib.calibrate_patience(
-                val.argmax(-1),
-                correct,
-                flops,
-                flops_budget=absolute,
-                max_accuracy_drop=drop,
-                full_model_flops=full,
-            )
-            return exit_rule.ExitPolicy("patience", patience=result.patience, num_exits=len(flops)), result
-        temperatures = temperature.fit_temperatures(val, val_labels) if name == "temperature" else None
-        criterion = "entropy" if name == "entropy" else "confidence"
-        scoring = exit_rule.ExitPolicy(criterion, thresholds=[0.0] * len(flops), temperatures=temperatures)
-        scores = np.stack([scoring.scores(k, val[k]) for k in range(len(flops))])
-        if drop is None:
-            result = calib.calibrate_thresholds(scores, correct, flops, absolute, full_model_flops=full)
-        else:
-            result = calib.calibrate_for_accuracy(scores, correct, flops, drop, full_model_flops=full)
-        return exit_rule.ExitPolicy(
-            criterion, thresholds=result.thresholds, temperatures=temperatures
-        ), result
-    except ValueError:
-        return None
+    targets = [{"flops_budget": b * full} for b in budgets] if drop is None else [{"max_accuracy_drop": drop}]
+    if name == "patience":
+        found = []
+        for target in targets:
+            try:
+                result = calib.calibrate_patience(
+                    val.argmax(-1), correct, flops, full_model_flops=full, **target
+                )
+            except ValueError:
+                found.append(None)
+                continue
+            policy = exit_rule.ExitPolicy("patience", patience=result.patience, num_exits=len(flops))
+            found.append((policy, result))
+        return found
+    criterion, temperatures, scores = _threshold_scores(name, val, val_labels, flops)
+    if drop is None:
+        results = calib.calibrate_budgets(
+            scores, correct, flops, [t["flops_budget"] for t in targets], full_model_flops=full
+        )
+    else:
+        results = [calib.calibrate_for_accuracy(scores, correct, flops, drop, full_model_flops=full)]
+    return [
+        None
+        if result is None
+        else (
+            exit_rule.ExitPolicy(criterion, thresholds=result.thresholds, temperatures=temperatures),
+            result,
+        )
+        for result in results
+    ]
 
 
 def evaluate_run(json_path):
@@ -102,28 +108,30 @@ def evaluate_run(json_path):
     reference = float(test_correct[-1].mean())
     rows = []
     for name in POLICIES:
-        for kind, targets in (("budget", BUDGETS), ("drop", DROPS)):
-            for target in targets:
-                found = policy_for(name, val, val_labels, flops, full, **{kind: target})
-                if found is None:
-                    rows.append({"policy": name, "target": kind, "value": target, "reachable": False})
-                    continue
-                policy, result = found
-                index = policy.assign(test)
-                rows.append(
-                    {
-                        "policy": name,
-                        "target": kind,
-                        "value": target,
-                        "reachable": True,
-                        "test_accuracy": calib.exit_accuracy(index, test_correct),
-                        "test_fraction": calib.expected_flops(index, flops) / full,
-                        "validation_accuracy": result.validation_accuracy,
-                        "validation_fraction": result.expected_flops / full,
-                        "drop_vs_last_exit_on_test": reference - calib.exit_accuracy(index, test_correct),
-                        "patience": policy.patience,
-                    }
-                )
+        calibrated = policies_for(name, val, val_labels, flops, full, budgets=BUDGETS)
+        calibrated = [("budget", b, f) for b, f in zip(BUDGETS, calibrated)]
+        for drop in DROPS:
+            calibrated.append(("drop", drop, policies_for(name, val, val_labels, flops, full, drop=drop)[0]))
+        for kind, target, found in calibrated:
+            if found is None:
+                rows.append({"policy": name, "target": kind, "value": target, "reachable": False})
+                continue
+            policy, result = found
+            index = policy.assign(test)
+            rows.append(
+                {
+                    "policy": name,
+                    "target": kind,
+                    "value": target,
+                    "reachable": True,
+                    "test_accuracy": calib.exit_accuracy(index, test_correct),
+                    "test_fraction": calib.expected_flops(index, flops) / full,
+                    "validation_accuracy": result.validation_accuracy,
+                    "validation_fraction": result.expected_flops / full,
+                    "drop_vs_last_exit_on_test": reference - calib.exit_accuracy(index, test_correct),
+                    "patience": policy.patience,
+                }
+            )
     temperatures = temperature.fit_temperatures(val, val_labels)
     ece = {
         "before": [temperature.expected_calibration_error(test[k], test_labels) for k in range(len(flops))],

@@ -225,3 +225,45 @@ def test_idle_estimate_uses_cpu_time(bench, tmp_path):
     assert detail["fashion_mnist"] == pytest.approx(
         runs * (0.001 * train_images + 0.025 * eval_images + 0.75 + 15)
     )
+
+
+def test_report_compares_run_time_and_current_calibration(bench, tmp_path):
+    results = tmp_path / "results"
+    for seed, (was, now) in enumerate(((0.89, 0.91), (0.87, 0.90))):
+        dmpo = _record("dmpo", seed, {0.3: 0.90, 0.5: now})
+        dmpo["budgets_at_run_time"] = _record("dmpo", seed, {0.3: 0.90, 0.5: was})["budgets"]
+        dmpo["calibration_at_run_time"] = bench.FIRST_CALIBRATION
+        dmpo["calibration"] = bench.CALIBRATION
+        _write(results, dmpo)
+    _write(results, _record("plain", 0, {0.3: 0.85}))  # calibrated once: not in the comparison
+    text, _, _ = bench.build_report(str(results), str(tmp_path / "out"), plot=False)
+    comparison = text[text.index("Calibration at run time") :]
+    row = next(line for line in comparison.splitlines() if line.startswith("| dmpo |"))
+    # 50%: run time (89 + 87) / 2 = 88.00, now (91 + 90) / 2 = 90.50; FLOPs 49.
+    assert row.split(" | ")[4] == "88.00 (49) / 88.0 → 90.50 (49) / 90.5"
+    assert "| plain |" not in comparison.split("\n\n")[2]
+
+
+def test_stored_outputs_round_trip(bench, tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 20, 4)) * 5
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    labels = rng.integers(0, 4, 20)
+    path = str(tmp_path / "run.npz")
+    bench.write_outputs_atomic(
+        path,
+        {
+            "val_log_probabilities": probs,
+            "val_labels": labels,
+            "test_log_probabilities": probs[:, :10],
+            "test_labels": labels[:10],
+        },
+    )
+    val, val_labels, test, test_labels = bench.read_outputs(path)
+    np.testing.assert_allclose(val, probs, atol=2e-3)  # float16 log-probabilities
+    np.testing.assert_allclose(val.sum(-1), 1.0)
+    np.testing.assert_array_equal(val.argmax(-1), probs.argmax(-1))
+    np.testing.assert_array_equal(val_labels, labels)
+    assert test.shape == (3, 10, 4) and test_labels.tolist() == labels[:10].tolist()

@@ -181,3 +181,60 @@ def test_calibration_is_fast_at_validation_scale():
     elapsed = time.perf_counter() - start
     assert result.expected_flops <= 30.0 + 1e-9
     assert elapsed < 20.0  # ~1 s measured on 2 busy cores; generous for CI
+
+
+def test_budget_ladder_never_loses_accuracy_as_the_budget_grows():
+    budgets = np.linspace(10.0, 80.0, 15)
+    for seed in (0, 3):
+        scores, correct = synthetic(300, seed=seed)
+        independent = [C.calibrate_thresholds(scores, correct, FLOPS, b) for b in budgets]
+        ladder = C.calibrate_budgets(scores, correct, FLOPS, budgets)
+        accuracies = [r.validation_accuracy for r in ladder]
+        assert np.all(np.diff(accuracies) >= 0), (seed, accuracies)
+        for result, alone, budget in zip(ladder, independent, budgets):
+            assert result.validation_accuracy >= alone.validation_accuracy
+            assert result.expected_flops <= budget + 1e-9
+            assert result.budget == budget
+    # The case the ladder exists for: on seed 3, searching each budget alone
+    # ends lower at some larger budget.
+    assert np.any(np.diff([r.validation_accuracy for r in independent]) < 0)
+
+
+def test_budget_ladder_keeps_the_callers_order_and_skips_unreachable():
+    scores, correct = synthetic(300, seed=1)
+    budgets = [60.0, 5.0, 20.0, 40.0]
+    ladder = C.calibrate_budgets(scores, correct, FLOPS, budgets, full_model_flops=80.0)
+    assert ladder[1] is None  # below the first exit's 10 FLOPs
+    ascending = C.calibrate_budgets(scores, correct, FLOPS, [20.0, 40.0, 60.0], full_model_flops=80.0)
+    assert [r.to_dict() for r in (ladder[2], ladder[3], ladder[0])] == [r.to_dict() for r in ascending]
+    with pytest.raises(ValueError, match="`flops_budget`.*outside the valid range"):
+        C.calibrate_budgets(scores, correct, FLOPS, [20.0, 90.0])
+
+
+def test_calibration_starts_are_kept_when_they_fit():
+    scores, correct = synthetic(400, seed=2)
+    # A start the built-in ones would not find: exits chosen by a fixed rule.
+    start = [0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4, 0.0]
+    start_accuracy, start_flops = evaluate(scores, correct, start)
+    result = C.calibrate_thresholds(scores, correct, FLOPS, start_flops, starts=[start])
+    assert result.validation_accuracy >= start_accuracy
+    assert result.expected_flops <= start_flops + 1e-9
+    # Thresholds stay at midpoints between observed scores.
+    for k, threshold in enumerate(result.thresholds[:-1]):
+        assert not np.any(scores[k] == threshold)
+    # A start over the budget is skipped, not an error.
+    C.calibrate_thresholds(scores, correct, FLOPS, 12.0, starts=[start])
+
+
+@pytest.mark.parametrize(
+    "starts, match",
+    [
+        ([[0.5] * 3], r"`starts\[0\]` must be 8 thresholds in \[0, 1\]"),
+        ([[0.5] * 7 + [1.5]], r"`starts\[0\]` must be 8 thresholds"),
+        ([[0.5] * 8, ["a"] * 8], r"`starts\[1\]` must be 8 thresholds"),
+    ],
+)
+def test_calibration_start_errors(starts, match):
+    scores, correct = synthetic(50)
+    with pytest.raises(ValueError, match=match):
+        C.calibrate_thresholds(scores, correct, FLOPS, 30.0, starts=starts)

@@ -138,10 +138,11 @@ def test_cli_verbs_on_an_image_folder(tiny_vit_preset, image_folder, tmp_path, c
     assert "accuracy:" in out
 
     code, out, err = run_cli(
-        ["benchmark", "--model", model_path, "--data", image_folder, "--budgets", "0.95,1.0"], capsys
+        ["benchmark", "--model", model_path, "--data", image_folder, "--budgets", "0.01,0.95,1.0"], capsys
     )
     assert code == 0, err
     assert "100%" in out
+    assert "1%  unreachable: below the first exit's cost" in out
 
     # A training.json of another model (an interrupted train) is not trusted
     # for the class names.

@@ -116,6 +116,9 @@ def test_curve_table_and_plot(cheap_model, data, tmp_path):
     assert [row["budget"] for row in curve.rows] == [0.4, 0.6, 1.0]  # 10% is unreachable
     for row in curve.rows:
         assert row["validation_fraction"] <= row["budget"] + 1e-9
+    # Budgets are calibrated together: more budget never loses validation accuracy.
+    validation = [row["validation_accuracy"] for row in curve.rows]
+    assert validation == sorted(validation)
     assert [s["exit"] for s in curve.single_exits] == [1, 2, 3, 4]
     assert "| budget |" in curve.table()
     path = curve.plot(str(tmp_path / "curve.png"))

@@ -6,6 +6,9 @@ passes its threshold answers, the last exit always answers) lives in
 
 ``calibrate_thresholds`` starts from MSDNet's geometric exit proportions
 (Huang et al., 2018) and improves them by a deterministic coordinate search.
+``calibrate_budgets`` calibrates several budgets from the smallest up, each
+search also starting from the previous budget's thresholds, so that a larger
+budget never ends at a lower validation accuracy.
 Thresholds are always placed at midpoints between observed scores, so a tiny
 numerical difference (Keras vs LiteRT, ~1e-6) cannot flip a validation
 sample's exit.
@@ -253,14 +256,23 @@ def _coordinate_search(scores, correct, flops, budget_total, thresholds, candida
 
 
 def calibrate_thresholds(
-    scores, correct, flops_per_exit, budget_flops, full_model_flops=None, max_candidates=96, max_sweeps=10
+    scores,
+    correct,
+    flops_per_exit,
+    budget_flops,
+    full_model_flops=None,
+    max_candidates=96,
+    max_sweeps=10,
+    starts=None,
 ):
     """Thresholds that maximise validation accuracy with mean FLOPs <= budget.
 
     1. Start: MSDNet's geometric exit proportions (``geometric_thresholds``),
        and also each single exit affordable within the budget (everyone
        leaves there).
-    2. From each start, a deterministic coordinate search: for each early
+       Also any ``starts`` given (for example a smaller budget's
+       thresholds, which fit in this one).
+    2. From each start within the budget, a deterministic coordinate search: for each early
        exit in turn, try every candidate threshold (midpoints between the
        sorted observed scores of that exit, subsampled to ``max_candidates``
        evenly spaced ranks, plus "everyone" and "nobody" leaves), keep the
@@ -279,13 +291,19 @@ def calibrate_thresholds(
             the valid budget range.
         max_candidates: candidate thresholds per exit.
         max_sweeps: coordinate-search sweeps at most.
+        starts: optional further starting points, a list of K-threshold
+            sequences in [0, 1]. Each is moved to the score midpoints that
+            keep its exits; starts over the budget are skipped. The search
+            only improves on a start, so the result is at least as accurate
+            on this data as any start that fits.
 
     Returns:
         ``CalibrationResult``; its last threshold is 0.0 (ignored).
 
     Raises:
-        ValueError: empty or mismatched data, NaN scores, bad FLOPs, or a
-            budget outside the valid range (naming ``flops_budget``).
+        ValueError: empty or mismatched data, NaN scores, bad FLOPs, a
+            budget outside the valid range (naming ``flops_budget``), or a
+            malformed start (naming ``starts``).
     """
     scores = exit_rule.check_scores(scores)
     correct = np.asarray(correct)
@@ -321,15 +339,17 @@ def calibrate_thresholds(
         )
     budget_total = budget * num_samples * (1 + _BUDGET_RTOL)
 
+    given = _check_starts(starts, scores)
     candidates = [_candidates(scores[k], max_candidates) for k in range(num_exits)]
-    starts = [geometric_thresholds(scores, flops, budget)]
+    all_starts = [geometric_thresholds(scores, flops, budget)]
     for k in range(num_exits):
         if flops[k] <= budget * (1 + _BUDGET_RTOL):
             single = np.array([c[-1] for c in candidates])  # nobody leaves
             single[k] = candidates[k][0]  # everyone leaves at k
-            starts.append(single)
+            all_starts.append(single)
+    all_starts += given
     best = None
-    for start in starts:
+    for start in all_starts:
         start = start.copy()
         start[-1] = 0.0
         _, start_flops, _ = _evaluate(scores, correct, flops, start)
@@ -355,6 +375,73 @@ def calibrate_thresholds(
         full_model_flops=None if full_model_flops is None else float(full_model_flops),
         num_samples=num_samples,
     )
+
+
+def _check_starts(starts, scores):
+    """``starts`` as arrays at score midpoints (same exits), or a ``ValueError``."""
+    if starts is None:
+        return []
+    num_exits = scores.shape[0]
+    checked = []
+    for i, start in enumerate(starts):
+        try:
+            values = np.asarray(start, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            values = np.array([np.nan])
+        if values.size != num_exits or not np.all((values >= 0) & (values <= 1)):
+            raise ValueError(
+                f"`starts[{i}]` must be {num_exits} thresholds in [0, 1] (one per exit); got {start!r}."
+            )
+        # A midpoint between observed scores keeps every sample's exit (>=
+        # passes) and the "tiny numerical difference" guarantee of the module.
+        checked.append(np.array([_snap(t, scores[k]) for k, t in enumerate(values)]))
+    return checked
+
+
+def calibrate_budgets(
+    scores, correct, flops_per_exit, budgets_flops, full_model_flops=None, max_candidates=96, max_sweeps=10
+):
+    """``calibrate_thresholds`` for several budgets, monotone in the budget.
+
+    Budgets are searched from the smallest up; each search also starts from
+    the thresholds found for the previous (smaller) budget, which fit in the
+    larger one. A larger budget therefore never ends at a lower validation
+    accuracy than a smaller one, which independent searches (a local search
+    from fixed starts) do not guarantee.
+
+    Args:
+        scores, correct, flops_per_exit, full_model_flops, max_candidates,
+            max_sweeps: as in ``calibrate_thresholds``.
+        budgets_flops: absolute budgets (FLOPs per sample), any order.
+
+    Returns:
+        A list in the order of ``budgets_flops``: a ``CalibrationResult``
+        per budget, or None for a budget below the first exit's cost (no
+        sample could answer within it).
+
+    Raises:
+        ValueError: as ``calibrate_thresholds`` (a budget above the valid
+            range, bad data).
+    """
+    flops = np.asarray(flops_per_exit, dtype=np.float64).reshape(-1)
+    budgets = [float(b) for b in budgets_flops]
+    results = [None] * len(budgets)
+    previous = None
+    for i in sorted(range(len(budgets)), key=lambda j: budgets[j]):
+        if flops.size and budgets[i] < flops[0] * (1 - _BUDGET_RTOL):
+            continue
+        result = calibrate_thresholds(
+            scores,
+            correct,
+            flops_per_exit,
+            budgets[i],
+            full_model_flops=full_model_flops,
+            max_candidates=max_candidates,
+            max_sweeps=max_sweeps,
+            starts=None if previous is None else [previous.thresholds],
+        )
+        results[i] = previous = result
+    return results
 
 
 def check_accuracy_drop(max_accuracy_drop):

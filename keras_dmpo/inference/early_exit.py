@@ -385,26 +385,45 @@ class EarlyExitModel:
         return calibration
 
     def _calibrate_arrays(self, probabilities, labels, target, store=True):
-        correct = probabilities.argmax(-1) == labels[None, :]
-        flops, full = self.flops_per_exit, self.full_model_flops
-        if self._criterion == "patience":
-            result = calib.calibrate_patience(
-                probabilities.argmax(-1), correct, flops, full_model_flops=full, **target
-            )
-        else:
-            policy = self.policy
-            scores = np.stack([policy.scores(k, p) for k, p in enumerate(probabilities)])
-            if "flops_budget" in target:
-                result = calib.calibrate_thresholds(
-                    scores, correct, flops, target["flops_budget"], full_model_flops=full
-                )
-            else:
-                result = calib.calibrate_for_accuracy(
-                    scores, correct, flops, target["max_accuracy_drop"], full_model_flops=full
-                )
+        result = self._calibrate_many(probabilities, labels, [target])[0]
         if store:
             self.set_calibration(result)
         return result
+
+    def _calibrate_many(self, probabilities, labels, targets, skip_unreachable=False):
+        """One ``CalibrationResult`` per target. Budgets are calibrated
+        together (``calibration.calibrate_budgets``), so a larger budget never
+        gets a lower validation accuracy. A budget that no policy meets
+        raises, or gives None with ``skip_unreachable``."""
+        correct = probabilities.argmax(-1) == labels[None, :]
+        flops, full = self.flops_per_exit, self.full_model_flops
+        if self._criterion == "patience":
+            # Every patience is tried for each target: monotone already.
+            results = []
+            for target in targets:
+                try:
+                    results.append(
+                        calib.calibrate_patience(
+                            probabilities.argmax(-1), correct, flops, full_model_flops=full, **target
+                        )
+                    )
+                except ValueError:
+                    if not skip_unreachable:
+                        raise
+                    results.append(None)  # below the cheapest patience
+            return results
+        policy = self.policy
+        scores = np.stack([policy.scores(k, p) for k, p in enumerate(probabilities)])
+        budgets = [t["flops_budget"] for t in targets if "flops_budget" in t]
+        by_budget = iter(calib.calibrate_budgets(scores, correct, flops, budgets, full_model_flops=full))
+        return [
+            next(by_budget)
+            if "flops_budget" in target
+            else calib.calibrate_for_accuracy(
+                scores, correct, flops, target["max_accuracy_drop"], full_model_flops=full
+            )
+            for target in targets
+        ]
 
     def curve(
         self,
@@ -418,7 +437,12 @@ class EarlyExitModel:
         """Accuracy against FLOPs for a sweep of budgets (thresholds from
         validation, accuracy on test), beside each exit alone.
 
-        Does not change this model's thresholds. Returns an ``AccuracyFlopsCurve``.
+        The budgets are calibrated from the smallest up, each search also
+        starting from the previous budget's thresholds
+        (``calibration.calibrate_budgets``): validation accuracy never falls
+        as the budget grows. Budgets below the first exit's cost are left
+        out. Does not change this model's thresholds. Returns an
+        ``AccuracyFlopsCurve``.
         """
         val_probs, val_labels = self._validation_arrays(x_val, y_val, batch_size)
         if x_test is None:
@@ -451,15 +475,19 @@ class EarlyExitModel:
                     f"`{name}` has shape {probs.shape}; expected {expected} "
                     "(exits, samples, classes), matching the labels."
                 )
-        rows = []
+        reachable = []
         for budget in budgets:
             try:
-                absolute = self._budget_flops(budget)
-                result = self._calibrate_arrays(
-                    val_probs, val_labels, {"flops_budget": absolute}, store=False
-                )
+                reachable.append((budget, {"flops_budget": self._budget_flops(budget)}))
             except ValueError:
-                continue  # below the first exit (or the cheapest patience): not reachable
+                continue  # below the first exit: not reachable
+        results = self._calibrate_many(
+            val_probs, val_labels, [target for _, target in reachable], skip_unreachable=True
+        )
+        rows = []
+        for (budget, _), result in zip(reachable, results):
+            if result is None:
+                continue  # below the cheapest patience: not reachable
             index = self._policy(result.thresholds, result.patience or self._patience).assign(test_probs)
             correct = test_probs.argmax(-1) == test_labels[None, :]
             rows.append(
