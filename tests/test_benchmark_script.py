@@ -244,6 +244,18 @@ def test_report_compares_run_time_and_current_calibration(bench, tmp_path):
     assert "| plain |" not in comparison.split("\n\n")[2]
 
 
+def test_report_checks_the_bars_per_data_set(bench, tmp_path):
+    results = _results(tmp_path)
+    _write(results, _record("dmpo", 0, {0.25: 0.97, 0.3: 0.98, 0.5: 0.98}, dataset="digits"))
+    _write(results, _record("single_exit", 0, {1.0: 0.97}, dataset="digits", single=True))
+    text, _, claim = bench.build_report(results, str(tmp_path / "out"), plot=False)
+    assert claim["dataset"] == "fashion_mnist"
+    digits = text[text.index("### Claim check (digits, means over seeds)") :]
+    assert "PASS: DMPO@30% 98.00 vs target 96.00 (margin +2.00 points)" in digits
+    assert "vs plain@30% + 2: not evaluated (missing results)" in digits
+    assert text.index("### Claim check (fashion_mnist") < text.index("### Claim check (digits")
+
+
 def test_stored_outputs_round_trip(bench, tmp_path):
     import numpy as np
 
