@@ -268,17 +268,16 @@ def calibrate_thresholds(
     """Thresholds that maximise validation accuracy with mean FLOPs <= budget.
 
     1. Start: MSDNet's geometric exit proportions (``geometric_thresholds``),
-       and also each single exit affordable within the budget (everyone
-       leaves there).
-       Also any ``starts`` given (for example a smaller budget's
+       each single exit affordable within the budget (everyone leaves
+       there), and any ``starts`` given (for example a smaller budget's
        thresholds, which fit in this one).
-    2. From each start within the budget, a deterministic coordinate search: for each early
-       exit in turn, try every candidate threshold (midpoints between the
-       sorted observed scores of that exit, subsampled to ``max_candidates``
-       evenly spaced ranks, plus "everyone" and "nobody" leaves), keep the
-       one with the most correct answers (ties: fewer FLOPs) among those
-       within the budget; sweep until nothing improves (``max_sweeps`` at
-       most).
+    2. From each start within the budget, a deterministic coordinate
+       search: for each early exit in turn, try every candidate threshold
+       (midpoints between the sorted observed scores of that exit,
+       subsampled to ``max_candidates`` evenly spaced ranks, plus "everyone"
+       and "nobody" leaves), keep the one with the most correct answers
+       (ties: fewer FLOPs) among those within the budget; sweep until
+       nothing improves (``max_sweeps`` at most).
     3. Return the best result over the starts.
 
     Args:
