@@ -998,9 +998,11 @@ def _calibration_comparison(runs, order):
     dataset = first[0]["dataset"]
     lines = [
         "",
-        f"Calibration at run time ({FIRST_CALIBRATION}) → now ({CALIBRATION}, re-read from the stored "
-        "outputs by `--recalibrate`): test accuracy (%), mean over the same seeds, FLOPs spent in brackets; "
-        "validation accuracy after the slash. The ladder never ends a larger budget lower on validation; "
+        "Calibration at run time → now. At run time each budget was searched alone "
+        "(`calibration.calibrate_thresholds`); now the budgets of a run are calibrated together, smallest "
+        "first (`calibration.calibrate_budgets`), re-read from the stored outputs by `--recalibrate`. "
+        "Test accuracy (%), mean over the same seeds, FLOPs spent in brackets; validation accuracy after the "
+        "slash. The ladder never ends a larger budget lower on validation; "
         "test accuracy can still move either way.",
         "",
         "| method | seeds | " + " | ".join(f"{int(100 * b)}%" for b in BUDGETS) + " |",
