@@ -36,6 +36,9 @@ def fit_temperature(probabilities, labels, iterations=100):
 
     Returns:
         float. ``T > 1`` softens an over-confident exit, ``T < 1`` sharpens.
+        An exit with no error on ``labels`` has no finite optimum (the
+        likelihood keeps rising as ``T`` falls): the fit returns the bound,
+        ``T = 0.02``, and that exit's confidence becomes ~1 for every sample.
 
     Example:
 
