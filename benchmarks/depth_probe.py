@@ -8,7 +8,8 @@ images and scored on the test images. Run for the real DINOv2-S/14
 (keras-hub's initialisers, seed 0): the difference is what pre-training buys
 at each depth. Images in [0, 1], ImageNet-normalised, grey repeated to RGB.
 
-Usage (docs/data.md's depth-probe table was made with):
+Usage (docs/data.md's depth-probe table was made with; the photo sets:
+``--datasets cifar10,clothing``, on the benchmark's own splits):
 
     KERAS_BACKEND=tensorflow .venv/bin/python benchmarks/depth_probe.py
 
@@ -42,9 +43,23 @@ def log(message):
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def load(dataset, size, train_size, test_size):
+def load_benchmark_splits(dataset, size, data_root):
+    """The DINOv2 benchmark's own splits of a photo set (same images, same
+    seed), so the probe and the tuned models are compared on one test set."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import dmpo_benchmark
+
+    dmpo_benchmark.apply_profile("dinov2")
+    sizes = dmpo_benchmark.DATA_DEFAULTS[dataset]["full"]
+    data = dmpo_benchmark.load_split(dataset, sizes, 0, (size, size, 3), data_root=data_root)
+    return data["train"], data["validation"], data["test"]
+
+
+def load(dataset, size, train_size, test_size, data_root=None):
     from keras_dmpo import datasets
 
+    if dataset in ("cifar10", "clothing"):
+        return load_benchmark_splits(dataset, size, data_root)
     if dataset == "fashion_mnist":
         data = datasets.load_fashion_mnist(
             image_size=size,
@@ -57,7 +72,7 @@ def load(dataset, size, train_size, test_size):
     else:
         data = datasets.load_digits(image_size=size, channels=3, seed=0)
         data["train"] = tuple(np.concatenate(parts) for parts in zip(data["train"], data["validation"]))
-    return data["train"], data["test"]
+    return data["train"], None, data["test"]
 
 
 def backbone_for(kind, size):
@@ -102,35 +117,47 @@ def block_features(backbone, images, batch_size):
     return np.concatenate(chunks, axis=1)
 
 
-def probe(train_features, y_train, test_features, y_test):
+def probe(train_features, y_train, eval_sets):
+    """Per block, a probe fitted on the training features; its accuracy on
+    each ``(features, labels)`` of ``eval_sets`` (lists, one per set)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    accuracies = []
-    for f_train, f_test in zip(train_features, test_features):
+    accuracies = [[] for _ in eval_sets]
+    for block, f_train in enumerate(train_features):
         scaler = StandardScaler().fit(f_train)
         classifier = LogisticRegression(C=1.0, max_iter=2000)
         classifier.fit(scaler.transform(f_train), y_train)
-        accuracies.append(float(classifier.score(scaler.transform(f_test), y_test)))
+        for out, (features, labels) in zip(accuracies, eval_sets):
+            out.append(float(classifier.score(scaler.transform(features[block]), labels)))
     return accuracies
 
 
 def run(dataset, kind, args):
     # The default sizes keep the original file names; other sizes get their own file.
-    sizes = (
-        "" if (args.train_size, args.test_size) == (2000, 1000) else f"_{args.train_size}x{args.test_size}"
-    )
+    if dataset in ("cifar10", "clothing"):
+        sizes = "_benchmark_splits"
+    else:
+        sizes = (
+            "" if (args.train_size, args.test_size) == (2000, 1000) else f"_{args.train_size}x{args.test_size}"
+        )
     path = os.path.join(RESULTS, f"{dataset}_{kind}_{args.image_size}px{sizes}.json")
     if os.path.exists(path) and not args.force:
         log(f"{path} exists, skipped")
         return
-    (x_train, y_train), (x_test, y_test) = load(dataset, args.image_size, args.train_size, args.test_size)
+    (x_train, y_train), validation, (x_test, y_test) = load(
+        dataset, args.image_size, args.train_size, args.test_size, args.data_root
+    )
     backbone = backbone_for(kind, args.image_size)
     start = time.time()
     f_train = block_features(backbone, x_train, args.batch_size)
     f_test = block_features(backbone, x_test, args.batch_size)
+    eval_sets = [(f_test, y_test)]
+    if validation is not None:
+        eval_sets.append((block_features(backbone, validation[0], args.batch_size), validation[1]))
     forward_s = time.time() - start
-    accuracies = probe(f_train, y_train, f_test, y_test)
+    accuracies, *validation_accuracies = probe(f_train, y_train, eval_sets)
+    seen = len(x_train) + len(x_test) + (0 if validation is None else len(validation[1]))
     result = {
         "dataset": dataset,
         "backbone": kind,
@@ -139,8 +166,10 @@ def run(dataset, kind, args):
         "train_images": int(len(x_train)),
         "test_images": int(len(x_test)),
         "block_accuracy": accuracies,
+        "validation_images": None if validation is None else int(len(validation[1])),
+        "validation_block_accuracy": validation_accuracies[0] if validation_accuracies else None,
         "forward_seconds": round(forward_s, 1),
-        "images_per_second": round((len(x_train) + len(x_test)) / forward_s, 1),
+        "images_per_second": round(seen / forward_s, 1),
         "date": time.strftime("%Y-%m-%d"),
     }
     os.makedirs(RESULTS, exist_ok=True)
@@ -168,7 +197,15 @@ def report():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default="fashion_mnist,digits")
+    parser.add_argument(
+        "--datasets",
+        default="fashion_mnist,digits",
+        help="comma list: fashion_mnist, digits, cifar10, clothing (the photo sets use the DINOv2 "
+        "benchmark's own splits)",
+    )
+    parser.add_argument(
+        "--data-root", default=None, help="folder with the photo archives (default: ../shared/data)"
+    )
     parser.add_argument("--backbones", default="pretrained,random")
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--train-size", type=int, default=2000, help="Fashion-MNIST training images")

@@ -1,6 +1,7 @@
-"""Real target data that works offline: Fashion-MNIST and scikit-learn digits.
+"""Target data sets: Fashion-MNIST, scikit-learn digits, CIFAR-10 and photo
+folders with train/validation/test splits.
 
-Both loaders return the same structure::
+Every loader returns the same structure::
 
     {
         "train": (x, y),
@@ -29,7 +30,7 @@ import shutil
 
 import numpy as np
 
-from keras_dmpo import image_folders
+from keras_dmpo import archives, image_folders
 from keras_dmpo.optional_deps import require
 
 FASHION_MNIST_CLASS_NAMES = [
@@ -246,20 +247,32 @@ def _stratified_take(y, size, seed, argument):
     return np.sort(taken), np.sort(rest)
 
 
+# ITU-R BT.601 luma, what Pillow's "L" conversion uses.
+_LUMA = np.asarray([0.299, 0.587, 0.114], dtype="float32")
+
+
 def _to_float_images(x, image_size, channels, max_value):
+    """Grayscale ``(N, H, W)`` or RGB ``(N, H, W, 3)`` arrays to float
+    ``(N, image_size, image_size, channels)`` in [0, 1]."""
     x = np.asarray(x, dtype="float32") / float(max_value)
-    x = resize_images(x, image_size)
-    x = np.clip(x, 0.0, 1.0)[..., None]
-    if channels == 3:
-        x = np.repeat(x, 3, axis=-1)
+    x = np.clip(resize_images(x, image_size), 0.0, 1.0)
+    if x.ndim == 3:
+        x = x[..., None]
+        if channels == 3:
+            x = np.repeat(x, 3, axis=-1)
+    elif channels == 1:
+        x = (x @ _LUMA)[..., None]
     return np.ascontiguousarray(x, dtype="float32")
 
 
-def _make_splits(pool, test, class_names, *, max_value, sizes):
+def _make_splits(pool, test, class_names, *, max_value=None, sizes, prepare=None):
     """Train/validation from ``pool``, test from ``test``, images prepared.
 
     ``sizes``: ``image_size``, ``channels``, ``validation_size``,
     ``train_size``, ``test_size`` and ``seed`` as the loaders take them.
+    ``prepare(x)`` turns the selected samples into float images (default:
+    pixel arrays scaled by ``max_value``); with it, ``x`` can be file paths,
+    so only the images a split keeps are ever decoded.
     """
     (x_pool, y_pool), (x_test, y_test) = pool, test
     image_size, channels, seed = sizes["image_size"], sizes["channels"], sizes["seed"]
@@ -288,8 +301,13 @@ def _make_splits(pool, test, class_names, *, max_value, sizes):
         take, _ = _stratified_take(y_test, test_size, seed + 2, "test_size")
         x_test, y_test = x_test[take], y_test[take]
 
+    if prepare is None:
+
+        def prepare(x):
+            return _to_float_images(x, image_size, channels, max_value)
+
     def convert(x, y):
-        return (_to_float_images(x, image_size, channels, max_value), np.asarray(y, dtype="int32"))
+        return (prepare(x), np.asarray(y, dtype="int32"))
 
     return {
         "train": convert(x_pool[train_idx], y_pool[train_idx]),
@@ -399,11 +417,245 @@ def load_digits(
     return _make_splits(pool, test, names, max_value=16.0, sizes=sizes)
 
 
-_LOADERS = {"fashion_mnist": load_fashion_mnist, "digits": load_digits}
+CIFAR10_CLASS_NAMES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
+CIFAR10_KERAS_SOURCE = "keras.datasets.cifar10 (the original arrays)"
+
+
+def _read_cifar10_arrays():
+    import keras
+
+    try:
+        (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
+    except Exception as error:  # noqa: BLE001 - re-raised with advice.
+        raise ValueError(
+            "Could not get CIFAR-10 through keras.datasets.cifar10 "
+            f"({type(error).__name__}: {error}). Connect to the internet (Keras "
+            "downloads it once), or pass `source=` a CIFAR-10 JPEG copy: the "
+            "archive or its folder with train/<class>/ and test/<class>/."
+        ) from None
+    return (x_train, y_train.reshape(-1)), (x_test, y_test.reshape(-1))
+
+
+def load_cifar10(
+    image_size=32,
+    channels=3,
+    validation_size=5000,
+    seed=0,
+    train_size=None,
+    test_size=None,
+    classes=None,
+    source=None,
+    cache_dir=None,
+):
+    """Load CIFAR-10 (Krizhevsky, 2009) as float images.
+
+    50,000 training and 10,000 test photographs of 32x32 pixels, 10 classes.
+    By default through ``keras.datasets.cifar10.load_data()`` (the original
+    arrays; Keras downloads them once). With ``source``, a copy saved as
+    image files is read instead: a folder with ``train/<class>/`` and
+    ``test/<class>/``, or an archive of one (unpacked once into Keras' cache,
+    sha256-checked when known). Only the images the splits keep are decoded.
+    JPEG copies are lossy, so their numbers are close to, not equal to, the
+    original arrays': ``result["source"]`` says which one was read.
+
+    Args:
+        image_size: output height and width (>= 8); 32 keeps the originals.
+        channels: 3, or 1 (BT.601 luma).
+        validation_size: training images held out (stratified) for validation.
+        seed: seed of the validation split and the subsets.
+        train_size: if set, a stratified subset of this many training images
+            (taken after the validation split).
+        test_size: if set, a stratified subset of this many test images.
+        classes: optional list of class indices or names to keep (labels
+            renumbered in the given order).
+        source: ``None`` for Keras' arrays, else the path of an image-file
+            copy (folder or ``.tar``/``.tar.gz``/``.zip``).
+        cache_dir: where archives are unpacked (default
+            ``<keras cache>/datasets``).
+
+    Returns:
+        The dict of ``load_fashion_mnist`` plus ``"source"``.
+
+    Example:
+
+    >>> data = load_cifar10(112, validation_size=1000, train_size=1000,
+    ...                     source="cifar10-jpeg.tar.gz")  # doctest: +SKIP
+    >>> data["source"]  # doctest: +SKIP
+    'image files at .../cifar10-jpeg-d34c68f61cca'
+    """
+    _check_image_args(image_size, channels)
+    _check_int("seed", seed, 0)
+    sizes = dict(image_size=image_size, channels=channels, validation_size=validation_size)
+    sizes.update(train_size=train_size, test_size=test_size, seed=seed)
+    if source is None:
+        (x_train, y_train), (x_test, y_test) = _read_cifar10_arrays()
+        prepare, described = None, CIFAR10_KERAS_SOURCE
+    else:
+        root = archives.dataset_root(source, argument="source", cache_dir=cache_dir)
+        x_train, y_train, _ = image_folders.list_class_folder(
+            os.path.join(root, "train"), "source", CIFAR10_CLASS_NAMES
+        )
+        x_test, y_test, _ = image_folders.list_class_folder(
+            os.path.join(root, "test"), "source", CIFAR10_CLASS_NAMES
+        )
+
+        def prepare(paths):
+            return image_folders.read_image_files(paths, (image_size, image_size, channels), "source")
+
+        described = f"image files at {root}"
+    x_train, y_train, names = _select_classes(x_train, y_train.astype("int64"), CIFAR10_CLASS_NAMES, classes)
+    x_test, y_test, _ = _select_classes(x_test, y_test.astype("int64"), CIFAR10_CLASS_NAMES, classes)
+    data = _make_splits((x_train, y_train), (x_test, y_test), names, max_value=255.0, sizes=sizes, prepare=prepare)
+    data["source"] = described
+    return data
+
+
+SPLIT_FOLDERS = ("train", "validation", "test")
+
+
+def load_image_splits(
+    source,
+    image_size=224,
+    channels=3,
+    resplit=False,
+    train_size=None,
+    validation_size=None,
+    test_size=None,
+    seed=0,
+    classes=None,
+    cache_dir=None,
+):
+    """Load a photo set kept as ``train/``, ``validation/`` and ``test/``
+    folders of class sub-folders (``validation/`` optional).
+
+    Images of any size are resized to ``image_size`` (aspect ratio not kept,
+    as ``keras.utils.image_dataset_from_directory`` does) and converted to
+    ``channels``. Only the images the splits keep are decoded.
+
+    Args:
+        source: the folder, or an archive of it (``.tar``, ``.tar.gz``,
+            ``.zip``; unpacked once into Keras' cache, sha256-checked when
+            known).
+        image_size: output height and width (>= 8).
+        channels: 3 (RGB) or 1 (grayscale).
+        resplit: ``False`` keeps the folder's splits (``train_size`` and
+            ``test_size`` then take stratified subsets; without a
+            ``validation/`` folder, ``validation_size`` images are held out
+            from ``train/``). ``True`` pools every image and splits them again,
+            stratified with ``seed``: ``validation_size`` (required) and
+            ``train_size`` images, and ``test_size`` (default: all the rest).
+        train_size, validation_size, test_size: split sizes (see ``resplit``).
+        seed: seed of every split and subset.
+        classes: optional list of class indices or names to keep (labels
+            renumbered in the given order).
+        cache_dir: where archives are unpacked.
+
+    Returns:
+        The dict of ``load_fashion_mnist`` plus ``"source"`` (the folder read
+        and how it was split).
+
+    Example:
+
+    >>> data = load_image_splits("clothing-small.tar", 112, resplit=True,
+    ...                          train_size=1500, validation_size=500)  # doctest: +SKIP
+    """
+    _check_image_args(image_size, channels)
+    _check_int("seed", seed, 0)
+    for name, value in (("train_size", train_size), ("validation_size", validation_size), ("test_size", test_size)):
+        _check_int(name, value, 1, allow_none=True)
+    if not isinstance(resplit, bool):
+        raise ValueError(f"`resplit` must be True or False; got {resplit!r}.")
+    root = archives.dataset_root(source, argument="source", cache_dir=cache_dir)
+    present = [s for s in SPLIT_FOLDERS if os.path.isdir(os.path.join(root, s))]
+    if "train" not in present or "test" not in present:
+        raise ValueError(
+            f"`source`={source!r}: expected the folders train/ and test/ (and optionally "
+            f"validation/) in {root}; found {sorted(os.listdir(root))}."
+        )
+    names = None
+    files = {}
+    for split in present:
+        paths, labels, names = image_folders.list_class_folder(os.path.join(root, split), "source", names)
+        paths, labels, kept = _select_classes(paths, labels, names, classes)
+        files[split] = (paths, labels)
+    class_names = kept
+    if resplit:
+        if validation_size is None:
+            raise ValueError("`validation_size` is required with `resplit=True`.")
+        if train_size is None and test_size is None:
+            raise ValueError("With `resplit=True` give `train_size` or `test_size` (the other takes the rest).")
+        x = np.concatenate([files[s][0] for s in present])
+        y = np.concatenate([files[s][1] for s in present])
+        val_idx, rest = _stratified_take(y, validation_size, seed, "validation_size")
+        size = train_size if train_size is not None else len(rest) - test_size
+        take, left = _stratified_take(y[rest], size, seed + 1, "train_size" if train_size else "test_size")
+        train_idx, test_idx = rest[take], rest[left]
+        if test_size is not None and train_size is not None:
+            take, _ = _stratified_take(y[test_idx], test_size, seed + 2, "test_size")
+            test_idx = test_idx[take]
+        chosen = {"train": (x[train_idx], y[train_idx]), "validation": (x[val_idx], y[val_idx])}
+        chosen["test"] = (x[test_idx], y[test_idx])
+        how = f"all {len(y)} images pooled and split again, stratified, seed {seed}"
+    else:
+        chosen = {"train": files["train"], "test": files["test"]}
+        if "validation" in files:
+            chosen["validation"] = files["validation"]
+            if validation_size is not None:
+                chosen["validation"] = _subset(*files["validation"], validation_size, seed + 1, "validation_size")
+        else:
+            if validation_size is None:
+                raise ValueError(
+                    f"`source`={source!r} has no validation/ folder: give `validation_size` "
+                    "(images held out from train/)."
+                )
+            val_idx, train_idx = _stratified_take(files["train"][1], validation_size, seed, "validation_size")
+            x, y = files["train"]
+            chosen["train"], chosen["validation"] = (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx])
+        if train_size is not None:
+            chosen["train"] = _subset(*chosen["train"], train_size, seed + 1, "train_size")
+        if test_size is not None:
+            chosen["test"] = _subset(*chosen["test"], test_size, seed + 2, "test_size")
+        how = "the folder's own splits"
+    shape = (image_size, image_size, channels)
+    data = {
+        split: (
+            image_folders.read_image_files(chosen[split][0], shape, "source"),
+            np.asarray(chosen[split][1], dtype="int32"),
+        )
+        for split in SPLIT_FOLDERS
+    }
+    data["class_names"] = list(class_names)
+    data["source"] = f"image files at {root} ({how})"
+    return data
+
+
+def _subset(x, y, size, seed, argument):
+    take, _ = _stratified_take(y, size, seed, argument)
+    return x[take], y[take]
+
+
+_LOADERS = {
+    "fashion_mnist": load_fashion_mnist,
+    "digits": load_digits,
+    "cifar10": load_cifar10,
+    "image_splits": load_image_splits,
+}
 
 
 def load_dataset(name, **kwargs):
-    """Load a data set by name: ``"fashion_mnist"`` or ``"digits"``.
+    """Load a data set by name: ``"fashion_mnist"``, ``"digits"``,
+    ``"cifar10"`` or ``"image_splits"`` (a folder given as ``source=``).
 
     Args:
         name: the data set's name (``-`` and ``_`` are interchangeable).

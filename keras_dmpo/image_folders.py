@@ -85,3 +85,94 @@ def load_image_folder(directory, image_shape, argument="--data"):
         images.append(np.asarray(x, "float32") / 255.0)
         labels.append(np.asarray(y))
     return np.concatenate(images), np.concatenate(labels).astype("int64"), class_names
+
+
+def list_class_folder(directory, argument="--data", class_names=None):
+    """The image files of a class-per-folder directory, without decoding them.
+
+    Args:
+        directory: folder with one sub-folder per class.
+        argument: the argument's name for error messages.
+        class_names: the classes to expect, in label order (so a split folder
+            gets the same labels as its sibling); default: the sorted
+            sub-folder names.
+
+    Returns:
+        ``(paths, labels, class_names)``: a numpy array of file paths (sorted
+        within each class), int64 labels, and the class names.
+    """
+    if not os.path.isdir(directory):
+        raise ValueError(f"{argument} {directory!r}: no such directory.")
+    found = sorted(
+        d
+        for d in os.listdir(directory)
+        if os.path.isdir(os.path.join(directory, d)) and not d.startswith(".")
+    )
+    if not found:
+        raise ValueError(
+            f"{argument} {directory!r} has no class sub-folders; expected one "
+            "sub-folder per class, each holding that class's images."
+        )
+    if class_names is None:
+        class_names = found
+    elif sorted(class_names) != found:
+        raise ValueError(
+            f"{argument} {directory!r} has the classes {found}, expected {sorted(class_names)} "
+            "(the same classes as the other splits)."
+        )
+    paths, labels = [], []
+    for label, name in enumerate(class_names):
+        folder = os.path.join(directory, name)
+        files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise ValueError(
+                f"{argument}: class folder {folder!r} has no images ({', '.join(IMAGE_EXTENSIONS)})."
+            )
+        paths.extend(os.path.join(folder, f) for f in files)
+        labels.extend([label] * len(files))
+    return np.asarray(paths), np.asarray(labels, dtype="int64"), list(class_names)
+
+
+def read_image_files(paths, image_shape, argument="--data", progress=None):
+    """Decode and resize image files with Pillow.
+
+    Each image is converted to RGB (or grayscale for one channel) and resized
+    to ``(height, width)`` with Pillow's antialiased bilinear filter, the
+    aspect ratio not kept, as ``keras.utils.image_dataset_from_directory``
+    does by default.
+
+    Args:
+        paths: the files.
+        image_shape: ``(height, width, channels)``, channels 1 or 3.
+        argument: the argument's name for error messages.
+        progress: show a progress bar (default: when there are over 2,000
+            files).
+
+    Returns:
+        float32 array ``(N, height, width, channels)`` in ``[0, 1]``.
+    """
+    Image = require("PIL.Image", "images", "Reading image files")
+    height, width, channels = (int(s) for s in image_shape)
+    out = np.empty((len(paths), height, width, channels), dtype="float32")
+    bar = None
+    if progress is None:
+        progress = len(paths) > 2000
+    if progress:
+        import keras
+
+        bar = keras.utils.Progbar(len(paths), unit_name="image")
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB" if channels == 3 else "L")
+                if image.size != (width, height):
+                    image = image.resize((width, height), Image.BILINEAR)
+                pixels = np.asarray(image, dtype="float32")
+        except Exception as error:  # Pillow raises many kinds
+            raise ValueError(f"{argument}: cannot read image {path!r} ({type(error).__name__}: {error}).") from None
+        out[i] = pixels.reshape(height, width, channels) / 255.0
+        if bar is not None and (i + 1) % 250 == 0:
+            bar.update(i + 1)
+    if bar is not None:
+        bar.update(len(paths), finalize=True)
+    return out
