@@ -139,7 +139,9 @@ def run(dataset, kind, args):
         sizes = "_benchmark_splits"
     else:
         sizes = (
-            "" if (args.train_size, args.test_size) == (2000, 1000) else f"_{args.train_size}x{args.test_size}"
+            ""
+            if (args.train_size, args.test_size) == (2000, 1000)
+            else f"_{args.train_size}x{args.test_size}"
         )
     path = os.path.join(RESULTS, f"{dataset}_{kind}_{args.image_size}px{sizes}.json")
     if os.path.exists(path) and not args.force:

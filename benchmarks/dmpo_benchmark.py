@@ -224,7 +224,12 @@ PROFILES = {
             "digits": ("dmpo", "plain", "single_exit"),
         },
         train_images={"cifar10": 1000, "clothing": 1500, "fashion_mnist": 1000, "digits": 1797 - 360 - 360},
-        eval_images={"cifar10": 1000 + 5000, "clothing": 500 + 1781, "fashion_mnist": 1000 + 5000, "digits": 360 + 360},
+        eval_images={
+            "cifar10": 1000 + 5000,
+            "clothing": 500 + 1781,
+            "fashion_mnist": 1000 + 5000,
+            "digits": 360 + 360,
+        },
     ),
 }
 PROFILE = "toy"
@@ -487,7 +492,7 @@ def build_model(method, backbone, num_classes, exits, common=None):
 def run_one(dataset, method, seed, data, settings, preset_dir, backbone_source, backbone_sha, command):
     import keras
 
-    from keras_dmpo import EarlyExitModel, PhaseCallback, PhaseSchedule
+    from keras_dmpo import EarlyExitModel, PhaseCallback, PhaseSchedule, tuning_optimizer
     from keras_dmpo.models.options import load_preset_backbone
 
     start = time.time()
@@ -502,17 +507,15 @@ def run_one(dataset, method, seed, data, settings, preset_dir, backbone_source, 
     if not use_callback:
         model.set_loss_weights([1.0] * model.num_exits)
     opt = settings["optimizer"]
-    learning_rate = opt["learning_rate"]
-    if opt.get("schedule") == "cosine":
-        # one epoch of linear warm-up, then cosine decay to 0 over the rest
-        steps_per_epoch = math.ceil(len(x_train) / settings["batch_size"])
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            0.0,
-            decay_steps=steps_per_epoch * (settings["epochs"] - 1) or 1,
-            warmup_target=opt["learning_rate"],
-            warmup_steps=steps_per_epoch,
-        )
-    model.compile(optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=opt["weight_decay"]))
+    optimizer = tuning_optimizer(
+        len(x_train),
+        settings["epochs"],
+        settings["batch_size"],
+        learning_rate=opt["learning_rate"],
+        weight_decay=opt["weight_decay"],
+        schedule=opt.get("schedule") or "constant",
+    )
+    model.compile(optimizer=optimizer)
     trainable = _trainable(model)
     timer = StepTimer(skip=3)
     callbacks = [timer] + ([PhaseCallback(schedule, verbose=1)] if use_callback else [])

@@ -516,7 +516,9 @@ def load_cifar10(
         described = f"image files at {root}"
     x_train, y_train, names = _select_classes(x_train, y_train.astype("int64"), CIFAR10_CLASS_NAMES, classes)
     x_test, y_test, _ = _select_classes(x_test, y_test.astype("int64"), CIFAR10_CLASS_NAMES, classes)
-    data = _make_splits((x_train, y_train), (x_test, y_test), names, max_value=255.0, sizes=sizes, prepare=prepare)
+    data = _make_splits(
+        (x_train, y_train), (x_test, y_test), names, max_value=255.0, sizes=sizes, prepare=prepare
+    )
     data["source"] = described
     return data
 
@@ -572,7 +574,11 @@ def load_image_splits(
     """
     _check_image_args(image_size, channels)
     _check_int("seed", seed, 0)
-    for name, value in (("train_size", train_size), ("validation_size", validation_size), ("test_size", test_size)):
+    for name, value in (
+        ("train_size", train_size),
+        ("validation_size", validation_size),
+        ("test_size", test_size),
+    ):
         _check_int(name, value, 1, allow_none=True)
     if not isinstance(resplit, bool):
         raise ValueError(f"`resplit` must be True or False; got {resplit!r}.")
@@ -594,7 +600,9 @@ def load_image_splits(
         if validation_size is None:
             raise ValueError("`validation_size` is required with `resplit=True`.")
         if train_size is None and test_size is None:
-            raise ValueError("With `resplit=True` give `train_size` or `test_size` (the other takes the rest).")
+            raise ValueError(
+                "With `resplit=True` give `train_size` or `test_size` (the other takes the rest)."
+            )
         x = np.concatenate([files[s][0] for s in present])
         y = np.concatenate([files[s][1] for s in present])
         val_idx, rest = _stratified_take(y, validation_size, seed, "validation_size")
@@ -612,7 +620,9 @@ def load_image_splits(
         if "validation" in files:
             chosen["validation"] = files["validation"]
             if validation_size is not None:
-                chosen["validation"] = _subset(*files["validation"], validation_size, seed + 1, "validation_size")
+                chosen["validation"] = _subset(
+                    *files["validation"], validation_size, seed + 1, "validation_size"
+                )
         else:
             if validation_size is None:
                 raise ValueError(

@@ -169,7 +169,9 @@ def read_image_files(paths, image_shape, argument="--data", progress=None):
                     image = image.resize((width, height), Image.BILINEAR)
                 pixels = np.asarray(image, dtype="float32")
         except Exception as error:  # Pillow raises many kinds
-            raise ValueError(f"{argument}: cannot read image {path!r} ({type(error).__name__}: {error}).") from None
+            raise ValueError(
+                f"{argument}: cannot read image {path!r} ({type(error).__name__}: {error})."
+            ) from None
         out[i] = pixels.reshape(height, width, channels) / 255.0
         if bar is not None and (i + 1) % 250 == 0:
             bar.update(i + 1)
