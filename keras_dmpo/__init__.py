@@ -15,7 +15,7 @@ _LAZY_ATTRIBUTES = {
     "ViTStages": ("keras_dmpo.models.vit_stages", "ViTStages"),
     "PhaseSchedule": ("keras_dmpo.training.phase_schedule", "PhaseSchedule"),
     "PhaseCallback": ("keras_dmpo.training.phase_schedule", "PhaseCallback"),
-    "tuning_optimizer": ("keras_dmpo.training.recipe", "tuning_optimizer"),
+    "tuning_optimizer": ("keras_dmpo.recipe", "tuning_optimizer"),
     "EarlyExitModel": ("keras_dmpo.inference.early_exit", "EarlyExitModel"),
     # ``keras_dmpo.presets`` is the dict short name -> description (DESIGN.md §2).
     "presets": ("keras_dmpo.preset_registry", "PRESETS"),

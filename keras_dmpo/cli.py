@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from keras_dmpo import exit_rule, preset_fetch, preset_registry
+from keras_dmpo import exit_rule, preset_fetch, preset_registry, recipe
 from keras_dmpo.atomic_io import is_partial_name, write_json_atomic
 from keras_dmpo.datasets import NAMED_DATA, all_images, load_data
 
@@ -59,6 +59,16 @@ def accuracy_drop(text):
     return value
 
 
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
+    return value
+
+
 def exit_list(text):
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -91,7 +101,7 @@ def cmd_train(args):
     check_train_output(args.output_dir, args.overwrite)
     import keras
 
-    from keras_dmpo import DMPOClassifier, EarlyExitModel, PhaseCallback, PhaseSchedule
+    from keras_dmpo import DMPOClassifier, EarlyExitModel, PhaseCallback, PhaseSchedule, tuning_optimizer
     from keras_dmpo.models.options import load_preset_backbone
 
     keras.utils.set_random_seed(args.seed)
@@ -107,7 +117,16 @@ def cmd_train(args):
     model = DMPOClassifier(
         backbone=backbone, num_classes=len(data["class_names"]), exits=args.exits, **options
     )
-    model.compile(optimizer=keras.optimizers.AdamW(args.learning_rate))
+    model.compile(
+        optimizer=tuning_optimizer(
+            len(x),
+            args.epochs,
+            args.batch_size,
+            learning_rate=args.learning_rate,
+            weight_decay=args.weight_decay,
+            schedule=args.lr_schedule,
+        )
+    )
     callbacks = [] if args.plain else [PhaseCallback(PhaseSchedule(switch_fraction=args.switch_fraction))]
     if args.plain:
         model.set_loss_weights([1.0] * model.num_exits)
@@ -412,10 +431,27 @@ def _train_arguments(train, data_help):
         default=None,
         help="1-based exit blocks, e.g. 2,4,8 (default: preset-dependent)",
     )
-    train.add_argument("--epochs", type=int, default=4)
-    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=recipe.DEFAULT_EPOCHS,
+        help=f"training epochs (default {recipe.DEFAULT_EPOCHS})",
+    )
+    train.add_argument("--batch-size", type=positive_int, default=recipe.DEFAULT_BATCH_SIZE)
     train.add_argument("--train-size", type=int, default=None, help="use a subset of the training images")
-    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument(
+        "--learning-rate",
+        type=float,
+        default=recipe.DEFAULT_LEARNING_RATE,
+        help=f"peak learning rate of AdamW (default {recipe.DEFAULT_LEARNING_RATE:g})",
+    )
+    train.add_argument(
+        "--lr-schedule",
+        choices=recipe.SCHEDULES,
+        default="cosine",
+        help="cosine: one epoch of linear warm-up, then cosine decay to 0 (default); constant",
+    )
+    train.add_argument("--weight-decay", type=float, default=recipe.DEFAULT_WEIGHT_DECAY)
     train.add_argument(
         "--switch-fraction", type=float, default=0.5, help="when phase 2 starts (fraction of training)"
     )

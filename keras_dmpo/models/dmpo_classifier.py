@@ -74,11 +74,12 @@ class DMPOClassifier(keras.Model):
 
     Example (the shipped tiny preset; random images stand in for a data set):
 
-    >>> from keras_dmpo import PhaseCallback, PhaseSchedule
+    >>> from keras_dmpo import PhaseCallback, PhaseSchedule, tuning_optimizer
     >>> model = DMPOClassifier.from_preset("dmpo_vit_tiny", num_classes=3, exits=[2, 4, 8])
     >>> x = np.random.rand(16, 28, 28, 3).astype("float32")
     >>> y = np.random.randint(0, 3, size=16)
-    >>> model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    >>> # AdamW, one epoch of warm-up to 6e-3, then cosine decay (the recipe)
+    >>> model.compile(optimizer=tuning_optimizer(train_images=len(x), epochs=2, batch_size=8))
     >>> history = model.fit(x, y, epochs=2, batch_size=8, verbose=0,
     ...                     callbacks=[PhaseCallback(PhaseSchedule(), verbose=0)])
     >>> logits = model.predict(x, verbose=0)

@@ -1,6 +1,5 @@
-"""Training: DMPO's two-phase loss-weight schedule and the tuning recipe."""
+"""Training: DMPO's two-phase loss-weight schedule."""
 
 from keras_dmpo.training.phase_schedule import PhaseCallback, PhaseSchedule
-from keras_dmpo.training.recipe import tuning_optimizer, warmup_cosine
 
-__all__ = ["PhaseCallback", "PhaseSchedule", "tuning_optimizer", "warmup_cosine"]
+__all__ = ["PhaseCallback", "PhaseSchedule"]

@@ -5,7 +5,8 @@ exit heads, about 1,000 training images): a constant AdamW(1e-3) left every
 exit under a linear probe of the frozen features; a warm-up to a peak of
 6e-3 followed by cosine decay to zero took the single-exit model past it.
 The benchmark, the CLI and the documented example all build their optimizer
-here, so the recipe is written once.
+here, so the recipe is written once. Keras is imported only when an
+optimizer is built (the CLI reads the defaults before importing it).
 """
 
 import math
@@ -13,6 +14,8 @@ import math
 DEFAULT_LEARNING_RATE = 6e-3
 DEFAULT_WEIGHT_DECAY = 1e-4
 DEFAULT_BATCH_SIZE = 32
+# Enough optimizer steps for a few thousand images (the CLI's default).
+DEFAULT_EPOCHS = 5
 SCHEDULES = ("cosine", "constant")
 
 
