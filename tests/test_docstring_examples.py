@@ -42,7 +42,16 @@ XFAIL = {}
 NOT_RUN = {
     "keras_dmpo.datasets.load_fashion_mnist": (
         "reads the Fashion-MNIST files (a download or Debian's package); tests marked fashion_mnist cover it"
-    )
+    ),
+    "keras_dmpo.datasets.load_cifar10": (
+        "reads a CIFAR-10 copy from disk; test_photo_data.py covers it on synthetic folders and ../shared/data"
+    ),
+    "keras_dmpo.datasets.load_image_splits": (
+        "reads a photo folder from disk; test_photo_data.py covers it on synthetic folders and ../shared/data"
+    ),
+    "keras_dmpo.archives.unpack_archive": (
+        "unpacks an archive from disk; test_photo_data.py covers it on synthetic archives"
+    ),
 }
 
 # Examples that only run on one backend (e.g. TFLite / ONNX conversion).
