@@ -42,10 +42,27 @@ def _stem(path):
     return name
 
 
+def keras_cache_dir():
+    """The directory Keras' ``get_file`` uses for its downloads.
+
+    ``$KERAS_HOME`` if set, else ``~/.keras``; like Keras, falls back to
+    ``/tmp/.keras`` when that directory is not writable.
+    """
+    if "KERAS_HOME" in os.environ:
+        base = os.environ["KERAS_HOME"]
+    else:
+        home = os.path.expanduser("~")
+        if not os.access(home, os.W_OK):
+            home = "/tmp"
+        base = os.path.join(home, ".keras")
+    base = os.path.expanduser(base)
+    if os.path.isdir(base) and not os.access(base, os.W_OK):
+        base = os.path.join("/tmp", ".keras")
+    return base
+
+
 def default_cache_dir():
     """``<keras cache>/datasets`` (``$KERAS_HOME``, else ``~/.keras``)."""
-    from keras_dmpo.datasets import keras_cache_dir
-
     return os.path.join(keras_cache_dir(), "datasets")
 
 

@@ -31,6 +31,7 @@ import shutil
 import numpy as np
 
 from keras_dmpo import archives, image_folders
+from keras_dmpo.archives import keras_cache_dir
 from keras_dmpo.optional_deps import require
 
 FASHION_MNIST_CLASS_NAMES = [
@@ -57,25 +58,6 @@ FASHION_MNIST_FILES = (
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 MIN_IMAGE_SIZE = 8
-
-
-def keras_cache_dir():
-    """The directory Keras' ``get_file`` uses for its downloads.
-
-    ``$KERAS_HOME`` if set, else ``~/.keras``; like Keras, falls back to
-    ``/tmp/.keras`` when that directory is not writable.
-    """
-    if "KERAS_HOME" in os.environ:
-        base = os.environ["KERAS_HOME"]
-    else:
-        home = os.path.expanduser("~")
-        if not os.access(home, os.W_OK):
-            home = "/tmp"
-        base = os.path.join(home, ".keras")
-    base = os.path.expanduser(base)
-    if os.path.isdir(base) and not os.access(base, os.W_OK):
-        base = os.path.join("/tmp", ".keras")
-    return base
 
 
 def fashion_mnist_cache_dir(cache_dir=None):
