@@ -26,8 +26,8 @@ import time
 import zipfile
 
 from keras_dmpo import dinov2_onnx
-from keras_dmpo.atomic_io import exchange_paths, sha256_file
 from keras_dmpo.archives import keras_cache_dir
+from keras_dmpo.atomic_io import exchange_paths, sha256_file
 from keras_dmpo.optional_deps import require
 
 MARKER = "keras_dmpo_preset.json"
