@@ -34,7 +34,10 @@ for dataset in cifar10 clothing; do
 done
 one() {  # dataset method seed
     local json="$results/$1/$2_seed$3.json"
-    [ -f "$json" ] && return 0
+    if [ -f "$json" ]; then  # landed; committed unless an earlier copy was stopped first
+        git ls-files --error-unmatch "$json" > /dev/null 2>&1 || commit "$json" "${json%.json}.npz"
+        return 0
+    fi
     .venv/bin/python benchmarks/dmpo_benchmark.py --profile dinov2 --datasets "$1" --methods "$2" --seeds "$3"
     commit "$json" "${json%.json}.npz"
 }
