@@ -165,6 +165,7 @@ def run(dataset, kind, args):
         "backbone": kind,
         "preset": PRESET,
         "image_size": args.image_size,
+        "data_seed": 0,
         "train_images": int(len(x_train)),
         "test_images": int(len(x_test)),
         "block_accuracy": accuracies,

@@ -109,7 +109,7 @@ def unpack_archive(path, sha256=None, cache_dir=None, argument="source"):
         temporary = atomic_io.partial_path(target)
         try:
             os.makedirs(temporary)
-            _extract(path, temporary)
+            _extract(path, temporary, argument)
             with open(os.path.join(temporary, MARKER), "w") as handle:
                 json.dump({"archive": os.path.basename(path), "sha256": actual}, handle)
             if os.path.exists(target):
@@ -131,21 +131,31 @@ def _is_complete(folder, sha256):
         return False
 
 
-def _extract(path, destination):
-    if path.lower().endswith(".zip"):
-        with zipfile.ZipFile(path) as archive:
-            for name in archive.namelist():
-                resolved = os.path.realpath(os.path.join(destination, name))
-                if not resolved.startswith(os.path.realpath(destination) + os.sep):
-                    raise ValueError(f"archive {path!r}: member {name!r} points outside the folder.")
-            archive.extractall(destination)
-        return
+def _extract(path, destination, argument="source"):
+    root = os.path.realpath(destination)
     try:
+        if path.lower().endswith(".zip"):
+            with zipfile.ZipFile(path) as archive:
+                for name in archive.namelist():
+                    resolved = os.path.realpath(os.path.join(destination, name))
+                    if resolved != root and not resolved.startswith(root + os.sep):
+                        raise ValueError(
+                            f"`{argument}`={path!r}: member {name!r} points outside the archive's folder."
+                        )
+                archive.extractall(destination)
+            return
+        if not hasattr(tarfile, "data_filter"):
+            raise ValueError(
+                f"`{argument}`={path!r}: unpacking tar archives safely needs Python >= 3.11.4 "
+                "(tarfile's 'data' filter); unpack it yourself and pass the folder."
+            )
         with tarfile.open(path) as archive:
             # "data": no absolute paths, no links out of the folder, no devices.
             archive.extractall(destination, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as error:
-        raise ValueError(f"cannot unpack {path!r} ({type(error).__name__}: {error}).") from None
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
+        raise ValueError(
+            f"`{argument}`={path!r}: cannot unpack it ({type(error).__name__}: {error})."
+        ) from None
 
 
 def dataset_root(source, argument="source", cache_dir=None, sha256=None):

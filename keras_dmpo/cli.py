@@ -11,6 +11,7 @@ imported, and ``--help`` or ``presets list`` should not pay for importing it.
 import argparse
 import inspect
 import json
+import math
 import os
 import sys
 import time
@@ -67,6 +68,25 @@ def positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
     return value
+
+
+def _float_at_least(text, minimum, strict):
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+        kind = "a positive number" if strict else f"a finite number >= {minimum:g}"
+        raise argparse.ArgumentTypeError(f"{text!r} must be {kind}")
+    return value
+
+
+def positive_float(text):
+    return _float_at_least(text, 0.0, strict=True)
+
+
+def non_negative_float(text):
+    return _float_at_least(text, 0.0, strict=False)
 
 
 def exit_list(text):
@@ -441,7 +461,7 @@ def _train_arguments(train, data_help):
     train.add_argument("--train-size", type=int, default=None, help="use a subset of the training images")
     train.add_argument(
         "--learning-rate",
-        type=float,
+        type=positive_float,
         default=recipe.DEFAULT_LEARNING_RATE,
         help=f"peak learning rate of AdamW (default {recipe.DEFAULT_LEARNING_RATE:g})",
     )
@@ -451,7 +471,7 @@ def _train_arguments(train, data_help):
         default="cosine",
         help="cosine: one epoch of linear warm-up, then cosine decay to 0 (default); constant",
     )
-    train.add_argument("--weight-decay", type=float, default=recipe.DEFAULT_WEIGHT_DECAY)
+    train.add_argument("--weight-decay", type=non_negative_float, default=recipe.DEFAULT_WEIGHT_DECAY)
     train.add_argument(
         "--switch-fraction", type=float, default=0.5, help="when phase 2 starts (fraction of training)"
     )

@@ -587,11 +587,32 @@ def load_image_splits(
             )
         x = np.concatenate([files[s][0] for s in present])
         y = np.concatenate([files[s][1] for s in present])
+        if validation_size >= len(y):
+            raise ValueError(
+                f"`validation_size`={validation_size} does not fit: the pool has {len(y)} images "
+                "and training and test need some."
+            )
         val_idx, rest = _stratified_take(y, validation_size, seed, "validation_size")
+        # Training and test both need images: the sizes must leave some for each.
+        for name, value, other in (
+            ("train_size", train_size, test_size),
+            ("test_size", test_size, train_size),
+        ):
+            if value is not None and value + (other or 1) > len(rest):
+                raise ValueError(
+                    f"`{name}`={value} does not fit: {len(rest)} images are left after "
+                    f"`validation_size`={validation_size}"
+                    + (
+                        f" and the other split's {other}"
+                        if other is not None
+                        else ", and the other split needs some"
+                    )
+                    + "."
+                )
         size = train_size if train_size is not None else len(rest) - test_size
         take, left = _stratified_take(y[rest], size, seed + 1, "train_size" if train_size else "test_size")
         train_idx, test_idx = rest[take], rest[left]
-        if test_size is not None and train_size is not None:
+        if test_size is not None and train_size is not None and test_size < len(test_idx):
             take, _ = _stratified_take(y[test_idx], test_size, seed + 2, "test_size")
             test_idx = test_idx[take]
         chosen = {"train": (x[train_idx], y[train_idx]), "validation": (x[val_idx], y[val_idx])}
@@ -610,6 +631,11 @@ def load_image_splits(
                 raise ValueError(
                     f"`source`={source!r} has no validation/ folder: give `validation_size` "
                     "(images held out from train/)."
+                )
+            if validation_size >= len(files["train"][1]):
+                raise ValueError(
+                    f"`validation_size`={validation_size} does not fit: train/ has "
+                    f"{len(files['train'][1])} images and needs some left for training."
                 )
             val_idx, train_idx = _stratified_take(files["train"][1], validation_size, seed, "validation_size")
             x, y = files["train"]

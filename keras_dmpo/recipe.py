@@ -88,7 +88,12 @@ def tuning_optimizer(
     _check_positive("epochs", epochs, integer=True)
     _check_positive("batch_size", batch_size, integer=True)
     _check_positive("learning_rate", learning_rate)
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
+    if (
+        isinstance(weight_decay, bool)
+        or not isinstance(weight_decay, (int, float))
+        or not math.isfinite(weight_decay)
+        or weight_decay < 0
+    ):
         raise ValueError(f"`weight_decay` must be a non-negative number; got {weight_decay!r}.")
     if schedule not in SCHEDULES:
         raise ValueError(f"`schedule` must be one of {SCHEDULES}; got {schedule!r}.")

@@ -156,7 +156,7 @@ def test_regime_and_budget_checks(bench, tmp_path):
     assert claim["budget"]["passed"] is False
 
 
-@pytest.mark.parametrize("acc50, passed", [(0.905, False), (0.912, True)])
+@pytest.mark.parametrize("acc50, passed", [(0.905, False), (0.912, True), (0.91, True)])
 def test_budget_bar_needs_one_point(bench, tmp_path, acc50, passed):
     results = tmp_path / "results"
     _write(results, _record("dmpo", 0, {0.25: 0.90, 0.3: 0.90, 0.5: acc50}))
@@ -176,6 +176,10 @@ def test_photo_sets_lead_the_report_with_the_probe(bench, tmp_path, monkeypatch)
     probe = {"block_accuracy": [0.1 * (i % 10) for i in range(12)], "train_images": 100, "test_images": 200}
     (probe_dir / bench.PROBE_FILES["cifar10"]).write_text(json.dumps(probe))
     monkeypatch.setattr(bench, "REPO", str(tmp_path / "repo"))
+    # The toy profile's report has no probe of its own backbone: no row.
+    text, _, _ = bench.build_report(results, str(tmp_path / "out"), plot=False)
+    assert "| frozen probe" not in text
+    monkeypatch.setattr(bench, "PROFILE", "dinov2")
     text, _, _ = bench.build_report(results, str(tmp_path / "out"), plot=False)
     assert text.index("### CIFAR-10 photographs") < text.index("### Fashion-MNIST")
     assert "Data: image files at /x (test)." in text

@@ -223,3 +223,34 @@ def test_demo_end_to_end_tiny(tiny_vit_preset, tmp_path, capsys):
         summary = json.load(handle)
     assert summary["litert"]["same_exit"] == 1.0
     assert "LiteRT vs Keras" in out
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--learning-rate", "0", "'0' must be a positive number"),
+        ("--learning-rate", "nan", "'nan' must be a positive number"),
+        ("--weight-decay", "-1e-4", "'-1e-4' must be a finite number >= 0"),
+        ("--epochs", "0", "'0' must be a positive integer"),
+        ("--batch-size", "x", "'x' must be a positive integer"),
+    ],
+)
+def test_train_rejects_bad_recipe_values_before_any_work(flag, value, message, capsys):
+    with pytest.raises(SystemExit) as raised:
+        cli.build_parser().parse_args(["train", "--data", "digits", "--output-dir", "out", f"{flag}={value}"])
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: {message}" in err
+
+
+def test_train_defaults_are_the_recipe():
+    from keras_dmpo import recipe
+
+    args = cli.build_parser().parse_args(["train", "--data", "digits", "--output-dir", "out"])
+    assert (args.learning_rate, args.batch_size, args.epochs, args.lr_schedule) == (
+        recipe.DEFAULT_LEARNING_RATE,
+        recipe.DEFAULT_BATCH_SIZE,
+        recipe.DEFAULT_EPOCHS,
+        "cosine",
+    )
+    assert args.weight_decay == recipe.DEFAULT_WEIGHT_DECAY

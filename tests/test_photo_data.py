@@ -93,8 +93,8 @@ def test_unpack_archive_interrupted_leaves_nothing(photo_folder, tmp_path, monke
     cache = str(tmp_path / "cache")
     real = archives._extract
 
-    def half_then_fail(source, destination):
-        real(source, destination)
+    def half_then_fail(source, destination, argument):
+        real(source, destination, argument)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(archives, "_extract", half_then_fail)
@@ -118,6 +118,19 @@ def test_unpack_archive_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="cannot unpack"):
         archives.unpack_archive(str(broken), cache_dir=str(tmp_path / "c"))
     assert not [e for e in os.listdir(tmp_path / "c") if not e.endswith(".lock")]
+    not_zip = tmp_path / "broken.zip"
+    not_zip.write_bytes(b"PK nothing")
+    with pytest.raises(ValueError, match=r"`source`=.*broken.zip.*cannot unpack it \(BadZipFile"):
+        archives.unpack_archive(str(not_zip), cache_dir=str(tmp_path / "c"))
+    good = tmp_path / "good.zip"
+    with zipfile.ZipFile(good, "w") as archive:
+        archive.writestr("./", "")
+        archive.writestr("photos/train/a/x.txt", "x")
+    assert os.path.isfile(
+        os.path.join(
+            archives.unpack_archive(str(good), cache_dir=str(tmp_path / "c")), "photos/train/a/x.txt"
+        )
+    )
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as archive:
         archive.writestr("../outside.txt", "x")
@@ -171,11 +184,38 @@ def test_image_splits_resplit_is_stratified_disjoint_and_seeded(photo_folder):
     assert len(sized["test"][1]) == 10 and len(sized["train"][1]) == total - 22
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(validation_size=12, test_size=52), r"`test_size`=52 does not fit: 52 images are left after"),
+        (dict(validation_size=12, test_size=60), r"`test_size`=60 does not fit: 52 images"),
+        (dict(validation_size=12, train_size=52), r"`train_size`=52 does not fit: 52 images"),
+        (
+            dict(validation_size=12, train_size=40, test_size=13),
+            r"`train_size`=40 does not fit.*other split's 13",
+        ),
+        (dict(validation_size=64, train_size=1), r"`validation_size`=64 does not fit: the pool has 64"),
+    ],
+)
+def test_image_splits_resplit_never_leaves_a_split_empty(photo_folder, kwargs, message):
+    folder, _, total = photo_folder
+    assert total == 64
+    with pytest.raises(ValueError, match=message):
+        datasets.load_image_splits(folder, 8, resplit=True, **kwargs)
+    # The largest sizes that fit leave one image for the other split... per class where stratified.
+    data = datasets.load_image_splits(
+        folder, 8, resplit=True, validation_size=12, train_size=30, test_size=22
+    )
+    assert [len(data[s][1]) for s in ("train", "validation", "test")] == [30, 12, 22]
+
+
 def test_image_splits_without_validation_folder_and_options(tmp_path):
     root = str(tmp_path / "p")
     make_photo_folder(root, {"train": [10, 10, 10], "test": [3, 3, 3]}, splits=("train", "test"))
     with pytest.raises(ValueError, match="no validation/ folder: give `validation_size`"):
         datasets.load_image_splits(root, 8)
+    with pytest.raises(ValueError, match="`validation_size`=30 does not fit: train/ has 30 images"):
+        datasets.load_image_splits(root, 8, validation_size=30)
     data = datasets.load_image_splits(
         root, 8, validation_size=6, train_size=12, classes=["c", "a"], channels=1
     )
