@@ -439,20 +439,6 @@ def load_split(dataset, sizes, data_seed, image_shape, classes=None, data_root=N
     from keras_dmpo import datasets
 
     height, _, channels = image_shape
-    if dataset in PHOTO_DATASETS:
-        source = photo_source(dataset, data_root)
-        kwargs = dict(
-            image_size=height,
-            channels=channels,
-            seed=data_seed,
-            train_size=sizes["train_size"],
-            validation_size=sizes["validation_size"],
-            test_size=sizes["test_size"],
-            source=source,
-        )
-        if dataset == "cifar10":
-            return datasets.load_cifar10(**kwargs)
-        return datasets.load_image_splits(resplit=sizes.get("resplit", False), **kwargs)
     kwargs = dict(
         image_size=height,
         channels=channels,
@@ -461,6 +447,11 @@ def load_split(dataset, sizes, data_seed, image_shape, classes=None, data_root=N
         validation_size=sizes["validation_size"],
         test_size=sizes["test_size"],
     )
+    if dataset in PHOTO_DATASETS:
+        kwargs["source"] = photo_source(dataset, data_root)
+        if dataset == "cifar10":
+            return datasets.load_cifar10(**kwargs)
+        return datasets.load_image_splits(resplit=sizes.get("resplit", False), **kwargs)
     if classes is not None:
         kwargs.update(classes=classes, test_size=None)
     return datasets.load_dataset(dataset, **kwargs)

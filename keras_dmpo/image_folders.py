@@ -15,10 +15,9 @@ from keras_dmpo.optional_deps import require
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
-def scan_image_folder(directory, argument="--data"):
-    """Check the layout and every image; returns ``(class_names, counts)``."""
-    Image = require("PIL.Image", "images", "Reading a folder of your own images")
-
+def class_folders(directory, argument="--data"):
+    """The sorted class sub-folder names of ``directory`` (hidden ones
+    skipped); a clear error when there is no such folder or no class."""
     if not os.path.isdir(directory):
         raise ValueError(f"{argument} {directory!r}: no such directory.")
     classes = sorted(
@@ -31,6 +30,14 @@ def scan_image_folder(directory, argument="--data"):
             f"{argument} {directory!r} has no class sub-folders; expected one "
             "sub-folder per class, each holding that class's images."
         )
+    return classes
+
+
+def scan_image_folder(directory, argument="--data"):
+    """Check the layout and every image; returns ``(class_names, counts)``."""
+    Image = require("PIL.Image", "images", "Reading a folder of your own images")
+
+    classes = class_folders(directory, argument)
     counts = []
     for name in classes:
         folder = os.path.join(directory, name)
@@ -101,18 +108,7 @@ def list_class_folder(directory, argument="--data", class_names=None):
         ``(paths, labels, class_names)``: a numpy array of file paths (sorted
         within each class), int64 labels, and the class names.
     """
-    if not os.path.isdir(directory):
-        raise ValueError(f"{argument} {directory!r}: no such directory.")
-    found = sorted(
-        d
-        for d in os.listdir(directory)
-        if os.path.isdir(os.path.join(directory, d)) and not d.startswith(".")
-    )
-    if not found:
-        raise ValueError(
-            f"{argument} {directory!r} has no class sub-folders; expected one "
-            "sub-folder per class, each holding that class's images."
-        )
+    found = class_folders(directory, argument)
     if class_names is None:
         class_names = found
     elif sorted(class_names) != found:
