@@ -27,9 +27,9 @@ import time
 
 import numpy as np
 
-from keras_dmpo import exit_rule
-from keras_dmpo.inference import calibration as calib
-from keras_dmpo.inference import temperature
+from keras_dmpo.policy import ExitPolicy, temperature
+from keras_dmpo.policy import rule as exit_rule
+from keras_dmpo.policy import search as calib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dmpo_benchmark import read_outputs  # noqa: E402  (the inverse of the benchmark's writer)
@@ -58,7 +58,7 @@ def _threshold_scores(name, val, val_labels, flops):
     settings (criterion, temperatures)."""
     temperatures = temperature.fit_temperatures(val, val_labels) if name == "temperature" else None
     criterion = "entropy" if name == "entropy" else "confidence"
-    scoring = exit_rule.ExitPolicy(criterion, thresholds=[0.0] * len(flops), temperatures=temperatures)
+    scoring = ExitPolicy(criterion, thresholds=[0.0] * len(flops), temperatures=temperatures)
     scores = np.stack([scoring.scores(k, val[k]) for k in range(len(flops))])
     return criterion, temperatures, scores
 
@@ -80,7 +80,7 @@ def policies_for(name, val, val_labels, flops, full, budgets=(), drop=None):
             except ValueError:
                 found.append(None)
                 continue
-            policy = exit_rule.ExitPolicy("patience", patience=result.patience, num_exits=len(flops))
+            policy = ExitPolicy("patience", patience=result.patience, num_exits=len(flops))
             found.append((policy, result))
         return found
     criterion, temperatures, scores = _threshold_scores(name, val, val_labels, flops)
@@ -94,7 +94,7 @@ def policies_for(name, val, val_labels, flops, full, budgets=(), drop=None):
         None
         if result is None
         else (
-            exit_rule.ExitPolicy(criterion, thresholds=result.thresholds, temperatures=temperatures),
+            ExitPolicy(criterion, thresholds=result.thresholds, temperatures=temperatures),
             result,
         )
         for result in results

@@ -17,6 +17,7 @@ _LAZY_ATTRIBUTES = {
     "PhaseCallback": ("keras_dmpo.training.phase_schedule", "PhaseCallback"),
     "tuning_optimizer": ("keras_dmpo.recipe", "tuning_optimizer"),
     "EarlyExitModel": ("keras_dmpo.inference.early_exit", "EarlyExitModel"),
+    "ExitPolicy": ("keras_dmpo.policy.exit_policy", "ExitPolicy"),
     # ``keras_dmpo.presets`` is the dict short name -> description (DESIGN.md §2).
     "presets": ("keras_dmpo.preset_registry", "PRESETS"),
 }
@@ -29,7 +30,7 @@ _LAZY_SUBMODULES = {
     "litert",
     "datasets",
     "cli",
-    "exit_rule",
+    "policy",
 }
 
 __all__ = sorted(list(_LAZY_ATTRIBUTES) + list(_LAZY_SUBMODULES) + ["__version__"])

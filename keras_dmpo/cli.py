@@ -18,9 +18,10 @@ import time
 
 import numpy as np
 
-from keras_dmpo import exit_rule, preset_fetch, preset_registry, recipe
+from keras_dmpo import preset_fetch, preset_registry, recipe
 from keras_dmpo.atomic_io import is_partial_name, write_json_atomic
 from keras_dmpo.datasets import NAMED_DATA, all_images, load_data
+from keras_dmpo.policy import rule
 
 DEFAULT_PRESET = "dmpo_vit_tiny"
 
@@ -202,7 +203,12 @@ def cmd_calibrate(args):
         x, y = load_data(args.data, ee.model.image_shape)["validation"]
     else:
         x, y, _ = all_images(args.data, ee.model.image_shape)
-    ee.criterion = args.criterion or ee.criterion
+    if args.criterion and args.criterion != ee.criterion:
+        # A new criterion starts from a fresh policy: the stored thresholds
+        # were chosen for the other criterion's scores.
+        from keras_dmpo.policy import ExitPolicy
+
+        ee.policy = ExitPolicy(args.criterion, temperatures=ee.temperatures, num_exits=ee.num_exits)
     if args.temperature_scaling:
         fitted = ee.fit_temperatures(x, y)
         ece = ", ".join(
@@ -299,14 +305,14 @@ def cmd_benchmark(args):
     # One pass over validation for all budgets, calibrated together so that a
     # larger budget never gets a lower validation accuracy.
     curve = ee.curve(x_val, y_val, budgets=args.budgets)
-    calibrations = {row["budget"]: row["calibration"] for row in curve.rows}
+    policies = {row["budget"]: row["policy"] for row in curve.rows}
     print(f"{'budget':>7} {'FLOPs':>7} {'accuracy':>9} {'ms/image':>9}")
     for budget in args.budgets:
-        if float(budget) not in calibrations:
+        if float(budget) not in policies:
             first = ee.flops_fractions[0]
             print(f"{budget:>7.0%}  unreachable: below the first exit's cost ({first:.1%} of the full model)")
             continue
-        ee.set_calibration(calibrations[float(budget)])
+        ee.policy = policies[float(budget)]
         ee.predict(x_test[:64], batch_size=64)  # warm up the compiled stages
         start = time.perf_counter()
         out = ee.predict(x_test, batch_size=64)
@@ -512,7 +518,7 @@ def _calibrate_arguments(calibrate, data_help):
         help="instead of --budget: fewest FLOPs within this drop below the last exit's accuracy "
         "(a fraction, 0.01 = one point)",
     )
-    calibrate.add_argument("--criterion", choices=list(exit_rule.CRITERIA), default=None)
+    calibrate.add_argument("--criterion", choices=list(rule.CRITERIA), default=None)
     calibrate.add_argument(
         "--temperature-scaling",
         action="store_true",

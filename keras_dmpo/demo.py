@@ -101,7 +101,7 @@ def run_demo(
     # and run the real batched early-exit loop with them.
     chosen = rows[0] if rows else None
     if chosen:
-        ee.set_calibration(chosen["calibration"])  # the curve calibrated it on x_val already
+        ee.policy = chosen["policy"]  # the curve calibrated it on x_val already
     model_path = ee.save(os.path.join(output_dir, "model.keras"))
     export_dir = os.path.join(output_dir, "tflite")
     # On JAX and torch the export is a TensorFlow subprocess (about 40 s):
@@ -242,7 +242,7 @@ def _budget_rows(ee, validation, test):
                 "test_flops_fraction": row["test_fraction"],
                 "exit_counts": [int(round(f * len(test[0]))) for f in row["exit_fractions"]],
                 "validation_accuracy": row["validation_accuracy"],
-                "calibration": row["calibration"],
+                "policy": row["policy"],
             }
         )
     return curve, rows

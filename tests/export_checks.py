@@ -106,22 +106,29 @@ def raw_images(n=NUM_IMAGES, seed=0):
     return rng.integers(0, 256, size=(n,) + TINY_VIT["image_shape"]).astype("uint8")
 
 
+POLICY_FIELDS = ("thresholds", "criterion", "temperatures", "patience")
+
+
 def export_spec(exits, thresholds, criterion="confidence", **changes):
-    """An ExportSpec for the tiny stage models (``changes`` override fields)."""
+    """An ExportSpec for the tiny stage models (``changes`` override fields;
+    the policy's own fields build its ``ExitPolicy``)."""
     from keras_dmpo.export.spec import ExportSpec
+    from keras_dmpo.policy import ExitPolicy
 
-    return ExportSpec(**{**export_kwargs(exits, thresholds, criterion), **changes})
+    policy = {"thresholds": thresholds, "criterion": criterion}
+    policy.update({key: changes.pop(key) for key in POLICY_FIELDS if key in changes})
+    return ExportSpec(
+        **{**export_kwargs(exits), "policy": ExitPolicy(num_exits=len(exits), **policy), **changes}
+    )
 
 
-def export_kwargs(exits, thresholds, criterion="confidence"):
+def export_kwargs(exits):
     from conftest import TINY_VIT
 
     # Simple stand-in FLOPs: 1 MFLOP per block, 0.1 MFLOP embedding/head.
     flops = [1e5 + 1e6 * e + 1e5 * (k + 1) for k, e in enumerate(exits)]
     return dict(
         exits=exits,
-        thresholds=thresholds,
-        criterion=criterion,
         flops_per_exit=flops,
         full_model_flops=1e5 + 4e6 + 1e5,
         image_shape=TINY_VIT["image_shape"],
@@ -136,7 +143,7 @@ def make_float_export(directory):
     Writes ``directory/export`` and ``directory/reference.npz`` (Keras exit
     probabilities of ``raw_images()``) and returns ``(export_dir, reference)``.
     """
-    from keras_dmpo.exit_rule import exit_scores
+    from keras_dmpo.policy.rule import exit_scores
     from keras_dmpo.export.tflite import export_stage_graphs
 
     models, monolithic = build_stage_models()

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 from conftest import build_tiny_backbone
 
-from keras_dmpo import DMPOClassifier, EarlyExitModel, PhaseCallback, PhaseSchedule, exit_rule
+from keras_dmpo import DMPOClassifier, EarlyExitModel, PhaseCallback, PhaseSchedule
 from keras_dmpo.litert import StagedRuntime
 from keras_dmpo.models.backbone_families import SUPPORTED_BACKBONES
 from keras_dmpo.models.vit_stages import ViTStages, load_vit_backbone
+from keras_dmpo.policy import rule as exit_rule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKEND = keras.backend.backend()

@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from keras_dmpo import exit_rule
-from keras_dmpo.inference import calibration as C
+from keras_dmpo.policy import rule as exit_rule
+from keras_dmpo.policy import search as C
 
 FLOPS = np.array([10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0])
 
@@ -200,15 +200,31 @@ def test_budget_ladder_never_loses_accuracy_as_the_budget_grows():
     assert np.any(np.diff([r.validation_accuracy for r in independent]) < 0)
 
 
-def test_budget_ladder_keeps_the_callers_order_and_skips_unreachable():
+def test_budget_ladder_keeps_the_callers_order():
     scores, correct = synthetic(300, seed=1)
-    budgets = [60.0, 5.0, 20.0, 40.0]
-    ladder = C.calibrate_budgets(scores, correct, FLOPS, budgets, full_model_flops=80.0)
-    assert ladder[1] is None  # below the first exit's 10 FLOPs
+    ladder = C.calibrate_budgets(scores, correct, FLOPS, [60.0, 20.0, 40.0], full_model_flops=80.0)
     ascending = C.calibrate_budgets(scores, correct, FLOPS, [20.0, 40.0, 60.0], full_model_flops=80.0)
-    assert [r.to_dict() for r in (ladder[2], ladder[3], ladder[0])] == [r.to_dict() for r in ascending]
-    with pytest.raises(ValueError, match="`flops_budget`.*outside the valid range"):
-        C.calibrate_budgets(scores, correct, FLOPS, [20.0, 90.0])
+    assert [r.to_dict() for r in (ladder[1], ladder[2], ladder[0])] == [r.to_dict() for r in ascending]
+    for budgets in ([20.0, 90.0], [5.0, 20.0]):  # above the full model; below the first exit
+        with pytest.raises(ValueError, match="`flops_budget`.*outside the valid range"):
+            C.calibrate_budgets(scores, correct, FLOPS, budgets)
+
+
+def test_calibrate_many_skips_only_unreachable_budgets():
+    from keras_dmpo import policy
+
+    rng = np.random.default_rng(3)
+    probabilities = rng.dirichlet(np.ones(4), size=(3, 200))
+    labels = probabilities[2].argmax(-1)
+    flops = [10.0, 30.0, 80.0]
+    # 0.1 of 80 FLOPs is 8, below the first exit's 10: unreachable.
+    assert not policy.reachable(0.1, flops, 80.0) and policy.reachable(0.125, flops, 80.0)
+    found = policy.calibrate_many(probabilities, labels, flops, 80.0, [0.5, 0.1, 0.25], skip_unreachable=True)
+    assert found[1] is None and found[0].calibration.expected_flops <= 40.0 + 1e-9
+    alone = policy.calibrate(probabilities, labels, flops, 80.0, 0.25)
+    assert found[2] == alone and found[2].calibration.to_dict() == alone.calibration.to_dict()
+    with pytest.raises(ValueError, match=r"`flops_budget`=0.1 .* is below the cost of the first exit"):
+        policy.calibrate_many(probabilities, labels, flops, 80.0, [0.5, 0.1])
 
 
 def test_calibration_starts_are_kept_when_they_fit():

@@ -108,10 +108,10 @@ def test_cli_verbs_on_an_image_folder(tiny_vit_preset, image_folder, tmp_path, c
     assert "calibrated (patience) for at most 5 points below the last exit" in out
     with open(os.path.join(out_dir, "model.early_exit.json")) as handle:
         settings = json.load(handle)
-    assert settings["criterion"] == "patience" and settings["patience"] >= 2
-    assert settings["calibration"]["mode"] == "max_accuracy_drop" and len(settings["temperatures"]) == len(
-        settings["thresholds"]
-    )
+    policy = settings["policy"]
+    assert policy["criterion"] == "patience" and policy["patience"] >= 2 and policy["thresholds"] is None
+    assert policy["calibration"]["mode"] == "max_accuracy_drop"
+    assert len(policy["temperatures"]) == policy["num_exits"]
     with pytest.raises(SystemExit) as exit_info:
         cli.main(calibrate + ["--budget", "0.9", "--max-accuracy-drop", "0.01"])
     assert exit_info.value.code == 2
@@ -127,7 +127,8 @@ def test_cli_verbs_on_an_image_folder(tiny_vit_preset, image_folder, tmp_path, c
     assert code == 0, err
     with open(os.path.join(export_dir, "manifest.json")) as handle:
         manifest = json.load(handle)
-    assert manifest["thresholds"] == pytest.approx(settings["thresholds"])
+    assert settings["policy"]["criterion"] == "confidence"
+    assert manifest["policy"]["thresholds"] == pytest.approx(settings["policy"]["thresholds"])
     assert manifest["class_names"] == ["circle", "square", "stripe"]
 
     code, out, err = run_cli(["predict", "--model", model_path, "--data", image_folder], capsys)

@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_dmpo import DMPOClassifier, EarlyExitModel, exit_rule
+from keras_dmpo import DMPOClassifier, EarlyExitModel
+from keras_dmpo.policy import rule as exit_rule
 
 NUM_CLASSES = 3
 
@@ -138,25 +139,27 @@ def test_curve_from_probabilities_matches_curve(cheap_model, data):
     cached = ee.curve_from_probabilities(val, y[:20], test, y[20:], budgets=budgets)
     assert cached.rows == direct.rows
     assert cached.single_exits == direct.single_exits
-    with pytest.raises(ValueError, match="`test_probabilities` has shape"):
+    with pytest.raises(
+        ValueError, match=r"`test_probabilities` must be \(num_exits, num_samples, num_classes\)"
+    ):
         ee.curve_from_probabilities(val, y[:20], test[:, :5], y[20:], budgets=budgets)
 
 
-def test_curve_rows_carry_the_calibration_of_their_budget(cheap_model, data):
+def test_curve_rows_carry_the_policy_of_their_budget(cheap_model, data):
     x, y = data
     curve = EarlyExitModel(cheap_model).curve(x[:20], y[:20], x[20:], y[20:], budgets=(0.6, 1.0))
     for row in curve.rows:
         expected = EarlyExitModel(cheap_model).calibrate(x[:20], y[:20], flops_budget=row["budget"])
         ee = EarlyExitModel(cheap_model)
-        ee.set_calibration(row["calibration"])
+        ee.policy = row["policy"]
         assert ee.calibration.to_dict() == expected.to_dict()
         assert ee.thresholds == expected.thresholds == row["thresholds"]
     with pytest.raises(ValueError, match="`thresholds` has 2 values; expected 4"):
-        ee.set_calibration(dict(curve.rows[0]["calibration"], thresholds=[0.5, 0.0]))
-    with pytest.raises(ValueError, match="`calibration` is not a calibration record"):
-        ee.set_calibration({"thresholds": [0.5, 0.5, 0.5, 0.0]})
-    with pytest.raises(ValueError, match="`calibration` must be a CalibrationResult or its dict; got list"):
-        ee.set_calibration([0.5, 0.5, 0.5, 0.0])
+        ee.policy = dict(curve.rows[0]["policy"], thresholds=[0.5, 0.0])
+    with pytest.raises(ValueError, match=r"`policy` has unknown keys \['budget'\]"):
+        ee.policy = {"thresholds": [0.5, 0.5, 0.5, 0.0], "budget": 0.3}
+    with pytest.raises(ValueError, match="`policy` must be an ExitPolicy or its dict; got list"):
+        ee.policy = [0.5, 0.5, 0.5, 0.0]
 
 
 def test_exit_probabilities_pad_the_last_batch(cheap_model, data):

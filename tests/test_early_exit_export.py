@@ -16,8 +16,9 @@ import keras
 import numpy as np
 import pytest
 
-from keras_dmpo import DMPOClassifier, EarlyExitModel, PhaseCallback, PhaseSchedule, exit_rule
+from keras_dmpo import DMPOClassifier, EarlyExitModel, PhaseCallback, PhaseSchedule
 from keras_dmpo.litert import StagedRuntime
+from keras_dmpo.policy import rule as exit_rule
 
 NUM_CLASSES = 3
 EXITS = [1, 2, 3]  # on the 4-block tiny ViT: the last block is added (K = 4)
@@ -111,9 +112,7 @@ def test_manifest_carries_the_early_exit_settings(trained, tflite_export):
         "stage_4.tflite",
     ]
     assert manifest["format"] == "tflite" and manifest["quantization"] is None
-    assert manifest["thresholds"] == pytest.approx(ee.thresholds, abs=0)
-    assert [s["threshold"] for s in manifest["stages"]] == pytest.approx(ee.thresholds, abs=0)
-    assert manifest["criterion"] == ee.criterion
+    assert manifest["policy"] == ee.policy.to_dict()
     assert manifest["exits"] == list(ee.exits) == [1, 2, 3, 4]
     assert [s["flops"] for s in manifest["stages"]] == pytest.approx(ee.flops_per_exit, rel=1e-12)
     assert manifest["full_model_flops"] == pytest.approx(ee.full_model_flops, rel=1e-12)
@@ -154,8 +153,6 @@ def test_litert_equals_keras_for_every_exit_policy(trained, tflite_export, tmp_p
             "tflite", num_classes=NUM_CLASSES, quantization=None, created_by="test", stages=manifest["stages"]
         )
     )
-    for stage, threshold in zip(manifest["stages"], policy_ee.thresholds):
-        stage["threshold"] = threshold
     manifest["monolithic"] = None
     with open(copy / "manifest.json", "w") as handle:
         json.dump(manifest, handle)
@@ -173,8 +170,9 @@ def test_exported_policy_round_trip(trained, tmp_path):
     ee, x, _ = trained
     policy_ee = EarlyExitModel(ee.model, criterion="patience", patience=3, temperatures=[1.5, 1.0, 1.0, 1.0])
     manifest = policy_ee.export_tflite(str(tmp_path / "patience"))
-    assert (manifest["criterion"], manifest["patience"]) == ("patience", 3)
-    assert manifest["temperatures"] == [1.5, 1.0, 1.0, 1.0]
+    assert manifest["policy"] == policy_ee.policy.to_dict()
+    assert (manifest["policy"]["criterion"], manifest["policy"]["patience"]) == ("patience", 3)
+    assert manifest["policy"]["temperatures"] == [1.5, 1.0, 1.0, 1.0]
     out = StagedRuntime(str(tmp_path / "patience")).predict(x)
     np.testing.assert_array_equal(out["exit_index"], policy_ee.predict(x)["exit_index"])
 
@@ -203,8 +201,7 @@ def test_onnx_export_matches_early_exit_model(trained, tmp_path):
         "stage_3.onnx",
         "stage_4.onnx",
     ]
-    assert manifest["thresholds"] == ee.thresholds
-    assert manifest["criterion"] == ee.criterion
+    assert manifest["policy"] == ee.policy.to_dict()
     assert [s["flops"] for s in manifest["stages"]] == pytest.approx(ee.flops_per_exit, rel=1e-12)
     feed = {"images": x}
     probabilities = []
@@ -218,7 +215,8 @@ def test_onnx_export_matches_early_exit_model(trained, tmp_path):
         if "next_tokens" in outputs:
             feed = {"tokens": outputs["next_tokens"]}
     exit_index = exit_rule.assign_exits(
-        exit_rule.exit_scores(np.stack(probabilities), manifest["criterion"]), manifest["thresholds"]
+        exit_rule.exit_scores(np.stack(probabilities), manifest["policy"]["criterion"]),
+        manifest["policy"]["thresholds"],
     )
     np.testing.assert_array_equal(exit_index, expected["exit_index"])
     chosen = np.stack(probabilities)[exit_index, np.arange(len(x))]

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from scipy import optimize, special
 
-from keras_dmpo import DMPOClassifier, EarlyExitModel, exit_rule
-from keras_dmpo.inference import calibration as calib
-from keras_dmpo.inference import temperature
+from keras_dmpo import DMPOClassifier, EarlyExitModel
+from keras_dmpo.policy import ExitPolicy, temperature
+from keras_dmpo.policy import rule as exit_rule
+from keras_dmpo.policy import search as calib
 
 NUM_CLASSES = 3
 
@@ -71,7 +72,7 @@ def test_policy_matches_brute_force(criterion, options):
     thresholds = None
     if criterion != "patience":
         thresholds = [0.55, 0.6, 0.7, 0.0] if criterion == "confidence" else [0.3, 0.35, 0.4, 0.0]
-    policy = exit_rule.ExitPolicy(criterion, thresholds=thresholds, num_exits=4, **options)
+    policy = ExitPolicy(criterion, thresholds=thresholds, num_exits=4, **options)
     expected = brute_force(
         probabilities, criterion, thresholds, options.get("temperatures"), options.get("patience")
     )
@@ -99,13 +100,13 @@ def test_temper_is_a_softmax_of_scaled_log_probabilities():
 
 def test_policy_arguments_are_checked():
     with pytest.raises(ValueError, match=r"`patience` must be an integer in \[2, 4\]"):
-        exit_rule.ExitPolicy("patience", patience=1, num_exits=4)
+        ExitPolicy("patience", patience=1, num_exits=4)
     with pytest.raises(ValueError, match=r"`patience` applies to criterion='patience' only"):
-        exit_rule.ExitPolicy("confidence", thresholds=[0.5, 0.0], patience=2)
+        ExitPolicy("confidence", thresholds=[0.5, 0.0], patience=2)
     with pytest.raises(ValueError, match=r"`temperatures` must be None or 2 positive numbers"):
-        exit_rule.ExitPolicy("confidence", thresholds=[0.5, 0.0], temperatures=[1.0, -1.0])
+        ExitPolicy("confidence", thresholds=[0.5, 0.0], temperatures=[1.0, -1.0])
     with pytest.raises(ValueError, match=r"`criterion` must be one of .*got 'margin'"):
-        exit_rule.ExitPolicy("margin", thresholds=[0.5, 0.0])
+        ExitPolicy("margin", thresholds=[0.5, 0.0])
     with pytest.raises(ValueError, match="has no per-exit score"):
         exit_rule.exit_scores(np.ones((2, 3)) / 3, "patience")
 
@@ -277,40 +278,56 @@ def test_policy_round_trips_through_keras_settings(model, tmp_path):
     path = ee.save(str(tmp_path / "model.keras"))
     loaded = EarlyExitModel.load(path)
     assert (loaded.criterion, loaded.patience, loaded.temperatures) == ("patience", 3, [2.0, 1.5, 1.0, 1.0])
-    # Settings written before exit policies (no such keys) still load.
-    sidecar = str(tmp_path / "model.early_exit.json")
-    with open(sidecar) as handle:
-        settings = json.load(handle)
-    for key in ("temperatures", "patience"):
-        settings.pop(key)
-    settings["criterion"] = "entropy"
-    with open(sidecar, "w") as handle:
-        json.dump(settings, handle)
-    old = EarlyExitModel.load(path)
-    assert (old.criterion, old.patience, old.temperatures) == ("entropy", None, None)
-    assert os.path.isfile(path)
+    assert loaded.policy == ee.policy
+    with open(str(tmp_path / "model.early_exit.json")) as handle:
+        assert json.load(handle)["policy"] == ee.policy.to_dict()
 
 
 def test_export_spec_and_manifest_carry_the_policy(model):
     from keras_dmpo.litert import validate_manifest
+    from keras_dmpo.litert.manifest import manifest_policy
 
     ee = EarlyExitModel(model, criterion="patience", patience=2, temperatures=[2.0, 1.0, 1.0, 1.0])
     spec = ee.export_spec()
-    assert (spec.criterion, spec.patience, spec.temperatures) == ("patience", 2, (2.0, 1.0, 1.0, 1.0))
+    assert spec.policy == ee.policy
     manifest = spec.manifest(
         "tflite", num_classes=NUM_CLASSES, quantization=None, created_by="test", stages=[]
     )
-    assert manifest["patience"] == 2 and manifest["temperatures"] == [2.0, 1.0, 1.0, 1.0]
+    assert manifest["policy"] == ee.policy.to_dict() and manifest["format_version"] == 2
+    assert not {"criterion", "thresholds", "temperatures", "patience"} & set(manifest)
+    valid = _a_valid_manifest()
+    assert manifest_policy(validate_manifest(valid)) == ExitPolicy("confidence", [0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match=r"manifest\['policy'\].*`patience` must be an integer in \[2, 3\]"):
+        validate_manifest(
+            {
+                **valid,
+                "policy": {**valid["policy"], "criterion": "patience", "thresholds": None, "patience": 9},
+            }
+        )
+    with pytest.raises(ValueError, match=r"manifest\['policy'\].*`temperatures` must be None or 3 positive"):
+        validate_manifest({**valid, "policy": {**valid["policy"], "temperatures": [1.0, 0.0, 1.0]}})
+    with pytest.raises(ValueError, match=r"manifest\['policy'\].*`criterion` must be one of.*'margin'"):
+        validate_manifest({**valid, "policy": {**valid["policy"], "criterion": "margin"}})
+    with pytest.raises(ValueError, match=r"manifest\['policy'\]\['num_exits'\] must be 3"):
+        validate_manifest({**valid, "policy": {**valid["policy"], "num_exits": 2, "thresholds": [0.0, 0.0]}})
+    with pytest.raises(ValueError, match=r"manifest\['criterion'\] must be absent in format 2"):
+        validate_manifest({**valid, "criterion": "entropy"})
+    with pytest.raises(ValueError, match=r"lacks the required key 'policy'"):
+        validate_manifest({key: value for key, value in valid.items() if key != "policy"})
+    # Format 1 (flat keys and a threshold per stage) is still read and checked.
+    old = {key: value for key, value in valid.items() if key != "policy"}
+    old.update(format_version=1, criterion="confidence", thresholds=[0.0, 0.0, 0.0])
+    for stage in old["stages"]:
+        stage["threshold"] = 0.0
+    assert manifest_policy(validate_manifest(old)) == ExitPolicy("confidence", [0.0, 0.0, 0.0])
     with pytest.raises(ValueError, match=r"manifest\['patience'\].*an integer in \[2, 3\]"):
-        validate_manifest({**_a_valid_manifest(), "criterion": "patience", "patience": None})
-    with pytest.raises(ValueError, match=r"manifest\['temperatures'\]\[1\]"):
-        validate_manifest({**_a_valid_manifest(), "temperatures": [1.0, 0.0, 1.0]})
+        validate_manifest({**old, "criterion": "patience", "patience": None})
     with pytest.raises(ValueError, match=r"manifest\['criterion'\].*'margin'"):
-        validate_manifest({**_a_valid_manifest(), "criterion": "margin"})
+        validate_manifest({**old, "criterion": "margin"})
 
 
 def _a_valid_manifest():
-    """A complete format-1 manifest of 3 stages (no files are opened by validate_manifest)."""
+    """A complete format-2 manifest of 3 stages (no files are opened by validate_manifest)."""
     tokens = {"name": "tokens", "shape": [-1, 5, 8], "dtype": "float32"}
     probabilities = {"name": "probabilities", "shape": [-1, NUM_CLASSES], "dtype": "float32"}
     images = {"name": "images", "shape": [-1, 32, 32, 3], "dtype": "float32"}
@@ -324,20 +341,18 @@ def _a_valid_manifest():
             "outputs": outputs,
             "index": i + 1,
             "exit_block": i + 1,
-            "threshold": 0.0,
             "flops": float(i + 1),
         }
 
     return {
         "format": "tflite",
-        "format_version": 1,
+        "format_version": 2,
         "keras_dmpo_version": "0",
         "image_shape": [32, 32, 3],
         "num_classes": NUM_CLASSES,
-        "criterion": "confidence",
         "preprocessing": {"scale": 1.0, "offset": 0.0, "input_range": [0.0, 1.0]},
         "exits": [1, 2, 3],
-        "thresholds": [0.0, 0.0, 0.0],
+        "policy": ExitPolicy("confidence", [0.0, 0.0, 0.0]).to_dict(),
         "full_model_flops": 3.0,
         "stages": [
             stage(0, images, [probabilities, tokens]),

@@ -44,16 +44,23 @@ def test_manifest_schema(tmp_path_factory):
         "preprocessing",
         "class_names",
         "num_classes",
-        "criterion",
         "quantization",
         "exits",
-        "thresholds",
+        "policy",
         "full_model_flops",
         "flops_convention",
         "stages",
         "monolithic",
     } <= set(manifest)
-    assert manifest["format"] == "tflite" and manifest["format_version"] == 1
+    assert manifest["format"] == "tflite" and manifest["format_version"] == 2
+    assert set(manifest["policy"]) == {
+        "criterion",
+        "num_exits",
+        "thresholds",
+        "temperatures",
+        "patience",
+        "calibration",
+    }
     assert manifest["flops_convention"] == "multiply-add = 2 FLOPs"
     assert manifest["exits"] == EXITS and manifest["num_classes"] == 5
     assert manifest["quantization"] is None
@@ -73,7 +80,7 @@ def test_manifest_schema(tmp_path_factory):
         assert stage["sha256"] == hashlib.sha256(payload).hexdigest()
         assert stage["size_bytes"] == len(payload)
         assert stage["exit_block"] == EXITS[k] and stage["index"] == k + 1
-        assert stage["threshold"] == manifest["thresholds"][k]
+        assert "threshold" not in stage  # the policy is stored once, in manifest["policy"]
         assert stage["stage_flops"] == pytest.approx(stage["flops"] - previous)
         previous = stage["flops"]
         expected_in = "images" if k == 0 else "tokens"

@@ -639,7 +639,7 @@ def run_template(tmp_path_factory, tiny_vit_preset, image_folder, zygotes):
     assert cli.main(calibrate_argv(os.path.join(scratch, "model.keras"), image_folder)) == 0
     calibrate_seconds = time.monotonic() - start
     with open(sidecar_path(os.path.join(scratch, "model.keras"))) as handle:
-        calibrated = json.load(handle)["thresholds"]
+        calibrated = json.load(handle)["policy"]["thresholds"]
     return dict(
         directory=directory,
         save_seconds=save_seconds,

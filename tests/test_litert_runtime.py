@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from export_checks import float_export
 
-from keras_dmpo import exit_rule
-from keras_dmpo.exit_rule import exit_scores
+from keras_dmpo.policy.rule import exit_scores
 from keras_dmpo.litert import StagedRuntime
+from keras_dmpo.policy import rule as exit_rule
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_entropy_criterion(exported, tmp_path):
     manifest_path = os.path.join(copy, "manifest.json")
     with open(manifest_path) as handle:
         manifest = json.load(handle)
-    manifest["criterion"] = "entropy"
+    manifest["policy"]["criterion"] = "entropy"
     with open(manifest_path, "w") as handle:
         json.dump(manifest, handle)
     scores = exit_scores(reference["exit_1"], "entropy")
@@ -144,7 +144,7 @@ def test_corrupt_manifest(broken):
 
 def test_unknown_format_version(broken):
     _edit_manifest(broken, format_version=99)
-    with pytest.raises(ValueError, match=r"format_version=99.*supports format_version \[1\]"):
+    with pytest.raises(ValueError, match=r"format_version=99.*supports format_version \[1, 2\]"):
         StagedRuntime(broken)
 
 

@@ -39,14 +39,16 @@ OPTIONAL = {
     ("preprocessing", "formula"),
     ("monolithic", "signature_key"),
     ("monolithic", "flops"),
-    # Exit-policy parameters: absent in manifests written before them.
-    ("temperatures",),
-    ("patience",),
+    # Exit-policy parameters that default to None.
+    ("policy", "temperatures"),
+    ("policy", "patience"),
+    ("policy", "calibration"),
 }
 OPTIONAL_STAGE_KEYS = {"signature_key", "stage_flops", "fraction_of_full_model"}
 # Out-of-range values by key name (for list elements: the list's key).
 OUT_OF_RANGE = {
-    "format_version": [2, 0],
+    "format_version": [3, 0],
+    "num_exits": [0, 2, 4],
     "num_classes": [1, 0],
     "image_shape": [0, -3],
     "exits": [0, -1],
@@ -55,7 +57,6 @@ OUT_OF_RANGE = {
     "index": [0, 99],
     "size_bytes": [-1],
     "exit_block": [0, 99],
-    "threshold": [1.5, -0.5],
     "flops": [-1.0, float("inf")],
     "stage_flops": [-1.0],
     "fraction_of_full_model": [-0.5],
@@ -258,20 +259,45 @@ SCHEMA_CASES = {
     # The cases the issue names, and more of the same kind.
     "extra stage": (_json_edit(_extra_stage), "stages"),
     "extra stage and exit": (
-        _json_edit(lambda m: (_extra_stage(m), m["exits"].append(5), m["thresholds"].append(0.0))),
+        _json_edit(
+            lambda m: (
+                _extra_stage(m),
+                m["exits"].append(5),
+                m["policy"]["thresholds"].append(0.0),
+                m["policy"].update(num_exits=4),
+            )
+        ),
         "stages",
     ),
     "a stage dropped": (_json_edit(lambda m: m["stages"].pop(1)), "stages"),
-    "no stages": (_json_edit(lambda m: m.update(stages=[], exits=[], thresholds=[])), "exits"),
+    "no stages": (_json_edit(lambda m: m.update(stages=[], exits=[])), "exits"),
     "negative FLOPs": (_json_edit(lambda m: _stage(m, 0).update(flops=-5.0)), "flops"),
     "decreasing FLOPs": (_json_edit(lambda m: _stage(m, 2).update(flops=1.0)), "flops"),
-    "threshold as a string": (_json_edit(lambda m: _stage(m, 0).update(threshold="0.5")), "threshold"),
-    "threshold NaN": (_json_edit(lambda m: _stage(m, 1).update(threshold=float("nan"))), "threshold"),
-    "threshold differs from thresholds": (
+    "threshold as a string": (
+        _json_edit(lambda m: m["policy"]["thresholds"].__setitem__(0, "0.5")),
+        "thresholds",
+    ),
+    "threshold NaN": (
+        _json_edit(lambda m: m["policy"]["thresholds"].__setitem__(1, float("nan"))),
+        "thresholds",
+    ),
+    "a second copy of the thresholds": (
+        _json_edit(lambda m: m.update(thresholds=[0.5, 0.5, 0.0])),
+        "thresholds",
+    ),
+    "a threshold per stage beside the policy": (
         _json_edit(lambda m: _stage(m, 0).update(threshold=0.123)),
         "threshold",
     ),
-    "thresholds as a string": (_json_edit(lambda m: m.update(thresholds="0.5,0.5,0")), "thresholds"),
+    "thresholds as a string": (
+        _json_edit(lambda m: m["policy"].update(thresholds="0.5,0.5,0")),
+        "thresholds",
+    ),
+    "patience thresholds": (
+        _json_edit(lambda m: m["policy"].update(criterion="patience", patience=2)),
+        "thresholds",
+    ),
+    "policy for other exits": (_json_edit(lambda m: m["policy"].update(num_exits=2)), "num_exits"),
     "exits not increasing": (_json_edit(lambda m: m.update(exits=[3, 1, 4])), "exits"),
     "exits repeated": (_json_edit(lambda m: m.update(exits=[1, 1, 4])), "exits"),
     "exit as float": (_json_edit(lambda m: m.update(exits=[1.0, 3, 4])), "exits"),
@@ -281,7 +307,7 @@ SCHEMA_CASES = {
     "format onnx": (_json_edit(lambda m: m.update(format="onnx")), "onnx"),
     "num_classes differs from the graphs": (_json_edit(lambda m: m.update(num_classes=6)), "num_classes"),
     "class_names count": (_json_edit(lambda m: m.update(class_names=["a", "b"])), "class_names"),
-    "criterion unknown": (_json_edit(lambda m: m.update(criterion="margin")), "criterion"),
+    "criterion unknown": (_json_edit(lambda m: m["policy"].update(criterion="margin")), "criterion"),
     "quantization unknown": (_json_edit(lambda m: m.update(quantization="int4")), "quantization"),
     "image_shape 2 dims": (_json_edit(lambda m: m.update(image_shape=[32, 32])), "image_shape"),
     "image_shape 4 dims": (_json_edit(lambda m: m.update(image_shape=[32, 32, 3, 1])), "image_shape"),

@@ -1,7 +1,7 @@
 """ExportSpec: what a stage-graph export needs to know besides the graphs.
 
-One frozen, validated object (exits, thresholds, criterion, FLOPs, image
-shape, preprocessing, class names, versions) that the TFLite writer, the
+One frozen, validated object (exits, the exit policy, FLOPs, image shape,
+preprocessing, class names, versions) that the TFLite writer, the
 ONNX writer and the manifest all read. ``EarlyExitModel.export_spec()``
 builds it once from a tuned model. Numpy only: a bad argument fails in
 milliseconds, before anything heavy is imported or converted.
@@ -14,8 +14,8 @@ import numbers
 
 import numpy as np
 
-from keras_dmpo import exit_rule
 from keras_dmpo.litert import FORMAT_VERSION
+from keras_dmpo.policy import ExitPolicy
 from keras_dmpo.version import __version__
 
 FLOPS_CONVENTION = "multiply-add = 2 FLOPs"
@@ -32,10 +32,8 @@ class ExportSpec:
 
     Args:
         exits: K increasing 1-based block numbers, one per stage.
-        thresholds: K exit thresholds in [0, 1] (the last exit always
-            answers; its threshold is kept for the record).
-        criterion: ``"confidence"``, ``"entropy"`` or ``"patience"``
-            (``keras_dmpo.exit_rule``).
+        policy: the ``keras_dmpo.policy.ExitPolicy`` (or its dict) the
+            runtime applies, for K exits.
         flops_per_exit: K positive, non-decreasing cumulative FLOPs per image.
         full_model_flops: FLOPs of the backbone with only the last head (100%).
         image_shape: ``(H, W, C)`` of the model input.
@@ -46,13 +44,11 @@ class ExportSpec:
             identity defaults (docs/export.md).
         class_names: optional list of C names.
         extra: optional JSON-serialisable dict, stored as ``manifest["extra"]``.
-        temperatures: None, or K per-exit temperatures applied before scoring.
-        patience: for ``criterion="patience"``: exits in a row that must agree.
 
     Example:
 
-    >>> spec = ExportSpec(exits=[2, 4], thresholds=[0.9, 0.0],
-    ...                   criterion="confidence", flops_per_exit=[4e6, 8e6],
+    >>> spec = ExportSpec(exits=[2, 4], policy=ExitPolicy("confidence", [0.9, 0.0]),
+    ...                   flops_per_exit=[4e6, 8e6],
     ...                   full_model_flops=7.9e6, image_shape=(32, 32, 3),
     ...                   preprocessing={"scale": 1 / 255, "input_range": [0, 255]})
     >>> spec.num_stages, spec.preprocessing["scale"]
@@ -60,16 +56,13 @@ class ExportSpec:
     """
 
     exits: tuple
-    thresholds: tuple
-    criterion: str
+    policy: ExitPolicy
     flops_per_exit: tuple
     full_model_flops: float
     image_shape: tuple
     preprocessing: dict = None
     class_names: tuple = None
     extra: dict = None
-    temperatures: tuple = None
-    patience: int = None
     keras_dmpo_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -78,7 +71,7 @@ class ExportSpec:
         k = len(exits)
         values = {
             "exits": exits,
-            "criterion": exit_rule.check_criterion(self.criterion),
+            "policy": self._policy(k),
             "flops_per_exit": self._flops(k),
             "full_model_flops": self._full_model_flops(),
             "image_shape": self._image_shape(),
@@ -86,13 +79,6 @@ class ExportSpec:
         values["preprocessing"] = normalize_preprocessing(self.preprocessing, list(values["image_shape"]))
         values["class_names"] = self._class_names()
         values["extra"] = self._extra()
-        # The policy checks thresholds, temperatures and patience together.
-        policy = exit_rule.ExitPolicy(
-            values["criterion"], self.thresholds, self.temperatures, self.patience, num_exits=k
-        )
-        values.update(
-            thresholds=policy.thresholds, temperatures=policy.temperatures, patience=policy.patience
-        )
         for name, value in values.items():
             object.__setattr__(self, name, value)
 
@@ -105,6 +91,16 @@ class ExportSpec:
         if not exits or list(exits) != sorted(set(exits)) or exits[0] < 1:
             _fail("exits", self.exits, "increasing 1-based block numbers (one per stage)")
         return exits
+
+    def _policy(self, k):
+        policy = self.policy
+        if isinstance(policy, dict):
+            policy = ExitPolicy.from_dict(policy)
+        if not isinstance(policy, ExitPolicy):
+            _fail("policy", policy, "an ExitPolicy or its dict")
+        if policy.num_exits != k:
+            _fail("policy", policy.to_dict(), f"a policy for the {k} exits {list(self.exits)}")
+        return policy
 
     def _flops(self, k):
         try:
@@ -179,7 +175,6 @@ class ExportSpec:
             **file_entry,
             "index": index + 1,
             "exit_block": self.exits[index],
-            "threshold": self.thresholds[index],
             "flops": flops[index],
             "stage_flops": flops[index] - (flops[index - 1] if index else 0.0),
             "fraction_of_full_model": flops[index] / self.full_model_flops,
@@ -200,12 +195,9 @@ class ExportSpec:
             "preprocessing": self.preprocessing,
             "class_names": None if self.class_names is None else list(self.class_names),
             "num_classes": int(num_classes),
-            "criterion": self.criterion,
             "quantization": quantization,
             "exits": list(self.exits),
-            "thresholds": list(self.thresholds),
-            "temperatures": None if self.temperatures is None else list(self.temperatures),
-            "patience": self.patience,
+            "policy": self.policy.to_dict(),
             "full_model_flops": self.full_model_flops,
             "flops_convention": FLOPS_CONVENTION,
             "stages": list(stages),

@@ -5,13 +5,12 @@ import os
 import keras
 import numpy as np
 
-from keras_dmpo import exit_rule
-from keras_dmpo.inference import calibration as calib
-from keras_dmpo.inference import saving, stage_export, temperature
-from keras_dmpo.inference.curves import AccuracyFlopsCurve
+from keras_dmpo import policy as exit_policy
+from keras_dmpo.inference import saving, stage_export
 from keras_dmpo.inference.flops import ExitCostConfig, dmpo_flops_per_exit
 from keras_dmpo.inference.stage_runner import StageRunner, pad_rows
 from keras_dmpo.inputs import check_images, check_labels, collect_arrays
+from keras_dmpo.policy import ExitPolicy
 
 
 def _check_batch_size(batch_size):
@@ -28,16 +27,17 @@ def _softmax(logits):
 class EarlyExitModel:
     """Batched early-exit inference for a ``DMPOClassifier``.
 
-    Which exit answers is an ``keras_dmpo.exit_rule.ExitPolicy``: with
-    ``"confidence"`` (max softmax probability) or ``"entropy"`` (``1 - H(p) /
-    ln C``) a sample leaves at the first exit whose score, in [0, 1], reaches
-    that exit's threshold, optionally after a per-exit temperature
-    (``fit_temperatures``); with ``"patience"`` it leaves when ``patience``
-    exits in a row agree on the label. The last exit always answers.
-    ``predict`` runs stage by stage on whole batches and
-    sends only the samples that have not exited to the next stage (survivors
-    are padded to power-of-two bucket sizes so compiled backends build a few
-    shapes only).
+    Which exit answers is one value, ``self.policy``, a frozen
+    ``keras_dmpo.policy.ExitPolicy``: with ``"confidence"`` (max softmax
+    probability) or ``"entropy"`` (``1 - H(p) / ln C``) a sample leaves at the
+    first exit whose score, in [0, 1], reaches that exit's threshold,
+    optionally after a per-exit temperature (``fit_temperatures``); with
+    ``"patience"`` it leaves when ``patience`` exits in a row agree on the
+    label. The last exit always answers. ``calibrate``, ``fit_temperatures``
+    or the user replace the policy whole (``ee.policy =
+    ee.policy.replace(criterion="entropy", thresholds=...)``), so it is never
+    half-changed. ``predict`` runs stage by stage on whole batches and sends
+    only the samples that have not exited to the next stage.
 
     FLOPs follow the convention a multiply-add = 2 FLOPs. ``flops_per_exit[k]``
     is the cumulative cost per image of answering at exit k (embedding, blocks,
@@ -53,6 +53,7 @@ class EarlyExitModel:
             probabilities before scoring (``fit_temperatures`` fits them).
         patience: for ``criterion="patience"``: exits in a row that must agree
             (default 2; ``calibrate`` chooses it).
+        policy: instead of the four above, an ``ExitPolicy`` (or its dict).
 
     Example (an untuned model and random images, to show the calls):
 
@@ -66,12 +67,17 @@ class EarlyExitModel:
     >>> out = ee.predict(x_val)
     >>> sorted(out)
     ['exit_index', 'flops', 'labels', 'probabilities']
+    >>> ee.policy = ee.policy.replace(criterion="entropy", thresholds=[0.9, 0.9, 0.0])
+    >>> ee.criterion, ee.calibration is None
+    ('entropy', True)
     >>> curve = ee.curve(x_val, y_val, budgets=(0.5, 1.0))
     >>> [row["budget"] for row in curve.rows]
     [0.5, 1.0]
     """
 
-    def __init__(self, model, thresholds=None, criterion="confidence", temperatures=None, patience=None):
+    def __init__(
+        self, model, thresholds=None, criterion="confidence", temperatures=None, patience=None, policy=None
+    ):
         if not hasattr(model, "exits") or not hasattr(model, "build_stage_models"):
             raise ValueError(
                 "`model` must be a keras_dmpo.DMPOClassifier (a model with exits); got "
@@ -80,11 +86,16 @@ class EarlyExitModel:
         self.model = model
         self.exits = tuple(model.exits)
         self.num_exits = len(self.exits)
-        self.calibration = None
-        self.criterion = criterion
-        self.temperatures = temperatures
-        self.patience = patience
-        self.thresholds = thresholds
+        if policy is None:
+            policy = ExitPolicy(criterion, thresholds, temperatures, patience, num_exits=self.num_exits)
+        elif (
+            thresholds is not None
+            or temperatures is not None
+            or patience is not None
+            or criterion != "confidence"
+        ):
+            raise ValueError("Give `policy` or the policy's fields (thresholds, criterion, ...), not both.")
+        self.policy = policy
         cost = dmpo_flops_per_exit(self.cost_config())
         self.flops_per_exit = [float(f) for f in cost.flops_per_exit]
         self.stage_flops = [float(f) for f in cost.stage_flops]
@@ -115,62 +126,53 @@ class EarlyExitModel:
         )
 
     @property
-    def thresholds(self):
-        return list(self._thresholds)
+    def policy(self):
+        """The ``ExitPolicy`` that ``predict`` and the exports apply. Assign
+        a new one (or its dict) to change it."""
+        return self._policy
 
-    @thresholds.setter
-    def thresholds(self, values):
-        if values is None:
-            values = [1.0] * (self.num_exits - 1) + [0.0]
-        self._thresholds = [float(t) for t in exit_rule.check_thresholds(values, self.num_exits)]
+    @policy.setter
+    def policy(self, value):
+        if isinstance(value, dict):
+            value = ExitPolicy.from_dict(value)
+        if not isinstance(value, ExitPolicy):
+            raise ValueError(f"`policy` must be an ExitPolicy or its dict; got {type(value).__name__}.")
+        if value.num_exits != self.num_exits:
+            raise ValueError(
+                f"`policy` is for {value.num_exits} exits; this model has {self.num_exits} {list(self.exits)}."
+            )
+        self._policy = value
 
     @property
     def criterion(self):
-        return self._criterion
-
-    @criterion.setter
-    def criterion(self, value):
-        self._criterion = exit_rule.check_criterion(value)
-        if value == "patience" and getattr(self, "_patience", None) is None:
-            self._patience = 2  # until calibrate chooses it
-        elif value != "patience":
-            self._patience = None
+        return self._policy.criterion
 
     @property
-    def patience(self):
-        """Exits in a row that must agree (criterion ``"patience"``), else None."""
-        return self._patience
+    def thresholds(self):
+        """The K thresholds (None for ``"patience"``). Assigning a list
+        replaces the policy with those thresholds (and no calibration)."""
+        thresholds = self._policy.thresholds
+        return None if thresholds is None else list(thresholds)
 
-    @patience.setter
-    def patience(self, value):
-        if value is None:
-            self._patience = 2 if self._criterion == "patience" else None
-        elif self._criterion != "patience":
-            raise ValueError(
-                f"`patience` applies to criterion='patience' only; got patience={value!r} "
-                f"with criterion={self._criterion!r}."
-            )
-        else:
-            self._patience = exit_rule.check_patience(value, self.num_exits)
+    @thresholds.setter
+    def thresholds(self, values):
+        self.policy = self._policy.replace(thresholds=values)
 
     @property
     def temperatures(self):
         """Per-exit temperatures applied before scoring, or None."""
-        return None if self._temperatures is None else list(self._temperatures)
-
-    @temperatures.setter
-    def temperatures(self, values):
-        self._temperatures = exit_rule.check_temperatures(values, self.num_exits)
+        temperatures = self._policy.temperatures
+        return None if temperatures is None else list(temperatures)
 
     @property
-    def policy(self):
-        """The ``ExitPolicy`` that ``predict`` and the exports apply."""
-        return self._policy(self._thresholds, self._patience)
+    def patience(self):
+        """Exits in a row that must agree (criterion ``"patience"``), else None."""
+        return self._policy.patience
 
-    def _policy(self, thresholds, patience):
-        return exit_rule.ExitPolicy(
-            self._criterion, thresholds, self._temperatures, patience, num_exits=self.num_exits
-        )
+    @property
+    def calibration(self):
+        """The ``CalibrationResult`` behind the policy, or None."""
+        return self._policy.calibration
 
     @property
     def flops_fractions(self):
@@ -236,60 +238,30 @@ class EarlyExitModel:
         )
         _check_batch_size(batch_size)
         n = len(images)
-        num_classes = self.model.num_classes
-        probabilities = np.zeros((n, num_classes), "float32")
+        probabilities = np.zeros((n, self.model.num_classes), "float32")
         exit_index = np.zeros(n, "int64")
         progbar = keras.utils.Progbar(n, verbose=verbose) if verbose else None
         stages = self._stage_runners
-        policy = self.policy
+
+        def run_stage(k, inputs):
+            out = stages[k](inputs, batch_size)
+            return out["probabilities"], out.get("tokens")
+
         for start in range(0, n, batch_size):
             batch = images[start : start + batch_size].astype("float32")
-            alive = np.arange(len(batch))
-            inputs = batch
-            state = policy.start(len(batch))
-            for k, stage in enumerate(stages):
-                out = stage(inputs, batch_size)
-                probs = out["probabilities"]
-                leave, state = policy.step(k, probs, state)
-                rows = start + alive[leave]
-                probabilities[rows] = probs[leave]
-                exit_index[rows] = k
-                alive = alive[~leave]
-                if len(alive) == 0:
-                    break
-                inputs = out["tokens"][~leave]
+            index, answers = exit_policy.route(self._policy, batch, run_stage)
+            exit_index[start : start + len(batch)] = index
+            probabilities[start : start + len(batch)] = answers
             if progbar:
                 progbar.update(min(start + batch_size, n))
-        flops = np.asarray(self.flops_per_exit)[exit_index]
         return {
             "labels": probabilities.argmax(-1),
             "probabilities": probabilities,
             "exit_index": exit_index,
-            "flops": flops,
+            "flops": np.asarray(self.flops_per_exit)[exit_index],
         }
 
     # --- calibration -------------------------------------------------------
-    def _budget_flops(self, flops_budget):
-        try:
-            budget = float(flops_budget)
-        except (TypeError, ValueError):
-            raise ValueError(f"`flops_budget` must be a number; got {flops_budget!r}.") from None
-        if not np.isfinite(budget) or budget <= 0:
-            raise ValueError(
-                f"`flops_budget` must be a fraction in (0, 1] of the full model's FLOPs "
-                f"(or absolute FLOPs > 1); got {flops_budget!r}."
-            )
-        absolute = budget * self.full_model_flops if budget <= 1 else budget
-        first = self.flops_per_exit[0]
-        if absolute < first:
-            raise ValueError(
-                f"`flops_budget`={flops_budget!r} ({absolute / 1e6:.3f} MFLOPs) is below the cost "
-                f"of the first exit ({first / 1e6:.3f} MFLOPs = "
-                f"{first / self.full_model_flops:.1%} of the full model): no sample could answer "
-                "within it."
-            )
-        return absolute
-
     def _validation_arrays(self, x, y, batch_size):
         images, labels = collect_arrays(x, y)
         if labels is None:
@@ -304,7 +276,7 @@ class EarlyExitModel:
 
     def calibrate(self, x, y=None, flops_budget=None, max_accuracy_drop=None, batch_size=64):
         """Choose the exit policy's parameters on validation data, for a FLOPs
-        budget or for an accuracy target.
+        budget or for an accuracy target, and adopt the new policy.
 
         Args:
             x, y: validation images and labels (arrays), or a dataset yielding
@@ -318,32 +290,40 @@ class EarlyExitModel:
                 fraction (0.01 = one point). Give one of the two, not both.
             batch_size: inference batch size.
 
-        With ``criterion="patience"`` the patience is chosen instead of
-        thresholds. Temperatures (``fit_temperatures``) are applied first.
+        The criterion and temperatures of the current policy are kept; with
+        ``"patience"`` the patience is chosen instead of thresholds.
 
         Returns:
-            The ``CalibrationResult`` (also stored as ``self.calibration``):
-            thresholds (and patience), the mode, expected FLOPs and fraction,
-            validation accuracy, and the fraction of samples at each exit.
-            Deterministic for the same data (thresholds at score midpoints).
+            The ``CalibrationResult`` (also ``self.calibration``): thresholds
+            (or patience), the mode, expected FLOPs and fraction, validation
+            accuracy, and the fraction of samples at each exit. Deterministic
+            for the same data (thresholds at score midpoints).
         """
-        target = self._calibration_target(flops_budget, max_accuracy_drop)
+        target = exit_policy.make_target(flops_budget, max_accuracy_drop)
+        if "flops_budget" in target:  # refuse a bad budget before running the model
+            exit_policy.budget_flops(target["flops_budget"], self.flops_per_exit, self.full_model_flops)
         probabilities, labels = self._validation_arrays(x, y, batch_size)
-        return self._calibrate_arrays(probabilities, labels, target)
+        return self.calibrate_from_probabilities(probabilities, labels, target)
 
-    def _calibration_target(self, flops_budget, max_accuracy_drop):
-        if flops_budget is not None and max_accuracy_drop is not None:
-            raise ValueError(
-                f"Give one of `flops_budget` and `max_accuracy_drop`, not both; got flops_budget="
-                f"{flops_budget!r} and max_accuracy_drop={max_accuracy_drop!r}."
-            )
-        if max_accuracy_drop is not None:
-            return {"max_accuracy_drop": calib.check_accuracy_drop(max_accuracy_drop)}
-        return {"flops_budget": self._budget_flops(0.3 if flops_budget is None else flops_budget)}
+    def calibrate_from_probabilities(self, probabilities, labels, target):
+        """``calibrate`` from per-exit probabilities already computed
+        (``(K, N, C)``, ``exit_probabilities``) and integer labels; ``target``
+        as in ``keras_dmpo.policy.calibrate``. Adopts and returns the record."""
+        self.policy = exit_policy.calibrate(
+            probabilities,
+            labels,
+            self.flops_per_exit,
+            self.full_model_flops,
+            target,
+            criterion=self.criterion,
+            temperatures=self._policy.temperatures,
+        )
+        return self.calibration
 
     def fit_temperatures(self, x, y=None, batch_size=64):
         """Fit one temperature per exit on validation data (negative
-        log-likelihood) and use them from now on.
+        log-likelihood) and use them from now on. The thresholds stay; they
+        were chosen for other scores, so calibrate again afterwards.
 
         Returns:
             dict: ``temperatures``, and the expected calibration error of
@@ -351,97 +331,28 @@ class EarlyExitModel:
             (``ece_before``, ``ece_after``).
         """
         probabilities, labels = self._validation_arrays(x, y, batch_size)
-        temperatures = temperature.fit_temperatures(probabilities, labels)
-        self.temperatures = temperatures
+        temperatures = exit_policy.fit_temperatures(probabilities, labels)
+        self.policy = self._policy.replace(temperatures=temperatures)
         return {
             "temperatures": temperatures,
-            "ece_before": [temperature.expected_calibration_error(p, labels) for p in probabilities],
+            "ece_before": [exit_policy.expected_calibration_error(p, labels) for p in probabilities],
             "ece_after": [
-                temperature.expected_calibration_error(exit_rule.temper(p, t), labels)
+                exit_policy.expected_calibration_error(exit_policy.rule.temper(p, t), labels)
                 for p, t in zip(probabilities, temperatures)
             ],
         }
 
-    def set_calibration(self, calibration):
-        """Adopt a calibration computed earlier: a ``CalibrationResult`` or
-        its dict (for example ``curve.rows[i]["calibration"]``, which saves a
-        second pass over the validation data). Sets ``thresholds`` and
-        ``calibration``."""
-        if isinstance(calibration, dict):
-            try:
-                calibration = calib.CalibrationResult.from_dict(calibration)
-            except (KeyError, TypeError) as error:
-                raise ValueError(
-                    f"`calibration` is not a calibration record (missing or bad field: {error})."
-                ) from None
-        if not isinstance(calibration, calib.CalibrationResult):
-            raise ValueError(
-                f"`calibration` must be a CalibrationResult or its dict; got {type(calibration).__name__}."
-            )
-        self.thresholds = calibration.thresholds  # validates the count and range
-        if calibration.patience is not None:
-            self.patience = calibration.patience
-        self.calibration = calibration
-        return calibration
-
-    def _calibrate_arrays(self, probabilities, labels, target, store=True):
-        result = self._calibrate_many(probabilities, labels, [target])[0]
-        if store:
-            self.set_calibration(result)
-        return result
-
-    def _calibrate_many(self, probabilities, labels, targets, skip_unreachable=False):
-        """One ``CalibrationResult`` per target. Budgets are calibrated
-        together (``calibration.calibrate_budgets``), so a larger budget never
-        gets a lower validation accuracy. A budget that no policy meets
-        raises, or gives None with ``skip_unreachable``."""
-        correct = probabilities.argmax(-1) == labels[None, :]
-        flops, full = self.flops_per_exit, self.full_model_flops
-        if self._criterion == "patience":
-            # Every patience is tried for each target: monotone already.
-            results = []
-            for target in targets:
-                try:
-                    results.append(
-                        calib.calibrate_patience(
-                            probabilities.argmax(-1), correct, flops, full_model_flops=full, **target
-                        )
-                    )
-                except ValueError:
-                    if not skip_unreachable:
-                        raise
-                    results.append(None)  # below the cheapest patience
-            return results
-        policy = self.policy
-        scores = np.stack([policy.scores(k, p) for k, p in enumerate(probabilities)])
-        budgets = [t["flops_budget"] for t in targets if "flops_budget" in t]
-        by_budget = iter(calib.calibrate_budgets(scores, correct, flops, budgets, full_model_flops=full))
-        return [
-            next(by_budget)
-            if "flops_budget" in target
-            else calib.calibrate_for_accuracy(
-                scores, correct, flops, target["max_accuracy_drop"], full_model_flops=full
-            )
-            for target in targets
-        ]
-
     def curve(
-        self,
-        x_val,
-        y_val=None,
-        x_test=None,
-        y_test=None,
-        budgets=(0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0),
-        batch_size=64,
+        self, x_val, y_val=None, x_test=None, y_test=None, budgets=exit_policy.DEFAULT_BUDGETS, batch_size=64
     ):
         """Accuracy against FLOPs for a sweep of budgets (thresholds from
         validation, accuracy on test), beside each exit alone.
 
         The budgets are calibrated from the smallest up, each search also
-        starting from the previous budget's thresholds
-        (``calibration.calibrate_budgets``): validation accuracy never falls
-        as the budget grows. Budgets below the first exit's cost are left
-        out. Does not change this model's thresholds. Returns an
+        starting from the previous budget's thresholds: validation accuracy
+        never falls as the budget grows. Budgets below the first exit's cost
+        are left out. Does not change this model's policy; each row holds
+        its own (``ee.policy = row["policy"]`` adopts it). Returns an
         ``AccuracyFlopsCurve``.
         """
         val_probs, val_labels = self._validation_arrays(x_val, y_val, batch_size)
@@ -457,92 +368,61 @@ class EarlyExitModel:
         val_labels,
         test_probabilities,
         test_labels,
-        budgets=(0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0),
+        budgets=exit_policy.DEFAULT_BUDGETS,
     ):
         """``curve`` from per-exit probabilities already computed (``(K, N, C)``
         from ``exit_probabilities``) and integer labels ``(N,)``: re-reads a
         trained model's outputs under other budgets without running it again."""
-        val_probs, test_probs = np.asarray(val_probabilities), np.asarray(test_probabilities)
-        val_labels = np.asarray(val_labels).reshape(-1).astype("int64")
-        test_labels = np.asarray(test_labels).reshape(-1).astype("int64")
-        for name, probs, labels in (
-            ("val_probabilities", val_probs, val_labels),
-            ("test_probabilities", test_probs, test_labels),
+        for name, probs in (
+            ("val_probabilities", val_probabilities),
+            ("test_probabilities", test_probabilities),
         ):
-            expected = (self.num_exits, len(labels), self.model.num_classes)
-            if probs.shape != expected:
+            shape = np.shape(probs)
+            if len(shape) != 3 or shape[0] != self.num_exits or shape[2] != self.model.num_classes:
                 raise ValueError(
-                    f"`{name}` has shape {probs.shape}; expected {expected} "
-                    "(exits, samples, classes), matching the labels."
+                    f"`{name}` has shape {shape}; expected ({self.num_exits}, num_samples, "
+                    f"{self.model.num_classes}) (exits, samples, classes), matching the labels."
                 )
-        reachable = []
-        for budget in budgets:
-            try:
-                reachable.append((budget, {"flops_budget": self._budget_flops(budget)}))
-            except ValueError:
-                continue  # below the first exit: not reachable
-        results = self._calibrate_many(
-            val_probs, val_labels, [target for _, target in reachable], skip_unreachable=True
+        return exit_policy.curve(
+            val_probabilities,
+            val_labels,
+            test_probabilities,
+            test_labels,
+            self.flops_per_exit,
+            self.full_model_flops,
+            self.exits,
+            budgets,
+            criterion=self.criterion,
+            temperatures=self._policy.temperatures,
         )
-        rows = []
-        for (budget, _), result in zip(reachable, results):
-            if result is None:
-                continue  # below the cheapest patience: not reachable
-            index = self._policy(result.thresholds, result.patience or self._patience).assign(test_probs)
-            correct = test_probs.argmax(-1) == test_labels[None, :]
-            rows.append(
-                {
-                    "budget": float(budget),
-                    "thresholds": list(result.thresholds),
-                    "validation_accuracy": float(result.validation_accuracy),
-                    "validation_fraction": float(result.expected_flops / self.full_model_flops),
-                    "test_accuracy": calib.exit_accuracy(index, correct),
-                    "test_fraction": calib.expected_flops(index, self.flops_per_exit) / self.full_model_flops,
-                    "exit_fractions": calib.exit_fractions(index, self.num_exits),
-                    "calibration": result.to_dict(),
-                }
-            )
-        single = [
-            {
-                "exit": int(block),
-                "fraction": float(self.flops_per_exit[k] / self.full_model_flops),
-                "test_accuracy": float((test_probs[k].argmax(-1) == test_labels).mean()),
-            }
-            for k, block in enumerate(self.exits)
-        ]
-        return AccuracyFlopsCurve(rows=rows, single_exits=single, criterion=self.criterion)
 
     # --- persistence -------------------------------------------------------
     def get_config(self):
         return {
-            "criterion": self.criterion,
-            "thresholds": self.thresholds,
-            "temperatures": self.temperatures,
-            "patience": self.patience,
+            "policy": self._policy.to_dict(),
             "exits": list(self.exits),
             "flops_per_exit": self.flops_per_exit,
             "full_model_flops": self.full_model_flops,
-            "calibration": None if self.calibration is None else self.calibration.to_dict(),
         }
 
     def save(self, path):
         """Save the model (``.keras``) and the early-exit settings beside it
-        (``<name>.early_exit.json``: criterion, thresholds, calibration).
+        (``<name>.early_exit.json``: the policy and its calibration).
 
         Crash-safe: both files are written under temporary names in the same
         directory and renamed into place with ``os.replace``. The sidecar
         records the sha256 of the model file it belongs to; while the model
         is being replaced it also carries the previous model's settings
         (``"previous"``), so a reader, or a process killed at any moment, sees
-        either the old model with its own thresholds or the new one with
-        its own, never a mixture. Concurrent saves to the same path queue on
-        a lock file beside it.
+        either the old model with its own policy or the new one with its
+        own, never a mixture. Concurrent saves to the same path queue on a
+        lock file beside it.
         """
         self.model_sha256 = saving.save_with_settings(self.model, self.get_config(), path)
         return os.fspath(path)
 
     def save_settings(self, json_path, model_path=None):
-        """Write the early-exit settings (criterion, thresholds, calibration)
+        """Write the early-exit settings (the policy and its calibration)
         to ``json_path`` atomically, bound to the sha256 of ``model_path``.
 
         Args:
@@ -551,8 +431,8 @@ class EarlyExitModel:
                 the one ``json_path`` is named after; a JSON named otherwise
                 is written without a model hash). When this object was
                 loaded from or saved to that file and the file has changed
-                since, nothing is written (``ValueError``): the thresholds
-                would be stored for another model.
+                since, nothing is written (``ValueError``): the policy would
+                be stored for another model.
         """
         saving.save_settings(self.get_config(), json_path, model_path, self.model_sha256)
 
@@ -562,8 +442,9 @@ class EarlyExitModel:
 
         The sidecar's recorded ``model_sha256`` must match the model file
         (sidecars written before that field existed are accepted as they are);
-        a mismatch raises ``ValueError``: stale thresholds are never applied
-        to another model.
+        a mismatch raises ``ValueError``: a stale policy is never applied to
+        another model. Sidecars written before the policy object (flat
+        criterion/thresholds fields) still load.
         """
         model, settings, digest, settings_path = saving.load_with_settings(path)
         ee = cls(model) if settings is None else cls._from_settings(model, settings, settings_path)
@@ -572,20 +453,15 @@ class EarlyExitModel:
 
     @classmethod
     def _from_settings(cls, model, settings, settings_path):
+        num_exits = len(model.exits)
         try:
-            ee = cls(
-                model,
-                thresholds=settings.get("thresholds"),
-                criterion=settings.get("criterion", "confidence"),
-                # Absent in settings written before exit policies: None.
-                temperatures=settings.get("temperatures"),
-                patience=settings.get("patience"),
-            )
-            if settings.get("calibration"):
-                ee.calibration = calib.CalibrationResult.from_dict(settings["calibration"])
+            if "policy" in settings:
+                policy = ExitPolicy.from_dict(settings["policy"], f"{settings_path}['policy']")
+            else:
+                policy = ExitPolicy.from_legacy(settings, num_exits, settings_path)
+            return cls(model, policy=policy)
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"Early-exit settings {settings_path!r} do not fit the model: {error}") from None
-        return ee
 
     # --- export ---------------------------------------------------------------
     def export_tflite(

@@ -32,19 +32,13 @@ def export_spec(ee, class_names=None):
     image_shape = list(ee.model.image_shape)
     return ExportSpec(
         exits=ee.exits,
-        thresholds=ee.thresholds,
-        criterion=ee.criterion,
-        temperatures=ee.temperatures,
-        patience=ee.patience,
+        policy=ee.policy,
         flops_per_exit=ee.flops_per_exit,
         full_model_flops=ee.full_model_flops,
         image_shape=image_shape,
         preprocessing={**IDENTITY_PREPROCESSING, "resize": image_shape[:2], "channels": image_shape[2]},
         class_names=class_names,
-        extra={
-            "stage_flops": ee.stage_flops,
-            "calibration": None if ee.calibration is None else ee.calibration.to_dict(),
-        },
+        extra={"stage_flops": ee.stage_flops},
     )
 
 

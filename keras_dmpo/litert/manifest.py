@@ -11,11 +11,14 @@ import math
 import os
 import stat
 
-from keras_dmpo import exit_rule
+from keras_dmpo.policy import ExitPolicy, rule
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
+# 2: one "policy" object (ExitPolicy.to_dict) instead of the flat criterion,
+# thresholds, temperatures and patience keys and a threshold per stage.
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
+FORMAT1_POLICY_KEYS = ("criterion", "thresholds", "temperatures", "patience")
 QUANTIZATION_MODES = (None, "dynamic", "float16", "int8")
 # A manifest is a few KB; anything this large is not one (and would be slow
 # to parse).
@@ -222,7 +225,7 @@ def _check_preprocessing(check, value, image_shape):
 
 
 def validate_manifest(manifest, source="manifest.json"):
-    """Check a TFLite export manifest against the format-1 schema.
+    """Check a TFLite export manifest against its schema (format 1 or 2).
 
     Pure Python: no file is opened. File names must be plain names inside
     the export directory (``StagedRuntime`` also refuses symlinks that leave
@@ -231,8 +234,9 @@ def validate_manifest(manifest, source="manifest.json"):
     """
     check = _Checker(source)
     _check_header(check, manifest, source)
-    image_shape, num_classes, exits, thresholds = _check_model_keys(check, manifest)
-    files = _check_stages(check, manifest, image_shape, num_classes, exits, thresholds)
+    image_shape, num_classes, exits = _check_model_keys(check, manifest)
+    legacy_thresholds = _check_policy(check, manifest, len(exits))
+    files = _check_stages(check, manifest, image_shape, num_classes, exits, legacy_thresholds)
     seen = {}
     for where, name in files:
         if name in seen:
@@ -293,9 +297,6 @@ def _check_model_keys(check, manifest):
         check.fail(
             "manifest['class_names']", class_names, f"null or a list of {num_classes} strings (num_classes)"
         )
-    criterion = check.require(manifest, "criterion", "the manifest", f"one of {exit_rule.CRITERIA}")
-    if criterion not in exit_rule.CRITERIA:
-        check.fail("manifest['criterion']", criterion, f"one of {list(exit_rule.CRITERIA)}")
     if manifest.get("quantization") not in QUANTIZATION_MODES:
         check.fail(
             "manifest['quantization']", manifest.get("quantization"), f"one of {list(QUANTIZATION_MODES)}"
@@ -312,7 +313,36 @@ def _check_model_keys(check, manifest):
         or any(b <= a for a, b in zip(exits, exits[1:]))
     ):
         check.fail("manifest['exits']", exits, "a non-empty list of increasing positive ints")
-    k = len(exits)
+    full = check.require(manifest, "full_model_flops", "the manifest", "a positive number")
+    if not _is_number(full) or full <= 0:
+        check.fail("manifest['full_model_flops']", full, "a positive finite number")
+    if "extra" in manifest and not isinstance(manifest["extra"], dict):
+        check.fail("manifest['extra']", manifest["extra"], "a dict")
+    return image_shape, num_classes, exits
+
+
+def _check_policy(check, manifest, k):
+    """The exit policy: format 2's ``policy`` object, or format 1's flat
+    keys. Returns format 1's thresholds (each stage repeats its own), else
+    None."""
+    if manifest["format_version"] >= 2:
+        # Format 1's flat keys next to the policy would be a second, ignored copy.
+        for key in FORMAT1_POLICY_KEYS:
+            if key in manifest:
+                check.fail(
+                    f"manifest[{key!r}]", manifest[key], "absent in format 2 (it lives in manifest['policy'])"
+                )
+        data = check.require(manifest, "policy", "the manifest", "the exit policy (ExitPolicy.to_dict)")
+        if isinstance(data, dict) and "num_exits" in data and data["num_exits"] != k:
+            check.fail("manifest['policy']['num_exits']", data["num_exits"], f"{k} (len(manifest['exits']))")
+        try:
+            ExitPolicy.from_dict(data, "manifest['policy']")
+        except ValueError as error:
+            raise ValueError(f"{check.source}: {error}") from None
+        return None
+    criterion = check.require(manifest, "criterion", "the manifest", f"one of {rule.CRITERIA}")
+    if criterion not in rule.CRITERIA:
+        check.fail("manifest['criterion']", criterion, f"one of {list(rule.CRITERIA)}")
     thresholds = check.list_of(
         check.require(manifest, "thresholds", "the manifest", f"{k} numbers in [0, 1]"),
         "manifest['thresholds']",
@@ -321,18 +351,8 @@ def _check_model_keys(check, manifest):
     )
     for i, t in enumerate(thresholds):
         check.number(t, f"manifest['thresholds'][{i}]", 0.0, 1.0)
-    full = check.require(manifest, "full_model_flops", "the manifest", "a positive number")
-    if not _is_number(full) or full <= 0:
-        check.fail("manifest['full_model_flops']", full, "a positive finite number")
-    if "extra" in manifest and not isinstance(manifest["extra"], dict):
-        check.fail("manifest['extra']", manifest["extra"], "a dict")
-    _check_policy_parameters(check, manifest, criterion, k)
-    return image_shape, num_classes, exits, thresholds
-
-
-def _check_policy_parameters(check, manifest, criterion, k):
-    """The exit policy's parameters (absent in manifests written before them:
-    no temperature scaling, and then the criterion cannot be patience)."""
+    # Absent in manifests written before temperatures and patience: no
+    # temperature scaling, and then the criterion cannot be patience.
     temperatures = manifest.get("temperatures")
     if temperatures is not None:
         check.list_of(temperatures, "manifest['temperatures']", k, f"null or a list of {k} positive numbers")
@@ -345,6 +365,15 @@ def _check_policy_parameters(check, manifest, criterion, k):
             check.fail("manifest['patience']", patience, f"an integer in [2, {k}] (criterion 'patience')")
     elif patience is not None:
         check.fail("manifest['patience']", patience, f"null (criterion {criterion!r} has no patience)")
+    return thresholds
+
+
+def manifest_policy(manifest):
+    """The ``ExitPolicy`` of a validated manifest, of either format."""
+    k = len(manifest["exits"])
+    if manifest["format_version"] >= 2:
+        return ExitPolicy.from_dict(manifest["policy"], "manifest['policy']")
+    return ExitPolicy.from_legacy(manifest, k, "manifest")
 
 
 def _check_stages(check, manifest, image_shape, num_classes, exits, thresholds):
@@ -369,15 +398,25 @@ def _check_stages(check, manifest, image_shape, num_classes, exits, thresholds):
             check.fail(
                 f"{where}['exit_block']", entry.get("exit_block"), f"{exits[i]} (manifest['exits'][{i}])"
             )
-        threshold = check.number(
-            check.require(entry, "threshold", where, "a number in [0, 1]"), f"{where}['threshold']", 0.0, 1.0
-        )
-        if threshold != thresholds[i]:
+        if thresholds is None and "threshold" in entry:
             check.fail(
                 f"{where}['threshold']",
                 entry["threshold"],
-                f"{thresholds[i]!r}, the same as manifest['thresholds'][{i}]",
+                "absent in format 2 (it lives in manifest['policy'])",
             )
+        if thresholds is not None:  # format 1 repeats each threshold in its stage
+            threshold = check.number(
+                check.require(entry, "threshold", where, "a number in [0, 1]"),
+                f"{where}['threshold']",
+                0.0,
+                1.0,
+            )
+            if threshold != thresholds[i]:
+                check.fail(
+                    f"{where}['threshold']",
+                    entry["threshold"],
+                    f"{thresholds[i]!r}, the same as manifest['thresholds'][{i}]",
+                )
         flops = check.number(
             check.require(entry, "flops", where, "cumulative FLOPs"), f"{where}['flops']", 0.0
         )

@@ -6,10 +6,10 @@ import warnings
 
 import numpy as np
 
-from keras_dmpo import exit_rule
 from keras_dmpo.atomic_io import sha256_file as sha256_of_file
 from keras_dmpo.litert import manifest as manifest_schema
 from keras_dmpo.litert.finite import check_finite
+from keras_dmpo.policy import ExitPolicy, route
 
 # Pixels further than this fraction of the input range outside it make
 # StagedRuntime warn (once): probably already-normalised or 0-255 images fed
@@ -118,14 +118,26 @@ class _Stage:
         return {name: interpreter.get_tensor(i) for name, i in self._outputs.items()}
 
 
+class _TokensOnDemand:
+    """A stage's tokens, copied out of the interpreter only when the image
+    goes on to the next stage (most leave early on a phone)."""
+
+    def __init__(self, stage):
+        self.stage = stage
+
+    def __getitem__(self, rows):
+        return self.stage.output("tokens")[rows]
+
+
 class StagedRuntime:
     """Run exported TFLite stage graphs with the early-exit rule, as a phone would.
 
     Stage 1 runs on the whole batch; samples whose exit answers (the
-    manifest's exit policy, ``keras_dmpo.exit_rule.ExitPolicy``: the
+    manifest's exit policy, a ``keras_dmpo.policy.ExitPolicy``: the
     criterion, thresholds, optional per-exit temperatures, or patience) leave
     there, the others' tokens go on to stage 2, and so on; the last stage
-    always answers.
+    always answers. ``self.policy`` is that policy; assign a new one (or
+    ``thresholds``, which replaces it with other thresholds) to change it.
 
     Images are given in the raw range that the manifest's ``preprocessing``
     describes (``input_range``) with the model's ``image_shape``; the runtime
@@ -148,6 +160,7 @@ class StagedRuntime:
         verify_hashes: check every stage file's sha256 against the manifest
             when the runtime is created (fails early on a corrupt copy).
         thresholds: optional K thresholds in [0, 1] overriding the manifest's.
+        policy: optional ``ExitPolicy`` (or its dict) overriding the manifest's.
 
     Example (the export made on the TensorFlow backend, in-process):
 
@@ -164,13 +177,12 @@ class StagedRuntime:
     [1, 1, 1, 1]
     """
 
-    def __init__(self, directory, num_threads=None, verify_hashes=True, thresholds=None):
+    def __init__(self, directory, num_threads=None, verify_hashes=True, thresholds=None, policy=None):
         self.directory = os.fspath(directory)
         # Schema first (pure Python), then every file's location and type,
         # then the hashes: nothing is opened before the manifest is accepted.
         self.manifest = manifest_schema.read_manifest(self.directory)
         manifest = self.manifest
-        self.criterion = manifest["criterion"]
         self.exits = list(manifest["exits"])
         self.image_shape = tuple(manifest["image_shape"])
         self.flops_per_exit = np.array([stage["flops"] for stage in manifest["stages"]], dtype=np.float64)
@@ -191,13 +203,11 @@ class StagedRuntime:
         self._stages = graphs[: len(manifest["stages"])]
         self._monolithic = graphs[len(manifest["stages"])] if len(graphs) > len(self._stages) else None
         self._warned_range = False
-        # Manifests before the exit-policy fields have neither key: no
-        # temperature scaling, no patience.
-        self.temperatures = manifest.get("temperatures")
-        self.patience = manifest.get("patience")
-        self.thresholds = (
-            [stage["threshold"] for stage in manifest["stages"]] if thresholds is None else thresholds
-        )
+        if policy is not None and thresholds is not None:
+            raise ValueError("Give `policy` or `thresholds`, not both.")
+        self.policy = manifest_schema.manifest_policy(manifest) if policy is None else policy
+        if thresholds is not None:
+            self.thresholds = thresholds
 
     # -- manifest -------------------------------------------------------------
 
@@ -233,20 +243,41 @@ class StagedRuntime:
         return int(self.manifest["num_classes"])
 
     @property
+    def policy(self):
+        """The ``ExitPolicy`` in use."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, value):
+        if isinstance(value, dict):
+            value = ExitPolicy.from_dict(value)
+        if not isinstance(value, ExitPolicy) or value.num_exits != self.num_exits:
+            raise ValueError(f"`policy` must be an ExitPolicy for {self.num_exits} exits; got {value!r}.")
+        self._policy = value
+
+    @property
+    def criterion(self):
+        return self._policy.criterion
+
+    @property
     def thresholds(self):
-        """The K exit thresholds in use (a copy; assign a new list to change)."""
-        return list(self._thresholds)
+        """The K exit thresholds in use (None for ``"patience"``). Assigning a
+        list replaces the policy with those thresholds."""
+        thresholds = self._policy.thresholds
+        return None if thresholds is None else list(thresholds)
 
     @thresholds.setter
     def thresholds(self, values):
-        self.policy = exit_rule.ExitPolicy(
-            self.criterion,
-            thresholds=values,
-            temperatures=self.temperatures,
-            patience=self.patience,
-            num_exits=self.num_exits,
-        )
-        self._thresholds = list(self.policy.thresholds)
+        self.policy = self._policy.replace(thresholds=values)
+
+    @property
+    def temperatures(self):
+        temperatures = self._policy.temperatures
+        return None if temperatures is None else list(temperatures)
+
+    @property
+    def patience(self):
+        return self._policy.patience
 
     # -- inference ------------------------------------------------------------
 
@@ -357,39 +388,24 @@ class StagedRuntime:
         }
 
     def _predict_one(self, x):
-        """One image ``(1, H, W, C)`` (what a phone does): the same rule as
-        ``_predict_batch`` without its survivor bookkeeping."""
-        value = x
-        state = self.policy.start(1)
-        for k, stage in enumerate(self._stages):
+        """One image ``(1, H, W, C)`` (what a phone does): each stage through
+        the interpreter's tensors, with no re-allocation per call."""
+
+        def run_stage(k, value):
+            stage = self._stages[k]
             stage.run_single(value)
-            p = stage.output("probabilities")
-            leave, state = self.policy.step(k, p, state)
-            if leave[0]:
-                return p[0], k
-            value = stage.output("tokens")
-        raise AssertionError("unreachable: the last stage always answers")
+            last = k == self.num_exits - 1
+            return stage.output("probabilities"), None if last else _TokensOnDemand(stage)
+
+        exit_index, probabilities = route(self._policy, x, run_stage)
+        return probabilities[0], exit_index[0]
 
     def _predict_batch(self, x):
-        num_samples = x.shape[0]
-        probabilities = np.zeros((num_samples, self.num_classes), dtype=np.float32)
-        exit_index = np.zeros(num_samples, dtype=np.int64)
-        alive = np.arange(num_samples)  # original positions of the survivors
-        feed = {self._input_name(0): x}
-        last = self.num_exits - 1
-        state = self.policy.start(num_samples)
-        for k, stage in enumerate(self._stages):
-            outputs = stage(**feed)
-            p = outputs["probabilities"]
-            leave, state = self.policy.step(k, p, state)
-            probabilities[alive[leave]] = p[leave]
-            exit_index[alive[leave]] = k
-            if k == last or leave.all():
-                break
-            stay = ~leave
-            alive = alive[stay]
-            # Gather the survivors: the next stage runs at a smaller batch.
-            feed = {self._input_name(k + 1): np.ascontiguousarray(outputs["tokens"][stay])}
+        def run_stage(k, value):
+            outputs = self._stages[k](**{self._input_name(k): value})
+            return outputs["probabilities"], outputs.get("tokens")
+
+        exit_index, probabilities = route(self._policy, x, run_stage)
         return probabilities, exit_index
 
     def _input_name(self, k):

@@ -1,8 +1,10 @@
-"""Threshold calibration for a FLOPs budget (numpy).
+"""The search for an exit policy's parameters on validation data (numpy).
 
 The rule that thresholds drive (score each exit, the first exit whose score
 passes its threshold answers, the last exit always answers) lives in
-``keras_dmpo.exit_rule``; this module searches thresholds for it.
+``keras_dmpo.policy.rule``; this module searches thresholds (or the
+patience) for it. ``keras_dmpo.policy.calibrate`` is the entry point that
+callers use.
 
 ``calibrate_thresholds`` starts from MSDNet's geometric exit proportions
 (Huang et al., 2018) and improves them by a deterministic coordinate search.
@@ -19,96 +21,11 @@ import math
 
 import numpy as np
 
-from keras_dmpo import exit_rule
+from keras_dmpo.policy import rule
+from keras_dmpo.policy.record import CalibrationResult, exit_accuracy, exit_fractions, expected_flops
 
 # Relative slack when comparing FLOPs with the budget (float rounding only).
-_BUDGET_RTOL = 1e-9
-
-
-def expected_flops(exit_index, flops_per_exit):
-    """Mean FLOPs per sample for the given exit indices."""
-    flops = np.asarray(flops_per_exit, dtype=np.float64)
-    return float(np.mean(flops[np.asarray(exit_index)]))
-
-
-def exit_accuracy(exit_index, correct):
-    """Accuracy when sample ``n`` answers at ``exit_index[n]``.
-
-    Args:
-        exit_index: ``(N,)`` 0-based exit indices.
-        correct: ``(K, N)`` bool, whether exit k is right on sample n.
-    """
-    correct = np.asarray(correct, dtype=bool)
-    exit_index = np.asarray(exit_index)
-    return float(np.mean(correct[exit_index, np.arange(exit_index.size)]))
-
-
-def exit_fractions(exit_index, num_exits):
-    """Fraction of samples answered at each exit."""
-    counts = np.bincount(np.asarray(exit_index), minlength=num_exits)
-    return (counts / max(1, counts.sum())).tolist()
-
-
-@dataclasses.dataclass
-class CalibrationResult:
-    """Calibrated thresholds and what they give on the validation data.
-
-    Attributes:
-        thresholds: K floats; the last is 0.0 (ignored, the last exit answers).
-        expected_flops: mean FLOPs per sample on the validation data.
-        expected_fraction: ``expected_flops / full_model_flops`` (None if the
-            full model's FLOPs were not given).
-        validation_accuracy: accuracy on the validation data.
-        exit_fractions: K fractions of samples answered at each exit.
-        budget: the FLOPs budget (absolute, per sample).
-        full_model_flops: "100%", or None.
-        num_samples: validation samples used.
-        mode: ``"flops_budget"`` (most accurate within ``budget``) or
-            ``"max_accuracy_drop"`` (fewest FLOPs within the drop).
-        max_accuracy_drop: the drop asked for (accuracy mode), else None.
-        target_accuracy: the last exit's validation accuracy minus the drop
-            (accuracy mode), else None.
-        patience: the patience chosen (criterion ``"patience"``), else None.
-    """
-
-    thresholds: list
-    expected_flops: float
-    expected_fraction: object
-    validation_accuracy: float
-    exit_fractions: list
-    budget: float
-    full_model_flops: object = None
-    num_samples: int = 0
-    mode: str = "flops_budget"
-    max_accuracy_drop: object = None
-    target_accuracy: object = None
-    patience: object = None
-
-    def to_dict(self):
-        """JSON-safe dict (floats, ints, lists, None)."""
-        return {
-            "thresholds": [float(t) for t in self.thresholds],
-            "expected_flops": float(self.expected_flops),
-            "expected_fraction": None if self.expected_fraction is None else float(self.expected_fraction),
-            "validation_accuracy": float(self.validation_accuracy),
-            "exit_fractions": [float(f) for f in self.exit_fractions],
-            "budget": float(self.budget),
-            "full_model_flops": None if self.full_model_flops is None else float(self.full_model_flops),
-            "num_samples": int(self.num_samples),
-            "mode": self.mode,
-            "max_accuracy_drop": None if self.max_accuracy_drop is None else float(self.max_accuracy_drop),
-            "target_accuracy": None if self.target_accuracy is None else float(self.target_accuracy),
-            "patience": None if self.patience is None else int(self.patience),
-        }
-
-    @classmethod
-    def from_dict(cls, data):
-        """Inverse of ``to_dict``; unknown keys raise ``ValueError``."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - fields
-        if unknown:
-            raise ValueError(f"Unknown CalibrationResult keys {sorted(unknown)}; expected {sorted(fields)}.")
-        return cls(**dict(data))
+BUDGET_RTOL = 1e-9
 
 
 def _candidates(values, max_candidates):
@@ -142,7 +59,7 @@ def _snap(threshold, values):
 
 
 def _evaluate(scores, correct, flops, thresholds):
-    exits = exit_rule.first_exit(exit_rule.passes(scores, thresholds[:, None]))
+    exits = rule.first_exit(rule.passes(scores, thresholds[:, None]))
     columns = np.arange(scores.shape[1])
     return int(correct[exits, columns].sum()), float(flops[exits].sum()), exits
 
@@ -191,7 +108,7 @@ def geometric_thresholds(scores, flops_per_exit, budget_flops):
         # Same survivors pass (>= is kept), but at a midpoint between scores.
         threshold = min(1.0, _snap(threshold, scores[k]))
         thresholds[k] = threshold
-        leaving = alive & exit_rule.passes(scores[k], threshold)
+        leaving = alive & rule.passes(scores[k], threshold)
         exited += int(leaving.sum())
         alive &= ~leaving
     return thresholds
@@ -211,12 +128,12 @@ def _coordinate_search(scores, correct, flops, budget_total, thresholds, candida
     for _ in range(max_sweeps):
         improved = False
         for k in range(num_exits - 1):
-            passed = exit_rule.passes(scores, thresholds[:, None])
+            passed = rule.passes(scores, thresholds[:, None])
             before = passed[:k].any(axis=0)
             # Where a sample goes if it does not leave at k.
-            fallback = k + 1 + exit_rule.first_exit(passed[k + 1 :])
+            fallback = k + 1 + rule.first_exit(passed[k + 1 :])
             fixed = before
-            first = exit_rule.first_exit(passed)
+            first = rule.first_exit(passed)
             fixed_correct = int(correct[first[fixed], columns[fixed]].sum())
             fixed_flops = float(flops[first[fixed]].sum())
             reach = ~before
@@ -232,7 +149,7 @@ def _coordinate_search(scores, correct, flops, budget_total, thresholds, candida
             base_correct = fixed_correct + int(stay_correct.sum())
             base_flops = fixed_flops + float(stay_flops.sum())
             cand = candidates[k]
-            # How many survivors pass each candidate: exit_rule.passes (>=),
+            # How many survivors pass each candidate: rule.passes (>=),
             # counted on sorted scores for all candidates at once.
             leaving = np.searchsorted(-s_sorted, -cand, side="right")
             totals_correct = base_correct + gain_correct[leaving]
@@ -281,7 +198,7 @@ def calibrate_thresholds(
     3. Return the best result over the starts.
 
     Args:
-        scores: ``(K, N)`` validation scores in [0, 1] (``exit_rule.exit_scores``).
+        scores: ``(K, N)`` validation scores in [0, 1] (``rule.exit_scores``).
         correct: ``(K, N)`` bool, whether exit k's prediction is right.
         flops_per_exit: ``K`` cumulative FLOPs per sample, non-decreasing.
         budget_flops: mean FLOPs per sample allowed (absolute), in
@@ -304,7 +221,7 @@ def calibrate_thresholds(
             budget outside the valid range (naming ``flops_budget``), or a
             malformed start (naming ``starts``).
     """
-    scores = exit_rule.check_scores(scores)
+    scores = rule.check_scores(scores)
     correct = np.asarray(correct)
     if correct.shape != scores.shape:
         raise ValueError(
@@ -322,7 +239,7 @@ def calibrate_thresholds(
         raise ValueError(f"`flops_per_exit` must be cumulative (non-decreasing); got {flops.tolist()}.")
     upper = flops[-1] if full_model_flops is None else max(flops[-1], float(full_model_flops))
     budget = float(budget_flops)
-    slack = _BUDGET_RTOL * upper
+    slack = BUDGET_RTOL * upper
     if not (flops[0] - slack <= budget <= upper + slack):  # also rejects NaN
         fraction = ""
         if full_model_flops is not None:
@@ -336,13 +253,13 @@ def calibrate_thresholds(
             f"first exit's cost to the {'full model' if full_model_flops else 'last exit'}"
             f"{fraction}."
         )
-    budget_total = budget * num_samples * (1 + _BUDGET_RTOL)
+    budget_total = budget * num_samples * (1 + BUDGET_RTOL)
 
     given = _check_starts(starts, scores)
     candidates = [_candidates(scores[k], max_candidates) for k in range(num_exits)]
     all_starts = [geometric_thresholds(scores, flops, budget)]
     for k in range(num_exits):
-        if flops[k] <= budget * (1 + _BUDGET_RTOL):
+        if flops[k] <= budget * (1 + BUDGET_RTOL):
             single = np.array([c[-1] for c in candidates])  # nobody leaves
             single[k] = candidates[k][0]  # everyone leaves at k
             all_starts.append(single)
@@ -415,20 +332,16 @@ def calibrate_budgets(
 
     Returns:
         A list in the order of ``budgets_flops``: a ``CalibrationResult``
-        per budget, or None for a budget below the first exit's cost (no
-        sample could answer within it).
+        per budget.
 
     Raises:
-        ValueError: as ``calibrate_thresholds`` (a budget above the valid
+        ValueError: as ``calibrate_thresholds`` (a budget outside the valid
             range, bad data).
     """
-    flops = np.asarray(flops_per_exit, dtype=np.float64).reshape(-1)
     budgets = [float(b) for b in budgets_flops]
     results = [None] * len(budgets)
     previous = None
     for i in sorted(range(len(budgets)), key=lambda j: budgets[j]):
-        if flops.size and budgets[i] < flops[0] * (1 - _BUDGET_RTOL):
-            continue
         result = calibrate_thresholds(
             scores,
             correct,
@@ -523,7 +436,7 @@ def calibrate_patience(
         full_model_flops: "100%", for ``expected_fraction``.
 
     Returns:
-        ``CalibrationResult`` with ``patience`` set and all thresholds 0.0.
+        ``CalibrationResult`` with ``patience`` set and no thresholds (None).
 
     Raises:
         ValueError: when no p fits the budget (naming the cheapest).
@@ -538,11 +451,11 @@ def calibrate_patience(
         raise ValueError("`criterion='patience'` needs at least 2 exits.")
     options = []
     for p in range(2, num_exits + 1):
-        exits = exit_rule.patience_exits(labels, p)
+        exits = rule.patience_exits(labels, p)
         options.append((p, exit_accuracy(exits, correct), expected_flops(exits, flops), exits))
     if flops_budget is not None:
         budget = float(flops_budget)
-        feasible = [o for o in options if o[2] <= budget * (1 + _BUDGET_RTOL)]
+        feasible = [o for o in options if o[2] <= budget * (1 + BUDGET_RTOL)]
         if not feasible:
             cheapest = min(options, key=lambda o: o[2])
             raise ValueError(
@@ -559,7 +472,7 @@ def calibrate_patience(
         budget = mean_flops
         extra = {"mode": "max_accuracy_drop", "max_accuracy_drop": drop, "target_accuracy": target}
     return CalibrationResult(
-        thresholds=[0.0] * num_exits,
+        thresholds=None,
         expected_flops=mean_flops,
         expected_fraction=None if full_model_flops is None else mean_flops / float(full_model_flops),
         validation_accuracy=accuracy,

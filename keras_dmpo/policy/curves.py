@@ -14,8 +14,8 @@ class AccuracyFlopsCurve:
         rows: one dict per reachable budget: ``budget``, ``thresholds``,
             ``validation_accuracy``, ``validation_fraction``,
             ``test_accuracy``, ``test_fraction``, ``exit_fractions``, and
-            ``calibration`` (the full record, for
-            ``EarlyExitModel.set_calibration``).
+            ``policy`` (``ExitPolicy.to_dict``, with its calibration record:
+            ``ee.policy = row["policy"]`` adopts it).
         single_exits: each exit used alone: ``exit`` (block), ``fraction``,
             ``test_accuracy``. The last one is the full model (fraction ~1).
         criterion: the exit score used.

@@ -5,7 +5,7 @@ by a temperature ``T`` (Guo et al., 2017) fixes most of that without changing
 any prediction. The exits' outputs here are probabilities, and
 ``softmax(log p / T) == softmax(z / T)`` for the logits ``z`` behind ``p``, so
 one function serves Keras, the stored benchmark outputs and the LiteRT
-runtime alike (``keras_dmpo.exit_rule.temper``).
+runtime alike (``keras_dmpo.policy.rule.temper``).
 
 The negative log-likelihood of the validation labels is convex in
 ``beta = 1 / T``, so the fit is a bisection on the sign of its derivative:
@@ -14,7 +14,7 @@ deterministic and dependency-free.
 
 import numpy as np
 
-from keras_dmpo import exit_rule
+from keras_dmpo.policy import rule
 
 # The fit searches beta = 1 / T in this range (T from 0.02 to 50).
 _BETA_RANGE = (0.02, 50.0)
@@ -108,4 +108,4 @@ def expected_calibration_error(probabilities, labels, bins=15):
 
 def tempered(probabilities, temperatures):
     """``(K, N, C)`` probabilities with exit k's tempered by ``temperatures[k]``."""
-    return np.stack([exit_rule.temper(p, t) for p, t in zip(probabilities, temperatures)])
+    return np.stack([rule.temper(p, t) for p, t in zip(probabilities, temperatures)])

@@ -1,7 +1,8 @@
-"""The early-exit rule, written once (numpy only).
+"""The early-exit rule, written once (numpy only): scores and the comparison.
 
 After each stage, an exit either answers for a sample or passes it on; the
-last exit always answers. Which exits answer is an ``ExitPolicy``:
+last exit always answers. Which exits answer is an ``ExitPolicy``
+(``keras_dmpo.policy``):
 
 - ``"confidence"`` and ``"entropy"``: exit k scores the sample in [0, 1]
   (max probability; ``1 - H / ln C``) and answers when the score is at or
@@ -11,27 +12,22 @@ last exit always answers. Which exits answer is an ``ExitPolicy``:
 - ``"patience"`` (PABEE): exit k answers when exits k-p+1..k agree on the
   label (``patience`` = p >= 2).
 
-Threshold calibration (``keras_dmpo.inference.calibration``),
-``EarlyExitModel.predict`` and the LiteRT ``StagedRuntime`` all call this
-module, so a change to the rule is one edit. It imports numpy only, so the
-phone-side runtime (``keras_dmpo.litert``) can use it without Keras.
+It imports numpy only, so the phone-side runtime (``keras_dmpo.litert``)
+uses it without Keras.
 
 Example:
 
 >>> import numpy as np
->>> from keras_dmpo import exit_rule
+>>> from keras_dmpo.policy import rule
 >>> probabilities = np.array([[[0.9, 0.1], [0.6, 0.4]],    # exit 1, 2 samples
 ...                           [[0.5, 0.5], [0.7, 0.3]]])   # exit 2 (the last)
->>> scores = exit_rule.exit_scores(probabilities, "confidence")
->>> exit_rule.assign_exits(scores, [0.8, 0.0]).tolist()
-[0, 1]
->>> policy = exit_rule.ExitPolicy("confidence", thresholds=[0.8, 0.0])
->>> policy.assign(probabilities).tolist()
+>>> scores = rule.exit_scores(probabilities, "confidence")
+>>> rule.assign_exits(scores, [0.8, 0.0]).tolist()
 [0, 1]
 """
 
-import dataclasses
 import math
+import numbers
 
 import numpy as np
 
@@ -99,12 +95,24 @@ def exit_scores(probabilities, criterion="confidence", temperature=None):
     return np.clip(scores, 0.0, 1.0)
 
 
+def _numbers(values):
+    """Whether ``values`` is a sequence of real numbers (no strings, no
+    booleans: a manifest's "0.5" or true is a mistake, not a number)."""
+    if isinstance(values, np.ndarray):
+        return values.dtype.kind in "fiu"
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        return False
+    return all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) for v in values)
+
+
 def check_thresholds(thresholds, num_exits):
     """``num_exits`` finite thresholds in [0, 1], as a float64 array.
 
     Raises a ``ValueError`` naming ``thresholds``, the value and what is
     expected otherwise.
     """
+    if not _numbers(thresholds):
+        raise ValueError(f"`thresholds` must be {num_exits} numbers in [0, 1]; got {thresholds!r}.")
     try:
         values = np.asarray(thresholds, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError):
@@ -124,6 +132,10 @@ def check_temperatures(temperatures, num_exits):
     """None, or ``num_exits`` positive finite temperatures as a tuple of floats."""
     if temperatures is None:
         return None
+    if not _numbers(temperatures):
+        raise ValueError(
+            f"`temperatures` must be None or {num_exits} positive numbers; got {temperatures!r}."
+        )
     try:
         values = [float(t) for t in temperatures]
     except (TypeError, ValueError):
@@ -205,101 +217,3 @@ def patience_exits(labels, patience):
         streak = np.where(labels[k] == labels[k - 1], streak + 1, 1)
         passed[k] = passes(streak, patience)
     return first_exit(passed)
-
-
-@dataclasses.dataclass(frozen=True)
-class ExitPolicy:
-    """Which exit answers: a criterion and its parameters, validated once.
-
-    Args:
-        criterion: ``"confidence"``, ``"entropy"`` or ``"patience"``.
-        thresholds: K thresholds in [0, 1] (score criteria; the last one is
-            ignored). For ``"patience"`` they are not used (None: zeros).
-        temperatures: None, or K temperatures applied to each exit's
-            probabilities before scoring (``temper``).
-        patience: for ``"patience"``: exits in a row that must agree (>= 2).
-
-    Example:
-
-    >>> probabilities = np.array([[[0.6, 0.4]], [[0.7, 0.3]], [[0.2, 0.8]]])
-    >>> ExitPolicy("patience", patience=2, num_exits=3).assign(probabilities).tolist()
-    [1]
-    """
-
-    criterion: str = "confidence"
-    thresholds: tuple = None
-    temperatures: tuple = None
-    patience: int = None
-    num_exits: int = None
-
-    def __post_init__(self):
-        check_criterion(self.criterion)
-        k = self.num_exits if self.num_exits is not None else len(self.thresholds)
-        if self.criterion == "patience":
-            thresholds = self.thresholds if self.thresholds is not None else [0.0] * k
-            patience = check_patience(self.patience, k)
-        else:
-            if self.patience is not None:
-                raise ValueError(
-                    f"`patience` applies to criterion='patience' only; got patience={self.patience!r} "
-                    f"with criterion={self.criterion!r}."
-                )
-            thresholds, patience = self.thresholds, None
-        object.__setattr__(self, "thresholds", tuple(float(t) for t in check_thresholds(thresholds, k)))
-        object.__setattr__(self, "temperatures", check_temperatures(self.temperatures, k))
-        object.__setattr__(self, "patience", patience)
-        object.__setattr__(self, "num_exits", k)
-
-    def scores(self, k, probabilities):
-        """Exit ``k``'s scores of ``(N, C)`` probabilities (score criteria)."""
-        temperature = None if self.temperatures is None else self.temperatures[k]
-        return exit_scores(probabilities, self.criterion, temperature)
-
-    def start(self, num_samples):
-        """The running state of ``num_samples`` samples before stage 1."""
-        return {"labels": np.full(num_samples, -1, np.int64), "streak": np.zeros(num_samples, np.int64)}
-
-    def step(self, k, probabilities, state):
-        """After stage ``k`` (0-based): which samples answer there.
-
-        ``probabilities`` ``(N, C)`` are exit k's outputs for the samples
-        still running, ``state`` theirs (``start``). Returns ``(leave,
-        state)``: a bool mask, and the state of the samples that go on.
-        """
-        num_samples = np.shape(probabilities)[0]
-        if self.criterion == "patience":
-            labels = np.asarray(probabilities).argmax(axis=-1)
-            streak = np.where(labels == state["labels"], state["streak"] + 1, 1)
-            leave = passes(streak, self.patience)
-            state = {"labels": labels, "streak": streak}
-        else:
-            leave = passes(self.scores(k, probabilities), self.thresholds[k])
-        if k == self.num_exits - 1:
-            leave = np.ones(num_samples, dtype=bool)
-        stay = ~leave
-        return leave, {name: value[stay] for name, value in state.items()}
-
-    def assign(self, probabilities):
-        """The exit (0-based) that answers each sample, from every exit's
-        ``(K, N, C)`` probabilities: ``step`` applied exit by exit."""
-        probabilities = np.asarray(probabilities)
-        num_samples = probabilities.shape[1]
-        exit_index = np.full(num_samples, self.num_exits - 1, dtype=np.int64)
-        alive = np.arange(num_samples)
-        state = self.start(num_samples)
-        for k in range(self.num_exits):
-            leave, state = self.step(k, probabilities[k, alive], state)
-            exit_index[alive[leave]] = k
-            alive = alive[~leave]
-            if not alive.size:
-                break
-        return exit_index
-
-    def to_dict(self):
-        """The manifest's / settings' fields of this policy."""
-        return {
-            "criterion": self.criterion,
-            "thresholds": list(self.thresholds),
-            "temperatures": None if self.temperatures is None else list(self.temperatures),
-            "patience": self.patience,
-        }
