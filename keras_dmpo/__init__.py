@@ -18,7 +18,7 @@ _LAZY_ATTRIBUTES = {
     "tuning_optimizer": ("keras_dmpo.recipe", "tuning_optimizer"),
     "EarlyExitModel": ("keras_dmpo.inference.early_exit", "EarlyExitModel"),
     "ExitPolicy": ("keras_dmpo.policy.exit_policy", "ExitPolicy"),
-    # ``keras_dmpo.presets`` is the dict short name -> description (DESIGN.md §2).
+    # ``keras_dmpo.presets`` is the dict short name -> description.
     "presets": ("keras_dmpo.preset_registry", "PRESETS"),
 }
 _LAZY_SUBMODULES = {
