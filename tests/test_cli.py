@@ -96,7 +96,7 @@ def test_cli_verbs_on_an_image_folder(tiny_vit_preset, image_folder, tmp_path, c
     assert "calibrated (confidence) for 95%" in out
     with open(os.path.join(out_dir, "model.early_exit.json")) as handle:
         settings = json.load(handle)
-    assert settings["calibration"]["budget"] > 0
+    assert settings["policy"]["calibration"]["budget"] > 0
 
     # An accuracy target, the patience criterion and temperature scaling.
     code, out, err = run_cli(
