@@ -21,9 +21,14 @@ import numpy as np
 from keras_dmpo import preset_fetch, preset_registry, recipe
 from keras_dmpo.atomic_io import is_partial_name, write_json_atomic
 from keras_dmpo.datasets import NAMED_DATA, all_images, load_data
+from keras_dmpo.litert.manifest import QUANTIZATION_MODES
 from keras_dmpo.policy import rule
 
 DEFAULT_PRESET = "dmpo_vit_tiny"
+# The library's quantization modes, with None (no quantization) spelled out
+# for the command line.
+FLOAT32 = "float32"
+QUANTIZATION_CHOICES = [mode or FLOAT32 for mode in QUANTIZATION_MODES]
 
 
 def _set_backend(argv):
@@ -241,15 +246,55 @@ def cmd_calibrate(args):
 
 
 def cmd_export(args):
+    quantization = None if args.quantization == FLOAT32 else args.quantization
+    # Checked before the model is loaded: a missing argument should not cost
+    # a model load (or, for int8, a conversion that cannot start).
+    if quantization == "int8" and args.representative_data is None:
+        raise ValueError(
+            "--quantization int8 needs --representative-data (a named data set or a class-per-folder "
+            "directory of typical input images) to calibrate the activation ranges."
+        )
+    if quantization != "int8" and args.representative_data is not None:
+        raise ValueError(
+            f"--representative-data is used by --quantization int8 only; got --quantization {args.quantization}."
+        )
     ee = _load_early_exit(args.model)
     class_names = _class_names_beside(args.model, ee.model_sha256)
+    representative = None
+    if quantization == "int8":
+        representative = representative_images(
+            args.representative_data, ee.model.image_shape, args.representative_images
+        )
+        print(f"int8 calibration on {len(representative)} images from {args.representative_data}")
     manifest = ee.export_tflite(
-        args.output_dir, quantization=args.quantization, overwrite=args.overwrite, class_names=class_names
+        args.output_dir,
+        quantization=quantization,
+        representative_data=representative,
+        overwrite=args.overwrite,
+        class_names=class_names,
     )
     print(
         f"wrote {len(manifest['stages'])} stage graphs + monolithic.tflite + manifest.json to {args.output_dir}"
     )
     return 0
+
+
+def representative_images(spec, image_shape, count):
+    """Up to ``count`` images for int8 calibration from a named data set's
+    training split or a folder: a random subset (seed 0) rather than the
+    first images, because a folder is read class by class."""
+    if count < 1:
+        raise ValueError(f"--representative-images must be at least 1; got {count}.")
+    key = spec.lower().replace("-", "_")
+    images = (
+        load_data(spec, image_shape)["train"][0] if key in NAMED_DATA else all_images(spec, image_shape)[0]
+    )
+    if not len(images):
+        raise ValueError(f"--representative-data {spec!r} holds no images.")
+    if len(images) > count:
+        chosen = np.random.default_rng(0).choice(len(images), size=count, replace=False)
+        images = images[np.sort(chosen)]
+    return np.asarray(images, dtype=np.float32)
 
 
 def _class_names_beside(model_path, model_sha256=None):
@@ -529,7 +574,25 @@ def _calibrate_arguments(calibrate, data_help):
 def _export_arguments(export):
     export.add_argument("--model", required=True)
     export.add_argument("--output-dir", required=True)
-    export.add_argument("--quantization", choices=["dynamic", "float16"], default=None)
+    export.add_argument(
+        "--quantization",
+        choices=QUANTIZATION_CHOICES,
+        default=FLOAT32,
+        help="float32 (no quantization, the default), dynamic (int8 weights), float16 (fp16 weights) "
+        "or int8 (integer ops; needs --representative-data)",
+    )
+    export.add_argument(
+        "--representative-data",
+        default=None,
+        help="int8 only: typical input images to calibrate activation ranges, a named data set "
+        f"{list(NAMED_DATA)} (its training split) or a class-per-folder directory",
+    )
+    export.add_argument(
+        "--representative-images",
+        type=int,
+        default=200,
+        help="int8 only: how many of those images to use (default 200, a random subset)",
+    )
     export.add_argument("--overwrite", action="store_true")
 
 

@@ -12,7 +12,9 @@ import tempfile
 
 import keras
 
-QUANTIZATIONS = (None, "dynamic", "float16", "int8")
+# The modes are a field of the manifest that the LiteRT runtime checks, so its
+# schema (numpy only, importable without Keras) holds the one list.
+from keras_dmpo.litert.manifest import QUANTIZATION_MODES as QUANTIZATIONS
 
 
 def check_tensorflow_backend(what):

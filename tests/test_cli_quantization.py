@@ -1,0 +1,115 @@
+"""`keras-dmpo export --quantization`: every mode the API has, int8 with its calibration images."""
+
+import os
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_dmpo import cli
+from keras_dmpo.litert.manifest import QUANTIZATION_MODES
+
+IMAGE_SHAPE = (16, 16, 3)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """Two classes of 10 small PNGs each."""
+    root = tmp_path_factory.mktemp("calibration_images")
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        os.makedirs(root / name)
+        for i in range(10):
+            pixels = rng.integers(0, 255, size=(20, 20, 3)).astype("uint8")
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return str(root)
+
+
+class FakeEarlyExit:
+    """Stands in for a loaded EarlyExitModel: records what export_tflite got."""
+
+    model_sha256 = None
+
+    def __init__(self):
+        self.model = types.SimpleNamespace(image_shape=IMAGE_SHAPE)
+        self.calls = []
+
+    def export_tflite(self, directory, **options):
+        self.calls.append(options)
+        return {"stages": [{}, {}]}
+
+
+@pytest.fixture
+def fake_model(monkeypatch):
+    fake = FakeEarlyExit()
+    monkeypatch.setattr(cli, "_load_early_exit", lambda path: fake)
+    return fake
+
+
+def export(args, capsys):
+    code = cli.main(["export", "--model", "m.keras", "--output-dir", "out", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_the_cli_offers_every_mode_of_the_api():
+    from keras_dmpo.export import tflite_convert
+
+    # One list: the converter's modes are the manifest schema's.
+    assert tflite_convert.QUANTIZATIONS is QUANTIZATION_MODES
+    assert cli.QUANTIZATION_CHOICES == ["float32", "dynamic", "float16", "int8"]
+    assert [None if c == "float32" else c for c in cli.QUANTIZATION_CHOICES] == list(QUANTIZATION_MODES)
+
+
+@pytest.mark.parametrize("flag, expected", [([], None), (["--quantization", "float32"], None)])
+def test_float32_is_no_quantization(fake_model, capsys, flag, expected):
+    code, out, _ = export(flag, capsys)
+    assert code == 0 and "wrote 2 stage graphs" in out
+    assert fake_model.calls == [
+        {"quantization": expected, "representative_data": None, "overwrite": False, "class_names": None}
+    ]
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "float16"])
+def test_weight_quantizations_need_no_data(fake_model, capsys, mode):
+    code, _, _ = export(["--quantization", mode], capsys)
+    assert code == 0
+    assert fake_model.calls[0]["quantization"] == mode
+    assert fake_model.calls[0]["representative_data"] is None
+
+
+def test_int8_without_representative_data_is_a_one_line_error(capsys):
+    # Refused before the (here missing) model is read.
+    code, _, err = export(["--quantization", "int8"], capsys)
+    assert code == 2
+    assert err.startswith("keras-dmpo export: error: --quantization int8 needs --representative-data")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_representative_data_without_int8_is_refused(capsys, image_folder):
+    code, _, err = export(["--quantization", "float16", "--representative-data", image_folder], capsys)
+    assert code == 2 and "--representative-data is used by --quantization int8 only" in err
+
+
+def test_int8_reads_a_random_subset_of_the_folder(fake_model, capsys, image_folder):
+    code, out, _ = export(
+        ["--quantization", "int8", "--representative-data", image_folder, "--representative-images", "8"],
+        capsys,
+    )
+    assert code == 0 and "int8 calibration on 8 images" in out
+    options = fake_model.calls[0]
+    data = options["representative_data"]
+    assert options["quantization"] == "int8"
+    assert data.shape == (8,) + IMAGE_SHAPE and data.dtype == np.float32
+    # Both classes are represented (the folder is read class by class).
+    all_images, labels, _ = cli.all_images(image_folder, IMAGE_SHAPE)
+    rows = [int(np.flatnonzero((all_images == image).all(axis=(1, 2, 3)))[0]) for image in data]
+    assert set(labels[rows]) == {0, 1}
+
+
+def test_representative_images_takes_all_when_fewer(image_folder):
+    images = cli.representative_images(image_folder, IMAGE_SHAPE, 500)
+    assert images.shape == (20,) + IMAGE_SHAPE
+    with pytest.raises(ValueError, match="at least 1"):
+        cli.representative_images(image_folder, IMAGE_SHAPE, 0)
