@@ -89,7 +89,7 @@ def test_input_normalization_is_applied_and_checked(family_presets, images):
     backbone = load_vit_backbone(family_presets["dinov2"])
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     model = DMPOClassifier(backbone=backbone, num_classes=3, exits=[2], input_normalization="imagenet")
-    tokens = keras.ops.convert_to_numpy(model._embed(images))
+    tokens = keras.ops.convert_to_numpy(model.stage_plan.embed(images))
     expected = keras.ops.convert_to_numpy(model.stages.embed(((images - mean) / std).astype("float32")))
     np.testing.assert_allclose(tokens, expected, atol=1e-5)
     for bad, match in (

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_dmpo import layer_defaults
 from keras_dmpo.layers._checks import (
     check_grid_shape,
     check_positive_int,
@@ -58,7 +59,7 @@ class BypassAdapter(keras.layers.Layer):
         self,
         bottleneck_dim,
         scale=1.0,
-        kernel_size=3,
+        kernel_size=layer_defaults.BYPASS_KERNEL_SIZE,
         activation="gelu",
         num_prefix_tokens=1,
         grid_shape=None,

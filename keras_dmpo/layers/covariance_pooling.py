@@ -17,10 +17,8 @@ costs ``6 d^3`` FLOPs.
 import keras
 import numpy as np
 
+from keras_dmpo import layer_defaults
 from keras_dmpo.layers._checks import check_positive_int, check_prefix_tokens, check_tokens_shape
-
-DEFAULT_COVARIANCE_DIM = 32
-DEFAULT_ITERATIONS = 5
 
 
 def float32_policy_kwargs(kwargs):
@@ -33,7 +31,7 @@ def float32_policy_kwargs(kwargs):
     return kwargs
 
 
-def newton_schulz_sqrt(matrices, iterations=DEFAULT_ITERATIONS):
+def newton_schulz_sqrt(matrices, iterations=layer_defaults.COVARIANCE_ITERATIONS):
     """Approximate square roots of trace-normalised SPD matrices.
 
     Coupled Newton-Schulz iteration: ``Y_0 = A``, ``Z_0 = I``,
@@ -111,8 +109,8 @@ class CovariancePooling(keras.layers.Layer):
 
     def __init__(
         self,
-        dim=DEFAULT_COVARIANCE_DIM,
-        iterations=DEFAULT_ITERATIONS,
+        dim=layer_defaults.COVARIANCE_DIM,
+        iterations=layer_defaults.COVARIANCE_ITERATIONS,
         epsilon=1e-5,
         num_prefix_tokens=1,
         **kwargs,

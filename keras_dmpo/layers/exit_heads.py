@@ -2,18 +2,14 @@
 
 import keras
 
+from keras_dmpo import layer_defaults
 from keras_dmpo.layers._checks import (
     check_choice,
     check_positive_int,
     check_prefix_tokens,
     check_tokens_shape,
 )
-from keras_dmpo.layers.covariance_pooling import (
-    DEFAULT_COVARIANCE_DIM,
-    DEFAULT_ITERATIONS,
-    CovariancePooling,
-    float32_policy_kwargs,
-)
+from keras_dmpo.layers.covariance_pooling import CovariancePooling, float32_policy_kwargs
 
 POOLINGS = ("class_token", "mean")
 FUSIONS = ("mean", "sum", "covariance_only")
@@ -174,10 +170,10 @@ class CovarianceExitHead(ExitHead):
     def __init__(
         self,
         num_classes,
-        covariance_dim=DEFAULT_COVARIANCE_DIM,
-        iterations=DEFAULT_ITERATIONS,
+        covariance_dim=layer_defaults.COVARIANCE_DIM,
+        iterations=layer_defaults.COVARIANCE_ITERATIONS,
         dropout=0.0,
-        fusion="mean",
+        fusion=layer_defaults.COVARIANCE_FUSION,
         epsilon=1e-5,
         num_prefix_tokens=1,
         **kwargs,

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_dmpo import layer_defaults
 from keras_dmpo.layers._checks import check_positive_int, check_tokens_shape
 
 
@@ -41,7 +42,13 @@ class ParallelAdapter(keras.layers.Layer):
     """
 
     def __init__(
-        self, bottleneck_dim, scale=0.1, learnable_scale=False, dropout=0.0, activation="gelu", **kwargs
+        self,
+        bottleneck_dim,
+        scale=layer_defaults.ADAPTER_SCALE,
+        learnable_scale=False,
+        dropout=0.0,
+        activation="gelu",
+        **kwargs,
     ):
         super().__init__(**kwargs)
         self.bottleneck_dim = check_positive_int("bottleneck_dim", bottleneck_dim)

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_dmpo import layer_defaults
 from keras_dmpo.inputs import check_images, check_labels, first_batch
 from keras_dmpo.layers import BypassAdapter, CovarianceExitHead, LinearExitHead, ParallelAdapter
 from keras_dmpo.models import losses, stage_models
@@ -16,6 +17,7 @@ from keras_dmpo.models.options import (
     resolve_covariance_exits,
     resolve_input_normalization,
 )
+from keras_dmpo.models.stage_plan import StagePlan
 from keras_dmpo.models.vit_stages import ViTStages
 from keras_dmpo.training.loss_weights import validate_loss_weights
 
@@ -95,12 +97,12 @@ class DMPOClassifier(keras.Model):
         covariance_exits="early",
         use_bypass=True,
         peft="adapter",
-        adapter_dim=16,
-        adapter_scale=0.1,
-        lora_rank=8,
-        bypass_dim=16,
-        covariance_dim=32,
-        covariance_iterations=5,
+        adapter_dim=layer_defaults.ADAPTER_DIM,
+        adapter_scale=layer_defaults.ADAPTER_SCALE,
+        lora_rank=layer_defaults.LORA_RANK,
+        bypass_dim=layer_defaults.BYPASS_DIM,
+        covariance_dim=layer_defaults.COVARIANCE_DIM,
+        covariance_iterations=layer_defaults.COVARIANCE_ITERATIONS,
         head_dropout=0.0,
         label_smoothing=0.0,
         loss_weights=None,
@@ -115,7 +117,7 @@ class DMPOClassifier(keras.Model):
             raise ValueError(f"`label_smoothing` must be in [0, 1); got {label_smoothing!r}.")
         stages = ViTStages(backbone, exits)
         backbone = stages.backbone
-        self._normalization = resolve_input_normalization(input_normalization, stages.image_shape[-1])
+        normalization = resolve_input_normalization(input_normalization, stages.image_shape[-1])
         num_exits = len(stages.exits)
         covariance_positions = resolve_covariance_exits(covariance_exits, stages.exits, stages.num_layers)
         if covariance_positions and covariance_dim > stages.hidden_dim:
@@ -162,17 +164,13 @@ class DMPOClassifier(keras.Model):
             heads.append(head)
 
         # === Functional model ===
-        images = keras.Input(shape=stages.image_shape, name="images")
-        self._stages = stages
+        plan = StagePlan(stages, trunk_adapters, bypasses, heads, normalization)
+        self._plan = plan
         self.trunk_adapters = trunk_adapters
         self.exit_heads = heads
         self.exit_bypasses = [b for b in bypasses if b is not None]
-        self._bypass_by_exit = bypasses
-        tokens = self._embed(images)
-        outputs = {}
-        for k in range(num_exits):
-            tokens, logits = self._run_stage(k, tokens)
-            outputs[f"exit_{k + 1}"] = logits
+        images = keras.Input(shape=stages.image_shape, name="images")
+        outputs = {f"exit_{k + 1}": logits for k, logits in enumerate(plan(images))}
         super().__init__(inputs=images, outputs=outputs, **kwargs)
 
         # === Config ===
@@ -199,7 +197,7 @@ class DMPOClassifier(keras.Model):
         )
         self.initial_loss_weights = [float(w) for w in initial]
         # Model-owned and non-trainable: a callback can change it between
-        # steps on every backend without a retrace (DESIGN.md §3).
+        # steps on every backend without a retrace.
         self.exit_loss_weights = keras.Variable(
             initial, trainable=False, name="exit_loss_weights", dtype="float32"
         )
@@ -214,63 +212,33 @@ class DMPOClassifier(keras.Model):
         self._warned_no_phase_callback = False
 
     # --- the forward pass, stage by stage ---------------------------------
-    def _embed(self, images, training=None):
-        """Stage 1's input: normalisation (if any) and the patch embedding."""
-        if self._normalization is not None:
-            scale, offset = self._normalization
-            images = ops.add(ops.multiply(images, scale), offset)
-        return self._stages.embed(images, training=training)
-
-    def _run_trunk(self, k, tokens, training=None):
-        """The blocks of stage ``k`` (0-based), with their trunk adapters."""
-        stages = self._stages
-        adapters = self.trunk_adapters
-
-        def adapted_block(index, x):
-            y = stages.call_block(index, x, training)
-            return adapters[index](x, y, training=training) if adapters else y
-
-        return stages.run_blocks(tokens, stages.stage_blocks[k], adapted_block, training)
-
-    def _predict_exit(self, k, tokens, training=None):
-        """Exit ``k``'s predictor on the trunk tokens after its stage.
-
-        Only the predictor sees the bypass's output; the trunk goes on with
-        ``tokens`` untouched.
-        """
-        features = tokens
-        if k == len(self._stages.exits) - 1:
-            features = self._stages.final_norm(features)
-        bypass = self._bypass_by_exit[k]
-        if bypass is not None:
-            features = bypass(features, training=training)
-        return self.exit_heads[k](features, training=training)
-
-    def _run_stage(self, k, tokens, training=None):
-        """Stage ``k``: returns ``(trunk_tokens, logits)``."""
-        tokens = self._run_trunk(k, tokens, training)
-        return tokens, self._predict_exit(k, tokens, training)
+    @property
+    def stage_plan(self):
+        """The ``StagePlan`` behind this model: per stage, its blocks, trunk
+        adapters, bypass and head. The functional graph, the stage models,
+        the single-exit model and the FLOPs counter are all built from it."""
+        return self._plan
 
     def build_single_exit_model(self):
         """images -> ``{"probabilities"}`` of the last exit, without the early
         heads: the "full model" that FLOPs fractions and latencies compare to."""
-        return stage_models.single_exit_model(self)
+        return stage_models.single_exit_model(self._plan)
 
     def build_stage_models(self, probabilities=True):
         """One functional model per stage, sharing this model's layers (see
         ``keras_dmpo.models.stage_models.stage_models``). Used for batched
         early exit and for the TFLite stage graphs."""
-        return stage_models.stage_models(self, probabilities)
+        return stage_models.stage_models(self._plan, probabilities)
 
     def exit_bypass(self, k):
         """The ``BypassAdapter`` that exit ``k`` (0-based) reads through, or
         None (the last exit, or a model without bypass)."""
-        return self._bypass_by_exit[k]
+        return self._plan.stages[k].bypass
 
     @property
     def bypass_exits(self):
         """Block numbers of the exits whose predictor reads through a bypass."""
-        return tuple(e for e, b in zip(self.exits, self._bypass_by_exit) if b is not None)
+        return tuple(stage.exit_block for stage in self._plan.stages if stage.bypass is not None)
 
     # --- public properties ------------------------------------------------
     @property
@@ -280,11 +248,11 @@ class DMPOClassifier(keras.Model):
     @property
     def stages(self):
         """The ``ViTStages`` split of the backbone."""
-        return self._stages
+        return self._plan.vit_stages
 
     @property
     def image_shape(self):
-        return self._stages.image_shape
+        return self._plan.image_shape
 
     # --- training ---------------------------------------------------------
     def compile(self, optimizer="adamw", loss=None, metrics=None, **kwargs):

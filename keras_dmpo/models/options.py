@@ -4,7 +4,7 @@ and which preset implies which options."""
 
 import numpy as np
 
-from keras_dmpo import preset_registry
+from keras_dmpo import preset_catalog
 from keras_dmpo.models.vit_stages import load_vit_backbone
 
 PEFT_METHODS = ("adapter", "lora", None)
@@ -63,7 +63,7 @@ def resolve_covariance_exits(covariance_exits, exits, num_layers):
         return tuple(i for i, e in enumerate(exits) if e <= num_layers / 2 and i < len(exits) - 1)
     if covariance_exits == "all":
         # Every exit but the last, which reads the backbone's final LayerNorm
-        # through a linear head (DESIGN.md §1).
+        # through a linear head.
         return tuple(range(len(exits) - 1))
     if isinstance(covariance_exits, str):
         raise ValueError(
@@ -109,11 +109,11 @@ def load_preset_backbone(preset, image_shape=None):
     options that go with it (the one place that says which preset needs which
     input normalisation).
 
-    A short name's defaults (``preset_registry.PRESET_DEFAULTS``) apply; a
+    A short name's defaults (``preset_catalog.PRESET_DEFAULTS``) apply; a
     DINOv2 backbone always gets ImageNet normalisation, as it was trained
     with it. ``image_shape`` overrides the short name's default size.
     """
-    defaults = dict(preset_registry.PRESET_DEFAULTS.get(preset, {}))
+    defaults = dict(preset_catalog.PRESET_DEFAULTS.get(preset, {}))
     default_shape = defaults.pop("image_shape", None)
     backbone = load_vit_backbone(preset, image_shape=image_shape or default_shape)
     if type(backbone).__name__ == "DINOV2Backbone":

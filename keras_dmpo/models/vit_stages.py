@@ -10,10 +10,10 @@ name (their names changed across keras-hub releases).
 import numbers
 import os
 
-import keras
-
-from keras_dmpo import preset_registry
+from keras_dmpo import preset_catalog
 from keras_dmpo.models.backbone_families import describe, find_family
+from keras_dmpo.models.stage_models import exit_features_model
+from keras_dmpo.models.stage_plan import StagePlan
 
 
 def get_vit_backbone(model):
@@ -155,44 +155,19 @@ class ViTStages:
         """Block ``index`` (0-based) on ``tokens``, whatever its family's call."""
         return self._parts.call_block(index, tokens, training)
 
-    def run_blocks(self, tokens, block_indices, block_fn=None, training=None):
-        """Run the blocks with the given 0-based indices on ``tokens``.
-
-        ``block_fn(index, tokens)``, when given, replaces the plain block call
-        (the DMPO classifier uses it to add trunk adapters around
-        ``call_block``).
-        """
+    def run_blocks(self, tokens, block_indices, training=None):
+        """Run the plain blocks with the given 0-based indices on ``tokens``."""
         for index in block_indices:
-            if block_fn is None:
-                tokens = self._parts.call_block(index, tokens, training)
-            else:
-                tokens = block_fn(index, tokens)
+            tokens = self._parts.call_block(index, tokens, training)
         return tokens
-
-    def exit_tokens(self, images, block_fn=None, training=None):
-        """Tokens after each exit's last block (the last exit is normalised).
-
-        Returns a list with one ``(batch, num_tokens, hidden_dim)`` tensor per
-        exit; the last one goes through the final LayerNorm, so it equals the
-        backbone's output.
-        """
-        tokens = self.embed(images, training=training)
-        outputs = []
-        for indices in self.stage_blocks:
-            tokens = self.run_blocks(tokens, indices, block_fn, training)
-            outputs.append(tokens)
-        outputs[-1] = self.final_norm(outputs[-1])
-        return outputs
 
     @property
     def tokens_model(self):
-        """Functional ``keras.Model``: images -> tokens at every exit."""
+        """Functional ``keras.Model``: images -> ``{"exit_k": tokens}`` after
+        every exit's block, the last ones through the final LayerNorm (so
+        they equal the backbone's output). A ``StagePlan`` without heads."""
         if self._tokens_model is None:
-            images = keras.Input(shape=self.image_shape, name="images")
-            outputs = self.exit_tokens(images)
-            self._tokens_model = keras.Model(
-                images, {f"exit_{k + 1}": t for k, t in enumerate(outputs)}, name="vit_exit_tokens"
-            )
+            self._tokens_model = exit_features_model(StagePlan(self), name="vit_exit_tokens")
         return self._tokens_model
 
 
@@ -235,7 +210,7 @@ def load_vit_backbone(preset, image_shape=None):
     if not isinstance(preset, (str, os.PathLike)):
         raise ValueError(f"`preset` must be a preset name or a directory path; got {preset!r}.")
     preset = os.fspath(preset)
-    preset = preset_registry.resolve(preset)
+    preset = preset_catalog.resolve(preset)
     looks_like_path = (
         os.sep in preset or preset.startswith(".") or os.path.exists(preset)
     ) and "://" not in preset
@@ -255,7 +230,7 @@ def load_vit_backbone(preset, image_shape=None):
         if preset not in known:
             raise ValueError(
                 f"Unknown `preset` {preset!r}. Known: keras_dmpo short names "
-                f"{sorted(preset_registry.PRESETS)}, keras-hub ViT/DeiT/DINOv2 "
+                f"{sorted(preset_catalog.PRESETS)}, keras-hub ViT/DeiT/DINOv2 "
                 f"presets {sorted(known)}, a kaggle:// or hf:// handle, or a "
                 "local preset directory."
             )
