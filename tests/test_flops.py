@@ -190,3 +190,108 @@ def test_analytic_matches_xla_cost_analysis(measured_rows):
     assert any(w.startswith("covariance_head_ref") for w in whats)
     for row in measured_rows:
         assert abs(row["diff_percent"]) < 5.0, row
+
+
+# --- the counter reads a built model's own layers ---------------------------
+
+
+def small_classifier(**options):
+    from conftest import build_tiny_vit
+
+    from keras_dmpo import DMPOClassifier
+
+    return DMPOClassifier(backbone=build_tiny_vit(seed=0), num_classes=3, **options)
+
+
+def test_flops_of_reads_the_layer_configs():
+    model = small_classifier(
+        exits=[1, 2], covariance_dim=8, covariance_iterations=2, bypass_dim=4, adapter_dim=6
+    )
+    cost = F.model_cost(model)
+    assert [stage.num_blocks for stage in cost.stages] == [1, 1, 2]
+    assert [stage.final_norm for stage in cost.stages] == [False, False, True]
+    first = cost.stages[0]
+    assert first.head["class_name"] == "CovarianceExitHead"
+    assert (first.head["config"]["covariance_dim"], first.head["config"]["iterations"]) == (8, 2)
+    assert first.bypass["config"]["bottleneck_dim"] == 4 and cost.stages[-1].bypass is None
+    assert [a["config"]["bottleneck_dim"] for a in cost.stages[2].adapters] == [6, 6]
+    # The hand-written description of the same model counts the same.
+    described = F.ExitCostConfig.from_stages(
+        model.stages,
+        3,
+        head_kinds=("covariance", "covariance", "linear"),
+        bypass=True,
+        bypass_bottleneck=4,
+        adapter_bottleneck=6,
+        covariance_dim=8,
+        iterations=2,
+    )
+    assert F.flops_of(model) == F.dmpo_flops_per_exit(described)
+    assert F.flops_of(model.stage_plan) == F.flops_of(cost) == F.flops_of(model)
+
+
+def test_lora_and_normalization_costs():
+    heads_only = F.flops_of(small_classifier(exits=[2], peft=None))
+    # LoRA's factors are merged into the kernels once per call: no per-image cost.
+    assert F.flops_of(small_classifier(exits=[2], peft="lora", lora_rank=2)) == heads_only
+    normalized = F.flops_of(small_classifier(exits=[2], peft=None, input_normalization="imagenet"))
+    assert normalized.stage_flops[0] - heads_only.stage_flops[0] == 2 * 32 * 32 * 3
+    assert normalized.stage_flops[1:] == heads_only.stage_flops[1:]
+
+
+def test_the_counter_imports_no_keras():
+    code = (
+        "import sys; from keras_dmpo.inference import flops; "
+        "bad = [m for m in ('keras', 'keras_hub', 'tensorflow', 'jax', 'torch') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+
+
+def test_model_cost_errors():
+    config = demo_config(exits=(4, 8))
+    layout = config
+    with pytest.raises(ValueError, match="No FLOPs formula for a Softmax layer"):
+        F.layer_flops({"class_name": "Softmax", "config": {}}, layout)
+    adapter = {"class_name": "ParallelAdapter", "config": {"bottleneck_dim": 4, "activation": "relu"}}
+    with pytest.raises(
+        ValueError, match="GELU activation only; got a ParallelAdapter with activation='relu'"
+    ):
+        F.layer_flops(adapter, layout)
+    cost = config.to_model_cost()
+    short = F.ModelCost(layout=layout, stages=cost.stages[:1])
+    with pytest.raises(ValueError, match="run 4 blocks in all; the backbone has num_layers=8"):
+        F.count_flops(short)
+    with pytest.raises(ValueError, match="`model` must be a keras_dmpo DMPOClassifier or its StagePlan"):
+        F.flops_of(object())
+
+
+@pytest.fixture(scope="module")
+def model_rows():
+    """XLA-measured vs counted FLOPs of whole classifiers with non-default
+    options (tests/xla_flops_models.py, one jax subprocess)."""
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
+    process = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tests", "xla_flops_models.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=900,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def test_counter_matches_xla_for_non_default_options(model_rows):
+    """Bypass, adapter and covariance sizes, Newton-Schulz iterations, LoRA,
+    no trunk tuning, every covariance_exits form, input normalisation, DINOv2
+    registers and DeiT: the whole model, its single-exit model and (for some)
+    each stage model, within 5% of XLA's count."""
+    variants = {row["variant"] for row in model_rows}
+    assert len(variants) == 8, variants
+    assert {"input_normalization", "lora_all_covariance", "dinov2_registers"} <= variants
+    assert any(row["what"].startswith("stage_") for row in model_rows)
+    for row in model_rows:
+        assert abs(row["diff_percent"]) < 5.0, row

@@ -31,6 +31,8 @@ framework-specific, so the counter can be used on a phone-side machine too.
 
 import dataclasses
 
+from keras_dmpo import layer_defaults
+
 # Per-element costs (FLOPs), see the module docstring.
 BIAS_FLOPS = 1
 LAYER_NORM_FLOPS_PER_ELEMENT = 7
@@ -175,7 +177,12 @@ def _same_conv_taps(size, kernel_size):
 
 
 def bypass_adapter_flops(
-    num_tokens, hidden_dim, bottleneck_dim, kernel_size=3, num_prefix_tokens=1, grid_shape=None
+    num_tokens,
+    hidden_dim,
+    bottleneck_dim,
+    kernel_size=layer_defaults.BYPASS_KERNEL_SIZE,
+    num_prefix_tokens=1,
+    grid_shape=None,
 ):
     """FLOPs of a ``BypassAdapter``: ``x + s * Up(DWConv(GELU(Down(x))))``.
 
@@ -267,7 +274,13 @@ def covariance_pooling_flops(num_tokens, hidden_dim, covariance_dim, iterations,
 
 
 def covariance_head_flops(
-    num_tokens, hidden_dim, covariance_dim, iterations, num_classes, fusion="mean", num_prefix_tokens=1
+    num_tokens,
+    hidden_dim,
+    covariance_dim,
+    iterations,
+    num_classes,
+    fusion=layer_defaults.COVARIANCE_FUSION,
+    num_prefix_tokens=1,
 ):
     """FLOPs of a ``CovarianceExitHead`` (covariance branch + fused linear head).
 
@@ -301,9 +314,281 @@ def covariance_head_flops(
     return flops
 
 
+# --- what a model's FLOPs depend on ------------------------------------------
+
+
+def describe_layer(layer):
+    """``{"class_name", "config"}`` of a layer (Keras' serialised form, read
+    without Keras), or None for None: what the counter reads of a layer."""
+    if layer is None:
+        return None
+    return {"class_name": type(layer).__name__, "config": dict(layer.get_config())}
+
+
+@dataclasses.dataclass(frozen=True)
+class StageCost:
+    """What one stage's FLOPs depend on: its layers, as configs.
+
+    Attributes:
+        num_blocks: backbone blocks the stage runs.
+        adapters: one ``describe_layer`` dict per block for its trunk
+            adapter (``ParallelAdapter``), or ``()``.
+        bypass: the exit's ``BypassAdapter`` (a ``describe_layer`` dict) or
+            None.
+        head: the exit head (``LinearExitHead`` or ``CovarianceExitHead``,
+            a ``describe_layer`` dict), or None (no head: 0 FLOPs).
+        final_norm: whether the exit reads through the backbone's final
+            LayerNorm (the last exit).
+    """
+
+    num_blocks: int
+    head: object
+    adapters: tuple = ()
+    bypass: object = None
+    final_norm: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCost:
+    """What the FLOPs of an early-exit ViT depend on, read off the model by
+    ``model_cost`` (or written by hand, without building a model).
+
+    Attributes:
+        layout: the backbone's shape facts: a ``BackboneLayout``
+            (``ViTStages.layout``) or any object with its attributes
+            (``image_shape``, ``patch_size``, ``num_layers``, ``hidden_dim``,
+            ``mlp_dim``, ``num_heads``, ``num_prefix_tokens``, ``grid_shape``,
+            ``num_tokens``, ``layer_scale``, ``attention_bias``, and
+            ``family`` or ``num_register_tokens``).
+        stages: one ``StageCost`` per exit, in order.
+        input_normalization: whether stage 1 normalises the pixels (2 FLOPs
+            per input value).
+    """
+
+    layout: object
+    stages: tuple
+    input_normalization: bool = False
+
+
+def model_cost(model):
+    """The ``ModelCost`` of a ``DMPOClassifier`` (or of its ``StagePlan``),
+    read from its stage plan and its layers' own configs.
+
+    Trunk tuning by LoRA adds no per-image FLOPs: keras merges the low-rank
+    factors into the kernel once per call (per batch), and an exported graph
+    holds the merged kernel as a constant.
+    """
+    plan = getattr(model, "stage_plan", model)
+    if not hasattr(plan, "stages") or not hasattr(plan, "layout"):
+        raise ValueError(
+            "`model` must be a keras_dmpo DMPOClassifier or its StagePlan (`model.stage_plan`); "
+            f"got {type(model).__name__}."
+        )
+    stages = tuple(
+        StageCost(
+            num_blocks=len(stage.blocks),
+            adapters=tuple(describe_layer(adapter) for adapter in stage.adapters),
+            bypass=describe_layer(stage.bypass),
+            head=describe_layer(stage.head),
+            final_norm=stage.final_norm is not None,
+        )
+        for stage in plan.stages
+    )
+    return ModelCost(layout=plan.layout, stages=stages, input_normalization=plan.normalization is not None)
+
+
+def _register_tokens(layout):
+    """Prefix tokens without a position embedding (DINOv2's registers)."""
+    if hasattr(layout, "num_register_tokens"):
+        return int(layout.num_register_tokens)
+    return int(layout.num_prefix_tokens) - 1 if getattr(layout, "family", "vit") == "dinov2" else 0
+
+
+def _check_gelu(class_name, config):
+    activation = config.get("activation", "gelu")
+    if activation != "gelu":
+        raise ValueError(
+            f"The FLOPs counter knows the GELU activation only; got a {class_name} with "
+            f"activation={activation!r}."
+        )
+
+
+def layer_flops(layer, layout):
+    """FLOPs of one keras_dmpo layer on one image's tokens, from its config.
+
+    Args:
+        layer: a ``describe_layer`` dict of a ``ParallelAdapter``,
+            ``BypassAdapter``, ``LinearExitHead`` or ``CovarianceExitHead``,
+            or None (0).
+        layout: the backbone's layout (see ``ModelCost``).
+    """
+    if layer is None:
+        return 0
+    class_name, config = layer["class_name"], layer["config"]
+    t, d = layout.num_tokens, layout.hidden_dim
+    if class_name == "ParallelAdapter":
+        _check_gelu(class_name, config)
+        return parallel_adapter_flops(t, d, config["bottleneck_dim"])
+    if class_name == "BypassAdapter":
+        _check_gelu(class_name, config)
+        return bypass_adapter_flops(
+            t,
+            d,
+            config["bottleneck_dim"],
+            config.get("kernel_size", layer_defaults.BYPASS_KERNEL_SIZE),
+            config.get("num_prefix_tokens", layout.num_prefix_tokens),
+            config.get("grid_shape") or layout.grid_shape,
+        )
+    if class_name == "LinearExitHead":
+        return linear_head_flops(
+            d,
+            config["num_classes"],
+            config.get("use_layer_norm", True),
+            num_tokens=t - config.get("num_prefix_tokens", layout.num_prefix_tokens) + 1,
+            pooling=config.get("pooling", "class_token"),
+        )
+    if class_name == "CovarianceExitHead":
+        return covariance_head_flops(
+            t,
+            d,
+            config.get("covariance_dim", layer_defaults.COVARIANCE_DIM),
+            config.get("iterations", layer_defaults.COVARIANCE_ITERATIONS),
+            config["num_classes"],
+            config.get("fusion", layer_defaults.COVARIANCE_FUSION),
+            config.get("num_prefix_tokens", layout.num_prefix_tokens),
+        )
+    raise ValueError(
+        f"No FLOPs formula for a {class_name} layer; expected a ParallelAdapter, BypassAdapter, "
+        "LinearExitHead or CovarianceExitHead."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ExitFlops:
+    """FLOPs per image of a DMPO early-exit model (all lists have one per exit).
+
+    Attributes:
+        stage_flops: incremental cost of stage k: its blocks (+ adapters),
+            its bypass and its head (stage 1 also the embedding; the last
+            stage also the final LayerNorm).
+        flops_per_exit: cumulative cost of answering at exit k.
+        full_model_flops: the same backbone (adapters included) with the
+            final LayerNorm and only the last exit's predictor: "100%".
+        head_flops: cost of each exit's head (bypass and final LayerNorm
+            excluded).
+        bypass_flops: cost of each exit's bypass (0 when none).
+    """
+
+    stage_flops: list
+    flops_per_exit: list
+    full_model_flops: int
+    head_flops: list
+    bypass_flops: list
+
+    @property
+    def fractions(self):
+        """``flops_per_exit / full_model_flops``."""
+        return [f / self.full_model_flops for f in self.flops_per_exit]
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def count_flops(cost):
+    """Per-exit FLOPs of a ``ModelCost``; see ``ExitFlops``.
+
+    Stage k pays for its blocks with their adapters, its exit's final
+    LayerNorm (the last exit), bypass and head; stage 1 also for the input
+    normalisation and the patch embedding. The full model is the embedding,
+    every block with its adapter and the last exit's predictor.
+    """
+    layout = cost.layout
+    stages = tuple(cost.stages)
+    if not stages:
+        raise ValueError("`cost.stages` is empty; expected one StageCost per exit.")
+    blocks = sum(stage.num_blocks for stage in stages)
+    if blocks != layout.num_layers:
+        raise ValueError(
+            f"The stages run {blocks} blocks in all; the backbone has num_layers={layout.num_layers}."
+        )
+    t, d = layout.num_tokens, layout.hidden_dim
+    block = vit_block_flops(
+        t, d, layout.mlp_dim, layout.num_heads, bool(layout.layer_scale), bool(layout.attention_bias)
+    )
+    embedding = vit_embedding_flops(
+        layout.image_shape, layout.patch_size, d, position_tokens=t - _register_tokens(layout)
+    )
+    if cost.input_normalization:
+        height, width = layout.image_shape[:2]
+        channels = layout.image_shape[2] if len(layout.image_shape) > 2 else 3
+        embedding += 2 * int(height) * int(width) * int(channels)  # x * scale + offset
+    final_norm = layer_norm_flops(t, d)
+
+    trunk_flops, norm_flops, head_flops, bypass_flops, stage_flops = [], [], [], [], []
+    for k, stage in enumerate(stages):
+        if stage.adapters and len(stage.adapters) != stage.num_blocks:
+            raise ValueError(
+                f"Stage {k + 1} runs {stage.num_blocks} blocks but has {len(stage.adapters)} trunk "
+                "adapters; expected one per block or none."
+            )
+        trunk = stage.num_blocks * block + sum(layer_flops(a, layout) for a in stage.adapters)
+        if k == 0:
+            trunk += embedding
+        norm = final_norm if stage.final_norm else 0
+        head = layer_flops(stage.head, layout)
+        side = layer_flops(stage.bypass, layout)
+        trunk_flops.append(trunk)
+        norm_flops.append(norm)
+        head_flops.append(head)
+        bypass_flops.append(side)
+        stage_flops.append(trunk + norm + side + head)
+
+    cumulative, total = [], 0
+    for stage in stage_flops:
+        total += stage
+        cumulative.append(total)
+    full = sum(trunk_flops) + norm_flops[-1] + bypass_flops[-1] + head_flops[-1]
+    return ExitFlops(
+        stage_flops=stage_flops,
+        flops_per_exit=cumulative,
+        full_model_flops=full,
+        head_flops=head_flops,
+        bypass_flops=bypass_flops,
+    )
+
+
+def flops_of(model):
+    """Per-exit FLOPs of a model, per image, read from its own layers.
+
+    Args:
+        model: a ``DMPOClassifier``, its ``StagePlan`` or a ``ModelCost``.
+
+    Returns:
+        ``ExitFlops``: ``stage_flops``, ``flops_per_exit`` (cumulative: the
+        embedding, the blocks up to exit k, every predictor and bypass on
+        the way, exit k's own included), ``full_model_flops`` (the
+        single-exit model: backbone, adapters, the last predictor),
+        ``head_flops`` and ``bypass_flops``.
+
+    Example:
+
+    >>> from keras_dmpo import DMPOClassifier
+    >>> model = DMPOClassifier.from_preset("dmpo_vit_tiny", num_classes=3, exits=[2, 4, 8])
+    >>> cost = flops_of(model)
+    >>> len(cost.flops_per_exit), cost.fractions[0] < 0.5
+    (3, True)
+    """
+    cost = model if isinstance(model, ModelCost) else model_cost(model)
+    return count_flops(cost)
+
+
+# --- a hand-written description of a DMPO ViT ------------------------------
+
+
 @dataclasses.dataclass(frozen=True)
 class ExitCostConfig:
-    """What the FLOPs of a DMPO early-exit ViT depend on.
+    """A DMPO early-exit ViT described field by field, for FLOPs without a
+    model (``flops_of`` reads a built model's own layers instead).
 
     Args:
         image_shape: ``(height, width, channels)``.
@@ -346,11 +631,11 @@ class ExitCostConfig:
     bypass: object = False
     bypass_bottleneck: int = 0
     adapter_bottleneck: int = 0
-    covariance_dim: int = 32
-    iterations: int = 5
-    covariance_fusion: str = "mean"
+    covariance_dim: int = layer_defaults.COVARIANCE_DIM
+    iterations: int = layer_defaults.COVARIANCE_ITERATIONS
+    covariance_fusion: str = layer_defaults.COVARIANCE_FUSION
     last_head_layer_norm: bool = False
-    bypass_kernel_size: int = 3
+    bypass_kernel_size: int = layer_defaults.BYPASS_KERNEL_SIZE
     num_prefix_tokens: int = 1
     num_register_tokens: int = 0
     layer_scale: bool = False
@@ -423,107 +708,65 @@ class ExitCostConfig:
             )
         return kinds, bypass
 
-
-@dataclasses.dataclass(frozen=True)
-class ExitFlops:
-    """FLOPs per image of a DMPO early-exit model (all lists have one per exit).
-
-    Attributes:
-        stage_flops: incremental cost of stage k: its blocks (+ adapters),
-            its bypass and its head (stage 1 also the embedding; the last
-            stage also the final LayerNorm).
-        flops_per_exit: cumulative cost of answering at exit k.
-        full_model_flops: the same backbone (adapters included) with the
-            final LayerNorm and only the last linear head: "100%".
-        head_flops: cost of each exit's predictor (bypass excluded).
-        bypass_flops: cost of each exit's bypass (0 when none).
-    """
-
-    stage_flops: list
-    flops_per_exit: list
-    full_model_flops: int
-    head_flops: list
-    bypass_flops: list
-
-    @property
-    def fractions(self):
-        """``flops_per_exit / full_model_flops``."""
-        return [f / self.full_model_flops for f in self.flops_per_exit]
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
+    def to_model_cost(self):
+        """The ``ModelCost`` these fields describe (the config is its own layout)."""
+        kinds, bypass = self.per_exit()
+        prefix = self.num_prefix_tokens
+        last = len(self.exits) - 1
+        adapter = (
+            {"class_name": "ParallelAdapter", "config": {"bottleneck_dim": self.adapter_bottleneck}}
+            if self.adapter_bottleneck
+            else None
+        )
+        side = (
+            {
+                "class_name": "BypassAdapter",
+                "config": {
+                    "bottleneck_dim": self.bypass_bottleneck,
+                    "kernel_size": self.bypass_kernel_size,
+                    "num_prefix_tokens": prefix,
+                    "grid_shape": self.grid_shape,
+                },
+            }
+            if self.bypass_bottleneck
+            else None
+        )
+        stages, previous = [], 0
+        for k, exit_block in enumerate(self.exits):
+            if kinds[k] == "covariance":
+                head = {
+                    "class_name": "CovarianceExitHead",
+                    "config": {
+                        "num_classes": self.num_classes,
+                        "covariance_dim": self.covariance_dim,
+                        "iterations": self.iterations,
+                        "fusion": self.covariance_fusion,
+                        "num_prefix_tokens": prefix,
+                    },
+                }
+            else:
+                use_layer_norm = self.last_head_layer_norm if k == last else True
+                head = {
+                    "class_name": "LinearExitHead",
+                    "config": {"num_classes": self.num_classes, "use_layer_norm": use_layer_norm},
+                }
+            num_blocks = int(exit_block) - previous
+            stages.append(
+                StageCost(
+                    num_blocks=num_blocks,
+                    adapters=(adapter,) * num_blocks if adapter else (),
+                    bypass=side if bypass[k] else None,
+                    head=head,
+                    final_norm=k == last,
+                )
+            )
+            previous = int(exit_block)
+        return ModelCost(layout=self, stages=tuple(stages), input_normalization=self.input_normalization)
 
 
 def dmpo_flops_per_exit(config):
-    """Per-exit FLOPs of a DMPO model; see ``ExitFlops``.
-
-    Args:
-        config: an ``ExitCostConfig``.
-
-    Returns:
-        ``ExitFlops`` with ``stage_flops``, ``flops_per_exit`` (cumulative:
-        embedding, blocks up to exit k, every head and bypass on the way,
-        exit k's own included), ``full_model_flops`` and ``head_flops``.
-    """
-    kinds, bypass = config.per_exit()
-    t, d = config.num_tokens, config.hidden_dim
-    prefix = config.num_prefix_tokens
-    block = vit_block_flops(t, d, config.mlp_dim, config.num_heads, config.layer_scale, config.attention_bias)
-    block += parallel_adapter_flops(t, d, config.adapter_bottleneck)
-    embedding = vit_embedding_flops(
-        config.image_shape, config.patch_size, d, position_tokens=t - config.num_register_tokens
-    )
-    if config.input_normalization:
-        height, width = config.image_shape[:2]
-        channels = config.image_shape[2] if len(config.image_shape) > 2 else 3
-        embedding += 2 * int(height) * int(width) * int(channels)  # x * scale + offset
-    final_norm = layer_norm_flops(t, d)
-    last_head = linear_head_flops(d, config.num_classes, config.last_head_layer_norm)
-
-    head_flops, bypass_flops, stage_flops = [], [], []
-    previous = 0
-    num_exits = len(config.exits)
-    for k, exit_block in enumerate(config.exits):
-        if k == num_exits - 1:
-            head = last_head
-        elif kinds[k] == "covariance":
-            head = covariance_head_flops(
-                t,
-                d,
-                config.covariance_dim,
-                config.iterations,
-                config.num_classes,
-                config.covariance_fusion,
-                prefix,
-            )
-        else:
-            head = linear_head_flops(d, config.num_classes, use_layer_norm=True)
-        side = (
-            bypass_adapter_flops(
-                t, d, config.bypass_bottleneck, config.bypass_kernel_size, prefix, config.grid_shape
-            )
-            if bypass[k]
-            else 0
-        )
-        stage = (exit_block - previous) * block + head + side
-        if k == 0:
-            stage += embedding
-        if k == num_exits - 1:
-            stage += final_norm
-        head_flops.append(head)
-        bypass_flops.append(side)
-        stage_flops.append(stage)
-        previous = exit_block
-
-    cumulative, total = [], 0
-    for stage in stage_flops:
-        total += stage
-        cumulative.append(total)
-    full = embedding + config.num_layers * block + final_norm + last_head
-    return ExitFlops(
-        stage_flops=stage_flops,
-        flops_per_exit=cumulative,
-        full_model_flops=full,
-        head_flops=head_flops,
-        bypass_flops=bypass_flops,
-    )
+    """Per-exit FLOPs of an ``ExitCostConfig`` (or a ``ModelCost``); see
+    ``ExitFlops``. For a built model, ``flops_of(model)``."""
+    if isinstance(config, ExitCostConfig):
+        config = config.to_model_cost()
+    return count_flops(config)
