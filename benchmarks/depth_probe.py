@@ -46,12 +46,11 @@ def log(message):
 def load_benchmark_splits(dataset, size, data_root):
     """The DINOv2 benchmark's own splits of a photo set (same images, same
     seed), so the probe and the tuned models are compared on one test set."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import dmpo_benchmark
+    from dmpo_bench.data import load_split
+    from dmpo_bench.profiles import DINOV2
 
-    dmpo_benchmark.apply_profile("dinov2")
-    sizes = dmpo_benchmark.DATA_DEFAULTS[dataset]["full"]
-    data = dmpo_benchmark.load_split(dataset, sizes, 0, (size, size, 3), data_root=data_root)
+    sizes = DINOV2.data[dataset]["full"]
+    data = load_split(dataset, sizes, 0, (size, size, 3), data_root=data_root)
     return data["train"], data["validation"], data["test"]
 
 

@@ -26,13 +26,11 @@ import sys
 import time
 
 import numpy as np
+from dmpo_bench.outputs import outputs_path, read_outputs
 
-from keras_dmpo.policy import ExitPolicy, temperature
-from keras_dmpo.policy import rule as exit_rule
-from keras_dmpo.policy import search as calib
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dmpo_benchmark import read_outputs  # noqa: E402  (the inverse of the benchmark's writer)
+from keras_dmpo import policy as exit_policy
+from keras_dmpo.atomic_io import write_bytes_atomic
+from keras_dmpo.policy.record import exit_accuracy, expected_flops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "dmpo_dinov2")
@@ -48,96 +46,59 @@ DROPS = (0.005, 0.01, 0.02)
 def load_run(json_path):
     with open(json_path) as handle:
         record = json.load(handle)
-    val, val_labels, test, test_labels = read_outputs(json_path[: -len(".json")] + ".npz")
-    flops = np.asarray(record["flops"]["flops_per_exit"], "float64")
-    return record, val, val_labels, test, test_labels, flops
+    val, val_labels, test, test_labels = read_outputs(outputs_path(json_path))
+    return record, val, val_labels, test, test_labels
 
 
-def _threshold_scores(name, val, val_labels, flops):
-    """The exit scores of a threshold policy on validation, and its policy
-    settings (criterion, temperatures)."""
-    temperatures = temperature.fit_temperatures(val, val_labels) if name == "temperature" else None
-    criterion = "entropy" if name == "entropy" else "confidence"
-    scoring = ExitPolicy(criterion, thresholds=[0.0] * len(flops), temperatures=temperatures)
-    scores = np.stack([scoring.scores(k, val[k]) for k in range(len(flops))])
-    return criterion, temperatures, scores
-
-
-def policies_for(name, val, val_labels, flops, full, budgets=(), drop=None):
-    """Calibrate ``name`` on validation for each FLOPs budget (fractions,
-    calibrated together as ``EarlyExitModel.curve`` does) or for an accuracy
-    ``drop``. Returns one ``(ExitPolicy, CalibrationResult)`` per target, or
-    None where it cannot be met (a budget below the policy's cheapest point)."""
-    correct = val.argmax(-1) == val_labels[None]
-    targets = [{"flops_budget": b * full} for b in budgets] if drop is None else [{"max_accuracy_drop": drop}]
-    if name == "patience":
-        found = []
-        for target in targets:
-            try:
-                result = calib.calibrate_patience(
-                    val.argmax(-1), correct, flops, full_model_flops=full, **target
-                )
-            except ValueError:
-                found.append(None)
-                continue
-            policy = ExitPolicy("patience", patience=result.patience, num_exits=len(flops))
-            found.append((policy, result))
-        return found
-    criterion, temperatures, scores = _threshold_scores(name, val, val_labels, flops)
-    if drop is None:
-        results = calib.calibrate_budgets(
-            scores, correct, flops, [t["flops_budget"] for t in targets], full_model_flops=full
-        )
-    else:
-        results = [calib.calibrate_for_accuracy(scores, correct, flops, drop, full_model_flops=full)]
-    return [
-        None
-        if result is None
-        else (
-            ExitPolicy(criterion, thresholds=result.thresholds, temperatures=temperatures),
-            result,
-        )
-        for result in results
-    ]
+def calibrated_policies(name, val, val_labels, flops, full):
+    """``name`` calibrated on validation for every target: the budgets
+    (fractions, together, as a benchmark run does) then the accuracy drops.
+    "temperature" is confidence after one temperature per exit, fitted on the
+    same validation outputs. Returns one ``ExitPolicy`` per target, None where
+    it cannot be met (a budget below the policy's cheapest point)."""
+    criterion = "confidence" if name == "temperature" else name
+    temperatures = exit_policy.fit_temperatures(val, val_labels) if name == "temperature" else None
+    targets = [{"flops_budget": b} for b in BUDGETS] + [{"max_accuracy_drop": d} for d in DROPS]
+    return exit_policy.calibrate_many(
+        val, val_labels, flops, full, targets, criterion, temperatures, skip_unreachable=True
+    )
 
 
 def evaluate_run(json_path):
-    record, val, val_labels, test, test_labels, flops = load_run(json_path)
+    record, val, val_labels, test, test_labels = load_run(json_path)
+    flops = [float(f) for f in record["flops"]["flops_per_exit"]]
     full = float(record["flops"]["full_model_flops"])
     test_correct = test.argmax(-1) == test_labels[None]
     reference = float(test_correct[-1].mean())
+    targets = [("budget", b) for b in BUDGETS] + [("drop", d) for d in DROPS]
     rows = []
     for name in POLICIES:
-        calibrated = policies_for(name, val, val_labels, flops, full, budgets=BUDGETS)
-        calibrated = [("budget", b, f) for b, f in zip(BUDGETS, calibrated)]
-        for drop in DROPS:
-            calibrated.append(("drop", drop, policies_for(name, val, val_labels, flops, full, drop=drop)[0]))
-        for kind, target, found in calibrated:
+        for (kind, target), found in zip(targets, calibrated_policies(name, val, val_labels, flops, full)):
             if found is None:
                 rows.append({"policy": name, "target": kind, "value": target, "reachable": False})
                 continue
-            policy, result = found
-            index = policy.assign(test)
+            index = found.assign(test)
+            accuracy = exit_accuracy(index, test_correct)
             rows.append(
                 {
                     "policy": name,
                     "target": kind,
                     "value": target,
                     "reachable": True,
-                    "test_accuracy": calib.exit_accuracy(index, test_correct),
-                    "test_fraction": calib.expected_flops(index, flops) / full,
-                    "validation_accuracy": result.validation_accuracy,
-                    "validation_fraction": result.expected_flops / full,
-                    "drop_vs_last_exit_on_test": reference - calib.exit_accuracy(index, test_correct),
-                    "patience": policy.patience,
+                    "test_accuracy": accuracy,
+                    "test_fraction": expected_flops(index, flops) / full,
+                    "validation_accuracy": found.calibration.validation_accuracy,
+                    "validation_fraction": found.calibration.expected_flops / full,
+                    "drop_vs_last_exit_on_test": reference - accuracy,
+                    "patience": found.patience,
                 }
             )
-    temperatures = temperature.fit_temperatures(val, val_labels)
+    temperatures = exit_policy.fit_temperatures(val, val_labels)
     ece = {
-        "before": [temperature.expected_calibration_error(test[k], test_labels) for k in range(len(flops))],
+        "before": [exit_policy.expected_calibration_error(p, test_labels) for p in test],
         "after": [
-            temperature.expected_calibration_error(exit_rule.temper(test[k], t), test_labels)
-            for k, t in enumerate(temperatures)
+            exit_policy.expected_calibration_error(exit_policy.rule.temper(p, t), test_labels)
+            for p, t in zip(test, temperatures)
         ],
         "temperatures": temperatures,
     }
@@ -254,7 +215,7 @@ def main(argv=None):
     paths = [
         p
         for p in sorted(glob.glob(os.path.join(args.results_dir, "*", f"{args.method}_seed*.json")))
-        if os.path.exists(p[: -len(".json")] + ".npz")
+        if os.path.exists(outputs_path(p))
     ]
     if not paths:
         sys.exit(f"no {args.method} runs with stored outputs (.npz) under {args.results_dir}")
@@ -265,9 +226,8 @@ def main(argv=None):
     )
     text = markdown(summary, runs, command)
     print(text)
-    with open(OUT_JSON + ".partial", "w") as handle:
-        json.dump({"command": command, "summary": summary, "runs": runs}, handle, indent=1)
-    os.replace(OUT_JSON + ".partial", OUT_JSON)
+    result = {"command": command, "summary": summary, "runs": runs}
+    write_bytes_atomic(OUT_JSON, json.dumps(result, indent=1).encode("utf-8"))
     if not args.no_docs:
         plot(summary, PLOT)
         with open(DOC) as handle:
@@ -276,8 +236,7 @@ def main(argv=None):
             doc = doc[: doc.index(BEGIN)] + text + doc[doc.index(END) + len(END) :]
         else:
             doc = doc.rstrip() + "\n\n## Which exit policy wins (DINOv2-S benchmark runs)\n\n" + text + "\n"
-        with open(DOC, "w") as handle:
-            handle.write(doc)
+        write_bytes_atomic(DOC, doc.encode("utf-8"))
 
 
 if __name__ == "__main__":

@@ -1,20 +1,31 @@
-"""The DMPO benchmark's report builder on hand-made JSON results (no training)."""
+"""The DMPO benchmark's report, re-calibration and driver on hand-made records (no training)."""
 
 import importlib.util
 import json
 import math
 import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
-SCRIPT = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "dmpo_benchmark.py"
-)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS = os.path.join(ROOT, "benchmarks")
+# The scripts import their package as a sibling (Python puts a script's own
+# folder first on sys.path); the tests import it the same way.
+sys.path.insert(0, BENCHMARKS)
+
+from dmpo_bench import budgets, data, estimate, outputs, profiles, recalibrate, report, summary  # noqa: E402
+from dmpo_bench.records import load_results, write_record  # noqa: E402
+
+from keras_dmpo import policy  # noqa: E402
+
+TOY, DINOV2 = profiles.TOY, profiles.DINOV2
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("dmpo_benchmark", SCRIPT)
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(BENCHMARKS, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -102,24 +113,24 @@ def _results(tmp_path, dmpo30=(0.90, 0.92)):
     return str(results)
 
 
-def test_mean_std(bench):
-    mean, std, n = bench.mean_std([1.0, 2.0, 3.0])
+def test_mean_std():
+    mean, std, n = summary.mean_std([1.0, 2.0, 3.0])
     assert (mean, n) == (2.0, 3) and std == pytest.approx(1.0)  # sample std (ddof=1)
-    assert bench.mean_std([5.0]) == (5.0, None, 1)
-    assert bench.mean_std([]) == (None, None, 0)
+    assert summary.mean_std([5.0]) == (5.0, None, 1)
+    assert summary.mean_std([]) == (None, None, 0)
 
 
-def test_aggregate_and_claim_pass(bench, tmp_path):
-    records = bench.load_results(_results(tmp_path))
+def test_aggregate_and_claim_pass(tmp_path):
+    records = load_results(_results(tmp_path))
     assert len(records) == 6
-    agg = bench.aggregate(records)
+    agg = summary.aggregate(records)
     dmpo = agg["fashion_mnist"]["dmpo"]
     mean, std = dmpo["budgets"][0.3]["accuracy"]
     assert mean == pytest.approx(91.0) and std == pytest.approx(math.sqrt(2.0))
     assert dmpo["budgets"][0.25]["n"] == 0
     assert dmpo["budgets"][0.25]["unreachable_reasons"] == ["below the cost of the first exit"]
     assert dmpo["train_seconds"][0] == pytest.approx(105.0)
-    claim = bench.claim_check(agg)
+    claim = summary.claim_check(agg)
     # DMPO@30 = 91.0; single@100 = 92.0 -> target 91.0 (gap 0); plain@30 = 88.0 -> target 90.0 (gap +1)
     assert claim["single_exit_100"][0] == pytest.approx(92.0)
     assert [c["passed"] for c in claim["checks"]] == [True, True]
@@ -128,17 +139,17 @@ def test_aggregate_and_claim_pass(bench, tmp_path):
     assert claim["passed"] is True
 
 
-def test_claim_fail_and_missing(bench, tmp_path):
-    agg = bench.aggregate(bench.load_results(_results(tmp_path, dmpo30=(0.89, 0.90))))
-    claim = bench.claim_check(agg)  # DMPO@30 = 89.5: 0.5 below single-1, 0.5 below plain+2
+def test_claim_fail_and_missing(tmp_path):
+    agg = summary.aggregate(load_results(_results(tmp_path, dmpo30=(0.89, 0.90))))
+    claim = summary.claim_check(agg)  # DMPO@30 = 89.5: 0.5 below single-1, 0.5 below plain+2
     assert [c["passed"] for c in claim["checks"]] == [False, False]
     assert claim["passed"] is False
     del agg["fashion_mnist"]["plain"]
-    claim = bench.claim_check(agg)
+    claim = summary.claim_check(agg)
     assert claim["checks"][1]["passed"] is None and claim["passed"] is None
 
 
-def test_regime_and_budget_checks(bench, tmp_path):
+def test_regime_and_budget_checks(tmp_path):
     results = tmp_path / "results"
     for seed in (0, 1):
         dmpo = _record("dmpo", seed, {0.25: 0.90, 0.3: 0.91, 0.5: 0.89, 1.0: 0.94})
@@ -148,7 +159,7 @@ def test_regime_and_budget_checks(bench, tmp_path):
         plain["single_exits"][0]["test_accuracy"] = 0.60
         _write(results, plain)
         _write(results, _record("single_exit", seed, {1.0: 0.94}, single=True))
-    claim = bench.claim_check(bench.aggregate(bench.load_results(str(results))))
+    claim = summary.claim_check(summary.aggregate(load_results(str(results))))
     plain_row, dmpo_row = claim["regime"]
     assert plain_row["passed"] and plain_row["gap"] == pytest.approx(94 - 60 - 5)
     assert dmpo_row["passed"] is False and dmpo_row["gap"] == pytest.approx(94 - 92.5 - 2)
@@ -157,30 +168,32 @@ def test_regime_and_budget_checks(bench, tmp_path):
 
 
 @pytest.mark.parametrize("acc50, passed", [(0.905, False), (0.912, True), (0.91, True)])
-def test_budget_bar_needs_one_point(bench, tmp_path, acc50, passed):
+def test_budget_bar_needs_one_point(tmp_path, acc50, passed):
     results = tmp_path / "results"
     _write(results, _record("dmpo", 0, {0.25: 0.90, 0.3: 0.90, 0.5: acc50}))
-    claim = bench.claim_check(bench.aggregate(bench.load_results(str(results))))
+    claim = summary.claim_check(summary.aggregate(load_results(str(results))))
     assert claim["budget"]["passed"] is passed
     assert claim["budget"]["gap"] == pytest.approx(100 * acc50 - 90 - 1)
 
 
-def test_photo_sets_lead_the_report_with_the_probe(bench, tmp_path, monkeypatch):
+def test_photo_sets_lead_the_report_with_the_probe(tmp_path):
     results = _results(tmp_path)
     for method in ("dmpo", "plain"):
         record = _record(method, 0, {0.3: 0.7}, dataset="cifar10")
         record["config"]["data_source"] = "image files at /x (test)"
         _write(results, record)
-    probe_dir = tmp_path / "repo" / "benchmarks" / "results" / "depth_probe"
-    probe_dir.mkdir(parents=True)
+    probe_dir = tmp_path / "depth_probe"
+    probe_dir.mkdir()
     probe = {"block_accuracy": [0.1 * (i % 10) for i in range(12)], "train_images": 100, "test_images": 200}
-    (probe_dir / bench.PROBE_FILES["cifar10"]).write_text(json.dumps(probe))
-    monkeypatch.setattr(bench, "REPO", str(tmp_path / "repo"))
+    (probe_dir / DINOV2.probe_files["cifar10"]).write_text(json.dumps(probe))
     # The toy profile's report has no probe of its own backbone: no row.
-    text, _, _ = bench.build_report(results, str(tmp_path / "out"), plot=False)
+    text, _, _ = report.build_report(
+        results, str(tmp_path / "out"), TOY, plot=False, probe_dir=str(probe_dir)
+    )
     assert "| frozen probe" not in text
-    monkeypatch.setattr(bench, "PROFILE", "dinov2")
-    text, _, _ = bench.build_report(results, str(tmp_path / "out"), plot=False)
+    text, _, _ = report.build_report(
+        results, str(tmp_path / "out"), DINOV2, plot=False, probe_dir=str(probe_dir)
+    )
     assert text.index("### CIFAR-10 photographs") < text.index("### Fashion-MNIST")
     assert "Data: image files at /x (test)." in text
     row = next(line for line in text.splitlines() if line.startswith("| frozen probe"))
@@ -189,19 +202,19 @@ def test_photo_sets_lead_the_report_with_the_probe(bench, tmp_path, monkeypatch)
     assert row.rstrip().endswith("70.00 (block 8) |")
 
 
-def test_photo_source_says_where_to_get_the_data(bench, tmp_path):
+def test_photo_source_says_where_to_get_the_data(tmp_path):
     with pytest.raises(SystemExit, match=r"clothing: .*clothing-small.tar not found; pass --data-root DIR"):
-        bench.photo_source("clothing", str(tmp_path))
+        data.photo_source("clothing", str(tmp_path))
     (tmp_path / "cifar10-jpeg.tar.gz").write_bytes(b"x")
-    assert bench.photo_source("cifar10", str(tmp_path)) == str(tmp_path / "cifar10-jpeg.tar.gz")
+    assert data.photo_source("cifar10", str(tmp_path)) == str(tmp_path / "cifar10-jpeg.tar.gz")
 
 
-def test_build_report_keeps_hand_written_notes(bench, tmp_path):
+def test_build_report_keeps_hand_written_notes(tmp_path):
     results = _results(tmp_path)
     out = tmp_path / "docs"
     out.mkdir()
     (out / "benchmarks.md").write_text("# Notes\n\nhand-written attempts\n")
-    text, path, claim = bench.build_report(results, str(out), command="cmd --report", plot=False)
+    text, path, claim = report.build_report(results, str(out), TOY, command="cmd --report", plot=False)
     assert "| dmpo | 0,1 | — | 91.00 ± 1.41 (29)" in text
     assert "PASS: DMPO@30% 91.00 vs target 91.00" in text
     assert "The claim (the two DMPO@30% checks): **PASS**" in text
@@ -212,71 +225,67 @@ def test_build_report_keeps_hand_written_notes(bench, tmp_path):
     body = open(path).read()
     assert body.startswith("# Notes\n\nhand-written attempts\n")
     # A second build replaces the generated block only.
-    bench.build_report(results, str(out), command="cmd --report", plot=False)
+    report.build_report(results, str(out), TOY, command="cmd --report", plot=False)
     body2 = open(path).read()
-    assert body2.count(bench.GENERATED_BEGIN) == 1 and "hand-written attempts" in body2
+    assert body2.count(TOY.generated_begin) == 1 and "hand-written attempts" in body2
 
 
-def test_report_plot_and_mixed_settings_warning(bench, tmp_path):
+def test_report_plot_and_mixed_settings_warning(tmp_path):
     results = _results(tmp_path)
     odd = _record("plain", 2, {0.3: 0.5})
     odd["config"]["epochs"] = 9
     _write(results, odd)
-    text, _, _ = bench.build_report(results, str(tmp_path / "out"), quick=True)
+    text, _, _ = report.build_report(results, str(tmp_path / "out"), TOY, quick=True)
     assert "WARNING: fashion_mnist runs differ in training setup" in text
     assert "SMOKE TEST" in text
     assert (tmp_path / "out" / "benchmarks_fmnist_quick.png").stat().st_size > 1000
 
 
-def test_write_json_atomic_and_estimate(bench, tmp_path):
+def test_write_record_and_estimate(tmp_path):
     path = str(tmp_path / "a" / "b.json")
-    bench.write_json_atomic(path, {"x": 1})
+    write_record(path, {"x": 1})
     assert json.load(open(path)) == {"x": 1}
-    assert os.listdir(tmp_path / "a") == ["b.json"]
-    records = bench.load_results(_results(tmp_path))
-    total, detail = bench.estimate_full_run(records)
+    assert os.listdir(tmp_path / "a") == ["b.json"]  # no temporary left behind
+    records = load_results(_results(tmp_path))
+    total, detail = estimate.estimate_full_run(records, TOY)
     assert set(detail) == {"fashion_mnist", "digits"} and total == pytest.approx(sum(detail.values()))
     # fashion_mnist, 7 methods x 3 seeds, each: 4 ms per training image x
     # images x epochs + 0.1 s per evaluated image + 3 s first steps + 15 s
-    train_images = (
-        bench.FULL_TRAIN_IMAGES["fashion_mnist"] * bench.DATA_DEFAULTS["fashion_mnist"]["full"]["epochs"]
-    )
-    eval_images = bench.FULL_EVAL_IMAGES["fashion_mnist"]
-    runs = 3 * len(bench.METHODS_BY_DATASET["fashion_mnist"])
+    train_images = TOY.train_images["fashion_mnist"] * TOY.data["fashion_mnist"]["full"]["epochs"]
+    eval_images = TOY.eval_images["fashion_mnist"]
+    runs = 3 * len(TOY.methods["fashion_mnist"])
     assert detail["fashion_mnist"] == pytest.approx(
         runs * (0.004 * train_images + 0.1 * eval_images + 3 + 15)
     )
 
 
-def test_idle_estimate_uses_cpu_time(bench, tmp_path):
-    records = bench.load_results(_results(tmp_path))
-    wall, _ = bench.estimate_full_run(records)
+def test_idle_estimate_uses_cpu_time(tmp_path):
+    records = load_results(_results(tmp_path))
+    wall, _ = estimate.estimate_full_run(records, TOY)
     # without CPU times the idle estimate falls back to the wall times
-    assert bench.estimate_full_run(records, idle_cores=2)[0] == pytest.approx(wall)
+    assert estimate.estimate_full_run(records, TOY, idle_cores=2)[0] == pytest.approx(wall)
     for r in records:  # 2 CPU-ms per image on 2 cores = 1 ms wall: a quarter of the 4 ms measured
         r["timing"]["steady_train_cpu_ms_per_image"] = 2.0
-    idle, detail = bench.estimate_full_run(records, idle_cores=2)
-    train_images = (
-        bench.FULL_TRAIN_IMAGES["fashion_mnist"] * bench.DATA_DEFAULTS["fashion_mnist"]["full"]["epochs"]
-    )
-    eval_images = bench.FULL_EVAL_IMAGES["fashion_mnist"]
+    idle, detail = estimate.estimate_full_run(records, TOY, idle_cores=2)
+    train_images = TOY.train_images["fashion_mnist"] * TOY.data["fashion_mnist"]["full"]["epochs"]
+    eval_images = TOY.eval_images["fashion_mnist"]
     # training and evaluation scale by 1/4, the first steps too; the 15 s do not
-    runs = 3 * len(bench.METHODS_BY_DATASET["fashion_mnist"])
+    runs = 3 * len(TOY.methods["fashion_mnist"])
     assert detail["fashion_mnist"] == pytest.approx(
         runs * (0.001 * train_images + 0.025 * eval_images + 0.75 + 15)
     )
 
 
-def test_report_compares_run_time_and_current_calibration(bench, tmp_path):
+def test_report_compares_run_time_and_current_calibration(tmp_path):
     results = tmp_path / "results"
     for seed, (was, now) in enumerate(((0.89, 0.91), (0.87, 0.90))):
         dmpo = _record("dmpo", seed, {0.3: 0.90, 0.5: now})
         dmpo["budgets_at_run_time"] = _record("dmpo", seed, {0.3: 0.90, 0.5: was})["budgets"]
-        dmpo["calibration_at_run_time"] = bench.FIRST_CALIBRATION
-        dmpo["calibration"] = bench.CALIBRATION
+        dmpo["calibration_at_run_time"] = profiles.FIRST_CALIBRATION
+        dmpo["calibration"] = profiles.CALIBRATION
         _write(results, dmpo)
     _write(results, _record("plain", 0, {0.3: 0.85}))  # calibrated once: not in the comparison
-    text, _, _ = bench.build_report(str(results), str(tmp_path / "out"), plot=False)
+    text, _, _ = report.build_report(str(results), str(tmp_path / "out"), TOY, plot=False)
     comparison = text[text.index("Calibration at run time") :]
     row = next(line for line in comparison.splitlines() if line.startswith("| dmpo |"))
     # 50%: run time (89 + 87) / 2 = 88.00, now (91 + 90) / 2 = 90.50; FLOPs 49.
@@ -284,11 +293,11 @@ def test_report_compares_run_time_and_current_calibration(bench, tmp_path):
     assert "| plain |" not in comparison.split("\n\n")[2]
 
 
-def test_report_checks_the_bars_per_data_set(bench, tmp_path):
+def test_report_checks_the_bars_per_data_set(tmp_path):
     results = _results(tmp_path)
     _write(results, _record("dmpo", 0, {0.25: 0.97, 0.3: 0.98, 0.5: 0.98}, dataset="digits"))
     _write(results, _record("single_exit", 0, {1.0: 0.97}, dataset="digits", single=True))
-    text, _, claim = bench.build_report(results, str(tmp_path / "out"), plot=False)
+    text, _, claim = report.build_report(results, str(tmp_path / "out"), TOY, plot=False)
     assert claim["dataset"] == "fashion_mnist"
     digits = text[text.index("### Claim check (digits, means over seeds)") :]
     assert "PASS: DMPO@30% 98.00 vs target 96.00 (margin +2.00 points)" in digits
@@ -296,15 +305,13 @@ def test_report_checks_the_bars_per_data_set(bench, tmp_path):
     assert text.index("### Claim check (fashion_mnist") < text.index("### Claim check (digits")
 
 
-def test_stored_outputs_round_trip(bench, tmp_path):
-    import numpy as np
-
+def test_stored_outputs_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(3, 20, 4)) * 5
     probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     labels = rng.integers(0, 4, 20)
     path = str(tmp_path / "run.npz")
-    bench.write_outputs_atomic(
+    outputs.write_outputs(
         path,
         {
             "val_log_probabilities": probs,
@@ -313,9 +320,189 @@ def test_stored_outputs_round_trip(bench, tmp_path):
             "test_labels": labels[:10],
         },
     )
-    val, val_labels, test, test_labels = bench.read_outputs(path)
+    val, val_labels, test, test_labels = outputs.read_outputs(path)
     np.testing.assert_allclose(val, probs, atol=2e-3)  # float16 log-probabilities
     np.testing.assert_allclose(val.sum(-1), 1.0)
     np.testing.assert_array_equal(val.argmax(-1), probs.argmax(-1))
     np.testing.assert_array_equal(val_labels, labels)
     assert test.shape == (3, 10, 4) and test_labels.tolist() == labels[:10].tolist()
+
+
+# --- budgets and re-calibration from stored outputs (keras_dmpo.policy only) --
+
+
+def _stored_run(directory, flops_per_exit, seed=0, dataset="cifar10", method="dmpo"):
+    """A record and its .npz as a run leaves them, from random outputs of
+    len(flops_per_exit) exits whose later exits are more often right."""
+    rng = np.random.default_rng(seed)
+    num_exits, classes = len(flops_per_exit), 4
+
+    def split(n):
+        labels = rng.integers(0, classes, n)
+        logits = rng.normal(size=(num_exits, n, classes))
+        for k in range(num_exits):
+            logits[k, np.arange(n), labels] += 0.8 * (k + 1)
+        probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+        return probs, labels
+
+    (val, val_labels), (test, test_labels) = split(200), split(300)
+    exits = [2 * (k + 1) for k in range(num_exits)]
+    full = float(flops_per_exit[-1])
+    rows, single = budgets.calibrated_budgets(val, val_labels, test, test_labels, flops_per_exit, full, exits)
+    record = {
+        "dataset": dataset,
+        "method": method,
+        "seed": seed,
+        "config": {"exits": exits},
+        "flops": {"flops_per_exit": list(flops_per_exit), "full_model_flops": full},
+        "budgets": rows,
+        "calibration": profiles.CALIBRATION,
+        "single_exits": single,
+    }
+    path = os.path.join(directory, dataset, f"{method}_seed{seed}.json")
+    stored = {
+        "val_log_probabilities": val,
+        "val_labels": val_labels,
+        "test_log_probabilities": test,
+        "test_labels": test_labels,
+    }
+    outputs.write_outputs(outputs.outputs_path(path), stored)
+    write_record(path, record)
+    return path, record
+
+
+def test_budget_rows_leave_the_unreachable_rule_to_the_library(tmp_path):
+    flops = [1.2e6, 2e6, 3e6, 4e6]  # the first exit costs 30%: 25% cannot be reached
+    _, record = _stored_run(str(tmp_path), flops)
+    by_budget = {row["budget"]: row for row in record["budgets"]}
+    assert list(by_budget) == list(profiles.BUDGETS)
+    for budget, row in by_budget.items():
+        assert row["reachable"] is policy.reachable(budget, flops, flops[-1])
+    assert by_budget[0.25]["reason"] == (
+        "below the cost of the first exit (block 2: 30.0% of the full model's FLOPs)"
+    )
+    reached = [by_budget[b] for b in profiles.BUDGETS[1:]]
+    # A reachable row is the library's curve row: thresholds and the policy.
+    assert all(row["policy"]["criterion"] == profiles.CRITERION for row in reached)
+    assert all(row["validation_fraction"] <= row["budget"] + 1e-9 for row in reached)
+    # Budgets calibrated together: validation accuracy never falls as the budget grows.
+    accuracies = [row["validation_accuracy"] for row in reached]
+    assert accuracies == sorted(accuracies)
+
+
+def test_recalibrate_reads_records_and_outputs_without_keras(tmp_path):
+    results = str(tmp_path / "results")
+    path, at_run_time = _stored_run(results, [1e6, 2e6, 3e6, 4e6])
+    no_outputs = os.path.join(results, "cifar10", "plain_seed0.json")
+    write_record(no_outputs, {**at_run_time, "method": "plain"})  # left as it is: nothing to re-read
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); "
+        "from dmpo_bench.recalibrate import recalibrate; "
+        "changed = recalibrate(sys.argv[2], log=lambda line: None); "
+        "loaded = [m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules]; "
+        "print(json.dumps([changed, loaded]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, BENCHMARKS, results], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [1, []]
+    with open(path) as handle:
+        record = json.load(handle)
+    assert record["budgets_at_run_time"] == at_run_time["budgets"]
+    assert record["calibration_at_run_time"] == profiles.CALIBRATION
+    assert record["calibration"] == profiles.CALIBRATION + ", from the stored float16 outputs (--recalibrate)"
+    # The same rows a run would write from the float16 outputs.
+    expected, _ = budgets.calibrated_budgets(
+        *outputs.read_outputs(outputs.outputs_path(path)), [1e6, 2e6, 3e6, 4e6], 4e6, [2, 4, 6, 8]
+    )
+    assert record["budgets"] == json.loads(json.dumps(expected))
+    with open(no_outputs) as handle:
+        assert "budgets_at_run_time" not in json.load(handle)
+    # A second pass keeps the run-time budgets of the first.
+    again = recalibrate.recalibrated(record, outputs.read_outputs(outputs.outputs_path(path)))
+    assert again["budgets_at_run_time"] == at_run_time["budgets"]
+    assert again["calibration_at_run_time"] == profiles.CALIBRATION
+
+
+# --- the driver and the profiles ------------------------------------------
+
+
+def test_the_profiles_markers_are_the_docs(tmp_path):
+    with open(os.path.join(ROOT, "docs", "benchmarks.md")) as handle:
+        doc = handle.read()
+    for profile in (TOY, DINOV2):
+        assert doc.count(profile.generated_begin) == 1 and doc.count(profile.generated_end) == 1
+    assert DINOV2.results_dir() == os.path.join(ROOT, "benchmarks", "results", "dmpo_dinov2")
+    assert TOY.results_dir(quick=True) == os.path.join(ROOT, "benchmarks", "results", "dmpo_quick")
+    assert profiles.PROFILES[profiles.DEFAULT_PROFILE] is DINOV2
+
+
+def test_the_runner_command_lines_parse():
+    bench = load_script("dmpo_benchmark")
+    # benchmarks/run_photo_benchmark.sh and docs/benchmarks.md
+    args = bench.parse_args(
+        ["--profile", "dinov2", "--datasets", "cifar10", "--methods", "dmpo", "--seeds", "0"]
+    )
+    assert (args.profile, args.datasets, args.methods, args.seeds) == ("dinov2", "cifar10", "dmpo", "0")
+    args = bench.parse_args(["--data-root", "/data", "--quick", "--report", "--recalibrate"])
+    assert (args.data_root, args.quick, args.report, args.recalibrate) == ("/data", True, True, True)
+    assert bench.parse_args([]).profile == "dinov2"
+
+
+def test_methods_per_data_set():
+    bench = load_script("dmpo_benchmark")
+    assert bench.methods_for("clothing", DINOV2, None, quick=False) == ["single_exit", "dmpo", "plain"]
+    assert bench.methods_for("cifar10", DINOV2, None, quick=True) == ["single_exit", "dmpo", "plain"]
+    # Candidates run only when asked for by name.
+    assert "dmpo_distill" not in bench.methods_for("fashion_mnist", DINOV2, None, quick=False)
+    assert bench.methods_for("fashion_mnist", DINOV2, ["dmpo", "dmpo_distill"], quick=False) == [
+        "dmpo",
+        "dmpo_distill",
+    ]
+
+
+def test_report_through_the_driver(tmp_path, capsys):
+    bench = load_script("dmpo_benchmark")
+    results = _results(tmp_path)
+    out = tmp_path / "docs"
+    argv = ["--profile", "toy", "--report", "--results-dir", results, "--report-dir", str(out)]
+    assert bench.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "The claim (the two DMPO@30% checks): **PASS**" in printed
+    body = (out / "benchmarks.md").read_text()
+    assert body.count(TOY.generated_begin) == 1 and (out / "benchmarks_fmnist.png").is_file()
+    with pytest.raises(SystemExit, match="refusing to write the --quick report into docs/"):
+        bench.main(["--quick", "--report", "--results-dir", results, "--report-dir", profiles.DOCS_DIR])
+
+
+# --- exit policies on stored outputs --------------------------------------
+
+
+def test_exit_policies_on_stored_outputs(tmp_path):
+    exit_policies = load_script("exit_policies")
+    path, _ = _stored_run(str(tmp_path), [1.2e6, 2e6, 3e6, 4e6])
+    run = exit_policies.evaluate_run(path)
+    rows = {(r["policy"], r["target"], r["value"]): r for r in run["rows"]}
+    assert len(rows) == len(exit_policies.POLICIES) * (len(exit_policies.BUDGETS) + len(exit_policies.DROPS))
+    # Below the first exit's cost (30%): 25% is unreachable for every policy.
+    assert not any(rows[(name, "budget", 0.25)]["reachable"] for name in exit_policies.POLICIES)
+    for name in ("confidence", "entropy", "temperature"):
+        row = rows[(name, "budget", 0.3)]
+        assert row["reachable"] and row["validation_fraction"] <= 0.3 + 1e-9 and row["patience"] is None
+    patience = [r for r in run["rows"] if r["policy"] == "patience" and r["reachable"]]
+    assert patience and all(r["patience"] >= 2 for r in patience)
+    # The same numbers as the library's calibration of that target.
+    val, val_labels, test, test_labels = outputs.read_outputs(outputs.outputs_path(path))
+    chosen = policy.calibrate(
+        val, val_labels, [1.2e6, 2e6, 3e6, 4e6], 4e6, {"max_accuracy_drop": 0.01}, "entropy"
+    )
+    index = chosen.assign(test)
+    assert rows[("entropy", "drop", 0.01)]["test_accuracy"] == pytest.approx(
+        float(np.mean(test.argmax(-1)[index, np.arange(index.size)] == test_labels))
+    )
+    assert len(run["ece"]["temperatures"]) == 4
+    summary_rows = exit_policies.summarise([run])
+    text = exit_policies.markdown(summary_rows, [run], "cmd")
+    assert text.startswith(exit_policies.BEGIN) and text.endswith(exit_policies.END)
+    assert "| confidence | — |" in text  # 25% unreachable
