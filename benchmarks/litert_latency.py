@@ -1,5 +1,5 @@
 """LiteRT batch-1 latency of the staged early-exit runtime vs the monolithic
-model, model sizes and accuracy per quantization (issues 7 and 16).
+model, model sizes and accuracy per quantization.
 
 Usage (the DINOv2-S tables in docs/export.md were made with the second):
 
@@ -21,8 +21,8 @@ What it does, by default on scikit-learn digits (28x28x3, 10 classes):
 4. Exports float32 stage graphs + monolithic graph, and measures with LiteRT
    at batch 1 (``num_threads`` 1 and 2), per image averaged
    over the test images: staged ``StagedRuntime.predict(x, batch_size=1)`` at
-   each budget vs ``predict_monolithic(x, batch_size=1)``. The issue's
-   target (issue 16): staged <= 1.15 x (FLOPs fraction x monolithic), with the
+   each budget vs ``predict_monolithic(x, batch_size=1)``. The
+   target: staged <= 1.15 x (FLOPs fraction x monolithic), with the
    FLOPs fraction measured on the same test images. The full model is timed
    both ways: the monolithic graph, and all stages back to back (thresholds
    1.0: no image leaves early). The overhead column is the measured staged
@@ -62,12 +62,14 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
+from litert_latency_tables import markdown  # noqa: E402  (beside this script)
 
+from keras_dmpo.atomic_io import write_json_atomic  # noqa: E402
+from keras_dmpo.litert.manifest import QUANTIZATION_MODES as QUANTIZATIONS  # noqa: E402
 from keras_dmpo.policy import rule as exit_rule  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUDGETS = (0.3, 0.5, 0.75)
-QUANTIZATIONS = (None, "dynamic", "float16", "int8")
 THREADS = (1, 2)
 PROFILES = {
     "toy": dict(data="digits", image_size=28, exits="1,2,3,4,6,8", latency_images=None),
@@ -255,45 +257,26 @@ def quantization_row(directory, quantization, ee, x_test, y_test, keras_ref, thr
     }
 
 
-def markdown(result):
-    """The tables of docs/export.md from a result JSON."""
-    lines = []
-    for table in result["latency"]:
-        threads = table["num_threads"] or "default"
-        lines += [
-            f"{table['thresholds']} thresholds, LiteRT batch 1, num_threads={threads}; "
-            f"monolithic {table['monolithic_ms']:.3f} ms/image.",
-            "",
-            "| budget | test FLOPs fraction | staged ms | staged / monolithic "
-            "| staged / (fraction × monolithic) | target ms | target met | stage invokes ms "
-            "| overhead beyond isolated invokes ms | all stages back to back ms |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for row in table["budgets"]:
-            lines.append(
-                f"| {row['budget']:.0%} | {row['test_flops_fraction']:.3f} | {row['staged_ms']:.3f} "
-                f"| {row['ratio_staged_to_monolithic']:.3f} "
-                f"| {row['staged_ms'] / (row['test_flops_fraction'] * row['monolithic_ms']):.2f} "
-                f"| {row['target_ms']:.3f} "
-                f"| {'yes' if row['target_met'] else 'no'} | {row['stage_invoke_ms']:.3f} "
-                f"| {row['python_overhead_ms']:.3f} | {row.get('all_stages_ms', float('nan')):.3f} |"
-            )
-        lines.append("")
-    lines += [
-        "| quantization | stage files KB | monolithic KB | monolithic acc. (Δ vs Keras) "
-        "| monolithic argmax agreement | staged@50% acc. (Δ) | staged@50% agreement | same exit |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in result["quantization"]:
-        lines.append(
-            f"| {row['quantization']} | {row['stages_total_bytes'] / 1024:.0f} "
-            f"| {row['monolithic_bytes'] / 1024:.0f} "
-            f"| {row['monolithic_accuracy']:.4f} ({row['monolithic_accuracy_change']:+.4f}) "
-            f"| {row['monolithic_argmax_agreement']:.4f} "
-            f"| {row['staged_50_accuracy']:.4f} ({row['staged_50_accuracy_change']:+.4f}) "
-            f"| {row['staged_50_argmax_agreement']:.4f} | {row['staged_50_same_exit']:.4f} |"
-        )
-    return "\n".join(lines)
+def budget_filling_thresholds(ee, x_val):
+    """Thresholds that *spend* each budget: one confidence threshold for all
+    exits, bisected so the validation FLOPs fraction is the budget. The
+    calibrated thresholds may spend less than the budget (when early exits
+    are as accurate as deep ones); these show the latency at 30/50/75% FLOPs."""
+    scores = exit_rule.exit_scores(ee.exit_probabilities(x_val), ee.criterion)
+    costs = np.asarray(ee.flops_per_exit) / ee.full_model_flops
+
+    def spent(tau):
+        thresholds = [tau] * (ee.num_exits - 1) + [0.0]
+        return float(costs[exit_rule.assign_exits(scores, thresholds)].mean()), thresholds
+
+    filled = {}
+    for budget in BUDGETS:
+        low, high = 0.0, 1.0
+        for _ in range(40):
+            mid = (low + high) / 2
+            low, high = (mid, high) if spent(mid)[0] <= budget else (low, mid)
+        filled[budget] = {"thresholds": spent(low)[1], "validation_fraction": spent(low)[0]}
+    return filled
 
 
 def main(argv=None):
@@ -402,25 +385,7 @@ def main(argv=None):
         )
     )
 
-    # Thresholds that *spend* each budget: one confidence threshold for all
-    # exits, bisected so the validation FLOPs fraction is the budget. The
-    # calibrated thresholds may spend less than the budget (when early exits
-    # are as accurate as deep ones); these show the latency at 30/50/75% FLOPs.
-
-    scores = exit_rule.exit_scores(ee.exit_probabilities(x_val), ee.criterion)
-    costs = np.asarray(ee.flops_per_exit) / ee.full_model_flops
-
-    def spent(tau):
-        thresholds = [tau] * (ee.num_exits - 1) + [0.0]
-        return float(costs[exit_rule.assign_exits(scores, thresholds)].mean()), thresholds
-
-    filled = {}
-    for budget in BUDGETS:
-        low, high = 0.0, 1.0
-        for _ in range(40):
-            mid = (low + high) / 2
-            low, high = (mid, high) if spent(mid)[0] <= budget else (low, mid)
-        filled[budget] = {"thresholds": spent(low)[1], "validation_fraction": spent(low)[0]}
+    filled = budget_filling_thresholds(ee, x_val)
 
     # Exports (the float32 one gets the 50% thresholds; the runtime overrides them).
     ee.thresholds = calibrations[0.5]["thresholds"]
@@ -510,8 +475,7 @@ def main(argv=None):
         "total_seconds": time.perf_counter() - total_start,
     }
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as handle:
-        json.dump(result, handle, indent=2)
+    write_json_atomic(args.output, result)
     log(f"wrote {args.output} ({result['total_seconds']:.0f} s)")
     print(markdown(result))
 
