@@ -67,6 +67,7 @@ from litert_latency_tables import markdown  # noqa: E402  (beside this script)
 from keras_dmpo.atomic_io import write_json_atomic  # noqa: E402
 from keras_dmpo.litert.manifest import QUANTIZATION_MODES as QUANTIZATIONS  # noqa: E402
 from keras_dmpo.policy import rule as exit_rule  # noqa: E402
+from keras_dmpo.preset_catalog import DINOV2_BENCHMARK_IMAGE_SIZE  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUDGETS = (0.3, 0.5, 0.75)
@@ -75,7 +76,7 @@ PROFILES = {
     "toy": dict(data="digits", image_size=28, exits="1,2,3,4,6,8", latency_images=None),
     "dinov2": dict(
         data="fashion_mnist",
-        image_size=112,
+        image_size=DINOV2_BENCHMARK_IMAGE_SIZE,
         exits="",
         latency_images=200,
         preset="dinov2_small_imgfocus",

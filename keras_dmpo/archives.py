@@ -20,6 +20,8 @@ import tarfile
 import zipfile
 
 from keras_dmpo import atomic_io
+from keras_dmpo.hashing import sha256_file
+from keras_dmpo.keras_cache import keras_cache_dir
 
 # Archives whose content we know (the photo sets the benchmark reads).
 KNOWN_SHA256 = {
@@ -40,25 +42,6 @@ def _stem(path):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
-
-
-def keras_cache_dir():
-    """The directory Keras' ``get_file`` uses for its downloads.
-
-    ``$KERAS_HOME`` if set, else ``~/.keras``; like Keras, falls back to
-    ``/tmp/.keras`` when that directory is not writable.
-    """
-    if "KERAS_HOME" in os.environ:
-        base = os.environ["KERAS_HOME"]
-    else:
-        home = os.path.expanduser("~")
-        if not os.access(home, os.W_OK):
-            home = "/tmp"
-        base = os.path.join(home, ".keras")
-    base = os.path.expanduser(base)
-    if os.path.isdir(base) and not os.access(base, os.W_OK):
-        base = os.path.join("/tmp", ".keras")
-    return base
 
 
 def default_cache_dir():
@@ -92,7 +75,7 @@ def unpack_archive(path, sha256=None, cache_dir=None, argument="source"):
             f"`{argument}`={path!r} is not an archive this can unpack; expected one of {ARCHIVE_SUFFIXES}."
         )
     expected = sha256 or KNOWN_SHA256.get(os.path.basename(path))
-    actual = atomic_io.sha256_file(path)
+    actual = sha256_file(path)
     if expected is not None and actual != expected.lower():
         raise ValueError(
             f"`{argument}`={path!r} has sha256 {actual}, expected {expected}: the file is "

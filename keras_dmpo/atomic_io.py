@@ -16,22 +16,17 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import secrets
 import sys
 
+# Hashing needs no lock, so it lives in a module without fcntl and ctypes
+# (the LiteRT runtime imports that one); the name stays here for the code
+# that hashes what it writes through this module.
+from keras_dmpo.hashing import sha256_file  # noqa: F401
+
 PARTIAL_MARK = ".partial-"
-
-
-def sha256_file(path, chunk_size=1 << 20):
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def partial_path(path, suffix=""):

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from keras_dmpo import preset_fetch, preset_registry, recipe
+from keras_dmpo import preset_catalog, preset_fetch, preset_registry, recipe
 from keras_dmpo.atomic_io import is_partial_name, write_json_atomic
 from keras_dmpo.datasets import NAMED_DATA, all_images, load_data
 from keras_dmpo.litert.manifest import QUANTIZATION_MODES
@@ -462,7 +462,8 @@ def _demo_arguments(demo):
         "--image-size",
         type=int,
         default=None,
-        help="input size for backbones that interpolate (DINOv2; default 84, a multiple of 14)",
+        help="input size for backbones that interpolate "
+        f"(DINOv2; default {preset_registry.DEMO_IMAGE_SIZE}, a multiple of 14)",
     )
     demo.add_argument("--epochs", type=int, default=None, help="training epochs (default 3; digits 6)")
     demo.add_argument(
@@ -493,7 +494,8 @@ def _train_arguments(train, data_help):
         "--image-size",
         type=int,
         default=None,
-        help="input size for presets that interpolate (DINOv2: a multiple of 14; default 224)",
+        help="input size for presets that interpolate "
+        f"(DINOv2: a multiple of 14; default {preset_catalog.DINOV2_IMAGE_SIZE})",
     )
     train.add_argument("--data", required=True, help=data_help)
     train.add_argument(

@@ -31,7 +31,7 @@ import shutil
 import numpy as np
 
 from keras_dmpo import archives, image_folders
-from keras_dmpo.archives import keras_cache_dir
+from keras_dmpo.keras_cache import keras_cache_dir
 from keras_dmpo.optional_deps import require
 
 FASHION_MNIST_CLASS_NAMES = [

@@ -22,15 +22,15 @@ from keras_dmpo.litert import StagedRuntime
 from keras_dmpo.models.dmpo_classifier import DMPOClassifier
 from keras_dmpo.models.options import load_preset_backbone
 from keras_dmpo.optional_deps import require
-from keras_dmpo.preset_registry import DEMO_PRESET, target_classes
+from keras_dmpo.preset_registry import DEMO_IMAGE_SIZE, DEMO_PRESET, target_classes
 from keras_dmpo.training.phase_schedule import PhaseCallback, PhaseSchedule
 
-# Sized for <= 5 minutes on 2 idle CPU cores (README). DINOv2-S: 84 px (a 6x6
-# patch grid; 112 px costs about twice as much per image), 2,048 training
-# images, a 2,048-image test subset. Other presets: their own image size.
+# Sized for <= 5 minutes on 2 idle CPU cores (README). DINOv2-S: DEMO_IMAGE_SIZE
+# (why that size: preset_registry), 2,048 training images, a 2,048-image test
+# subset. Other presets: their own image size.
 DEMO_DEFAULTS = {
     DEMO_PRESET: {
-        "image_size": 84,
+        "image_size": DEMO_IMAGE_SIZE,
         "fashion_mnist": {"epochs": 3, "train_size": 2048, "validation_size": 1024, "test_size": 2048},
         "digits": {"epochs": 6, "train_size": None, "validation_size": 360, "test_size": None},
     },

