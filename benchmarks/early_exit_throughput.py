@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 
-from keras_dmpo.preset_catalog import DINOV2_BENCHMARK_IMAGE_SIZE
+from keras_dmpo.atomic_io import write_json_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results", "early_exit_throughput.json")
@@ -61,18 +61,22 @@ DEMO_VIT = dict(image_shape=(28, 28, 3), patch_size=4, num_layers=8, num_heads=4
 PRESET_DIR = os.path.join(REPO, "keras_dmpo", "preset_files", "dmpo_vit_tiny")
 BUDGETS = (0.3, 0.5)
 BATCH_SIZES = (64, 256)
-PROFILE = "toy"
-DINOV2 = dict(preset="dinov2_small_imgfocus", image_size=DINOV2_BENCHMARK_IMAGE_SIZE)
+DINOV2 = dict(preset="dinov2_small_imgfocus", image_size=112)
 
 
-def _model():
+def results_path(profile):
+    """Each profile's results in their own file (the toy's is the plain name)."""
+    return RESULTS if profile == "toy" else RESULTS.replace(".json", f"_{profile}.json")
+
+
+def _model(profile):
     import keras
     import keras_hub
 
     from keras_dmpo import DMPOClassifier
 
     keras.utils.set_random_seed(0)
-    if PROFILE == "dinov2":
+    if profile == "dinov2":
         size = DINOV2["image_size"]
         model = DMPOClassifier.from_preset(DINOV2["preset"], num_classes=10, image_shape=(size, size, 3))
         return model, f"{DINOV2['preset']} at {size} px"
@@ -81,10 +85,10 @@ def _model():
     return DMPOClassifier(keras_hub.models.ViTBackbone(**DEMO_VIT), num_classes=10), "random demo ViT"
 
 
-def _data():
+def _data(profile):
     from keras_dmpo.datasets import load_digits, load_fashion_mnist
 
-    if PROFILE == "dinov2":
+    if profile == "dinov2":
         return load_fashion_mnist(
             image_size=DINOV2["image_size"],
             channels=3,
@@ -96,13 +100,13 @@ def _data():
     return load_digits(image_size=28, channels=3)
 
 
-def worker_train(weights, steps):
+def worker_train(weights, steps, profile):
     import keras
 
     from keras_dmpo import PhaseCallback, PhaseSchedule
 
-    model, source = _model()
-    data = _data()
+    model, source = _model(profile)
+    data = _data(profile)
     x, y = data["train"]
     epochs = max(1, round(steps * 64 / len(x)))
     model.compile(optimizer=keras.optimizers.AdamW(1e-3))
@@ -133,16 +137,16 @@ def _time(fn):
     return time.perf_counter() - start
 
 
-def worker_bench(weights, images, rounds):
+def worker_bench(weights, images, rounds, profile):
     import keras
     import numpy as np
 
     from keras_dmpo import EarlyExitModel
     from keras_dmpo.inference.stage_runner import StageRunner
 
-    model, source = _model()
+    model, source = _model(profile)
     model.load_weights(weights)
-    data = _data()
+    data = _data(profile)
     x_test, y_test = data["test"]
     reps = -(-images // len(x_test))
     x = np.concatenate([x_test] * reps)[:images]
@@ -280,27 +284,25 @@ def main():
         help="toy: the shipped dmpo_vit_tiny on digits; dinov2: DINOv2-S at 112 px on Fashion-MNIST",
     )
     args = parser.parse_args()
-    global PROFILE, RESULTS
-    PROFILE = args.profile
-    if PROFILE == "dinov2":
-        RESULTS = RESULTS.replace(".json", "_dinov2.json")
+    results_file = results_path(args.profile)
+    if args.profile == "dinov2":
         if args.weights.endswith("early_exit_demo.weights.h5"):
             args.weights = args.weights.replace("early_exit_demo", "early_exit_dinov2")
 
     if args.markdown:
-        with open(RESULTS) as handle:
+        with open(results_file) as handle:
             print(markdown(json.load(handle)))
         return
     if args.worker == "train":
-        print("RESULT " + json.dumps(worker_train(args.weights, args.train_steps)))
+        print("RESULT " + json.dumps(worker_train(args.weights, args.train_steps, args.profile)))
         return
     if args.worker == "bench":
-        print("RESULT " + json.dumps(worker_bench(args.weights, args.images, args.rounds)))
+        print("RESULT " + json.dumps(worker_bench(args.weights, args.images, args.rounds, args.profile)))
         return
 
     results = {"runs": {}}
-    if os.path.isfile(RESULTS):
-        with open(RESULTS) as handle:
+    if os.path.isfile(results_file):
+        with open(results_file) as handle:
             results = json.load(handle)
     if not os.path.isfile(args.weights) or not os.path.isfile(args.weights.replace(".weights.h5", ".keras")):
         os.makedirs(os.path.dirname(args.weights), exist_ok=True)
@@ -315,11 +317,11 @@ def main():
                 "--train-steps",
                 str(args.train_steps),
                 "--profile",
-                PROFILE,
+                args.profile,
             ],
         )
         print("trained:", results["training"], flush=True)
-        _write(results)
+        _write(results, results_file)
     # --backends "" trains (and saves) the model only.
     for backend in filter(None, args.backends.split(",")):
         entry = _subprocess(
@@ -334,7 +336,7 @@ def main():
                 "--rounds",
                 str(args.rounds),
                 "--profile",
-                PROFILE,
+                args.profile,
             ],
         )
         entry["load_average_1m_at_end"] = os.getloadavg()[0]
@@ -353,13 +355,12 @@ def main():
                 f"{row['images_per_second']:8.0f} img/s acc {row['accuracy']:.3f}{extra}",
                 flush=True,
             )
-        _write(results)
+        _write(results, results_file)
 
 
-def _write(results):
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w") as handle:
-        json.dump(results, handle, indent=2)
+def _write(results, path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_json_atomic(path, results)
 
 
 if __name__ == "__main__":
