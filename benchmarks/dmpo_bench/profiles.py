@@ -11,6 +11,8 @@ training split, 5,000 test images; all of digits' remaining training images.
 import dataclasses
 import os
 
+from keras_dmpo.preset_catalog import DINOV2_BENCHMARK_IMAGE_SIZE
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RESULTS_ROOT = os.path.join(REPO, "benchmarks", "results")
 DOCS_DIR = os.path.join(REPO, "docs")
@@ -169,7 +171,7 @@ TOY = Profile(
 DINOV2 = Profile(
     name="dinov2",
     preset="dinov2_small_imgfocus",
-    image_size=112,
+    image_size=DINOV2_BENCHMARK_IMAGE_SIZE,
     results="dmpo_dinov2",
     quick_results="dmpo_dinov2_quick",
     marker=" (dinov2)",
