@@ -9,11 +9,20 @@ top of the package: nothing imports it.
 import argparse
 import json
 
-import keras
-import numpy as np
+from keras_dmpo.export.hidden_packages import hide_packages
 
-from keras_dmpo.inference.early_exit import EarlyExitModel
-from keras_dmpo.models.backbone_families import recomputed_on_load
+# Converting needs TensorFlow alone: JAX and torch are hidden before Keras is
+# first imported (see hidden_packages for why). Only when run as the program,
+# so that a process importing this module keeps its own backends.
+OTHER_BACKENDS = ("jax", "jaxlib", "torch")
+if __name__ == "__main__":
+    hide_packages(OTHER_BACKENDS)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from keras_dmpo.inference.early_exit import EarlyExitModel  # noqa: E402
+from keras_dmpo.models.backbone_families import recomputed_on_load  # noqa: E402
 
 
 def main(argv=None):
@@ -37,7 +46,9 @@ def main(argv=None):
     if keras.backend.backend() != "tensorflow":
         raise SystemExit("run with KERAS_BACKEND=tensorflow")
 
-    ee = EarlyExitModel.load(args.model)
+    # The saved optimizer, loss and metrics are not needed to convert, and
+    # loading them would import the training backend's optimizer module.
+    ee = EarlyExitModel.load(args.model, compile=False)
     if args.exact_variables:
         with np.load(args.exact_variables) as exact:
             for name, variable in recomputed_on_load(ee.model.backbone).items():

@@ -437,7 +437,7 @@ class EarlyExitModel:
         saving.save_settings(self.get_config(), json_path, model_path, self.model_sha256)
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, compile=True):
         """Load a ``.keras`` model and, when present, its early-exit JSON.
 
         The sidecar's recorded ``model_sha256`` must match the model file
@@ -445,8 +445,13 @@ class EarlyExitModel:
         a mismatch raises ``ValueError``: a stale policy is never applied to
         another model. Sidecars written before the policy object (flat
         criterion/thresholds fields) still load.
+
+        ``compile=False`` leaves the saved optimizer, loss and metrics out,
+        for inference and export: the optimizer's config names the module of
+        the backend it was trained on (e.g. torch's), which loading it would
+        import.
         """
-        model, settings, digest, settings_path = saving.load_with_settings(path)
+        model, settings, digest, settings_path = saving.load_with_settings(path, compile=compile)
         ee = cls(model) if settings is None else cls._from_settings(model, settings, settings_path)
         ee.model_sha256 = digest
         return ee

@@ -7,6 +7,7 @@ import os
 import keras
 
 from keras_dmpo import atomic_io
+from keras_dmpo.hashing import sha256_file
 from keras_dmpo.models import dmpo_classifier  # noqa: F401  (registers DMPOClassifier for load_model)
 
 SIDECAR_SUFFIX = ".early_exit.json"
@@ -90,7 +91,7 @@ def _settings_of_current_model(path, json_path):
     there is none), for the sidecar's ``previous`` entry during a save."""
     if not os.path.isfile(path):
         return None
-    digest = atomic_io.sha256_file(path)
+    digest = sha256_file(path)
     try:
         settings = _read_settings(json_path) if os.path.isfile(json_path) else None
         settings = _settings_for_model(settings, digest, json_path, path)
@@ -116,7 +117,7 @@ def save_with_settings(model, config, path):
         temporary = atomic_io.partial_path(path, suffix=".keras")
         try:
             model.save(temporary)
-            digest = atomic_io.sha256_file(temporary)
+            digest = sha256_file(temporary)
             settings = dict(config, model_sha256=digest)
             previous = _settings_of_current_model(path, json_path)
             if previous is not None:
@@ -143,7 +144,7 @@ def save_settings(config, json_path, model_path=None, expected_sha256=None):
     model_path = os.fspath(model_path)
     with _model_lock(model_path):
         _remove_debris(model_path)
-        digest = atomic_io.sha256_file(model_path) if os.path.isfile(model_path) else None
+        digest = sha256_file(model_path) if os.path.isfile(model_path) else None
         if digest is not None and expected_sha256 not in (None, digest):
             raise ValueError(
                 f"{model_path!r} changed since this model was loaded or saved (sha256 "
@@ -157,15 +158,18 @@ def save_settings(config, json_path, model_path=None, expected_sha256=None):
         atomic_io.write_json_atomic(json_path, settings)
 
 
-def load_with_settings(path):
+def load_with_settings(path, compile=True):
     """``(model, settings or None, model sha256, settings path)`` of a saved
-    EarlyExitModel; a sidecar of another model raises ``ValueError``."""
+    EarlyExitModel; a sidecar of another model raises ``ValueError``.
+
+    ``compile=False`` skips the saved optimizer, loss and metrics (see
+    ``EarlyExitModel.load``)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"`path` {path!r} does not exist (expected a .keras file).")
-    digest = atomic_io.sha256_file(path)
-    model = keras.models.load_model(path)
-    if atomic_io.sha256_file(path) != digest:
+    digest = sha256_file(path)
+    model = keras.models.load_model(path, compile=compile)
+    if sha256_file(path) != digest:
         raise ValueError(
             f"{path!r} was replaced while it was being loaded (another process saved over it); load it again."
         )

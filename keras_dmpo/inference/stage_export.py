@@ -4,7 +4,9 @@ The converters trace TensorFlow graphs. On the TensorFlow backend we convert
 in-process; on JAX and torch the model is saved (``.keras`` + thresholds) and
 ``python -m keras_dmpo.export`` rebuilds and converts it under
 ``KERAS_BACKEND=tensorflow`` (weights are backend-independent; measured
-difference ~1e-6).
+difference ~1e-6). That process loads the model without its compile state
+and with JAX and torch hidden: the saved optimizer names the training
+backend's module, and a second framework in the process can crash it.
 """
 
 import json
