@@ -34,6 +34,7 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 from keras_dmpo.atomic_io import write_json_atomic  # noqa: E402
+from keras_dmpo.preset_catalog import DINOV2_BENCHMARK_IMAGE_SIZE  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "depth_probe")
 PRESET = "dinov2_small_imgfocus"
@@ -208,7 +209,7 @@ def main(argv=None):
         "--data-root", default=None, help="folder with the photo archives (default: ../shared/data)"
     )
     parser.add_argument("--backbones", default="pretrained,random")
-    parser.add_argument("--image-size", type=int, default=112)
+    parser.add_argument("--image-size", type=int, default=DINOV2_BENCHMARK_IMAGE_SIZE)
     parser.add_argument("--train-size", type=int, default=2000, help="Fashion-MNIST training images")
     parser.add_argument("--test-size", type=int, default=1000, help="Fashion-MNIST test images")
     parser.add_argument("--batch-size", type=int, default=32)

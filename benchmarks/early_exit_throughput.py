@@ -54,6 +54,7 @@ import tempfile
 import time
 
 from keras_dmpo.atomic_io import write_json_atomic
+from keras_dmpo.preset_catalog import DINOV2_BENCHMARK_IMAGE_SIZE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results", "early_exit_throughput.json")
@@ -61,7 +62,7 @@ DEMO_VIT = dict(image_shape=(28, 28, 3), patch_size=4, num_layers=8, num_heads=4
 PRESET_DIR = os.path.join(REPO, "keras_dmpo", "preset_files", "dmpo_vit_tiny")
 BUDGETS = (0.3, 0.5)
 BATCH_SIZES = (64, 256)
-DINOV2 = dict(preset="dinov2_small_imgfocus", image_size=112)
+DINOV2 = dict(preset="dinov2_small_imgfocus", image_size=DINOV2_BENCHMARK_IMAGE_SIZE)
 
 
 def results_path(profile):
