@@ -7,7 +7,7 @@ import numpy as np
 
 from keras_dmpo import policy as exit_policy
 from keras_dmpo.inference import saving, stage_export
-from keras_dmpo.inference.flops import ExitCostConfig, dmpo_flops_per_exit
+from keras_dmpo.inference.flops import flops_of
 from keras_dmpo.inference.stage_runner import StageRunner, pad_rows
 from keras_dmpo.inputs import check_images, check_labels, collect_arrays
 from keras_dmpo.policy import ExitPolicy
@@ -96,7 +96,7 @@ class EarlyExitModel:
         ):
             raise ValueError("Give `policy` or the policy's fields (thresholds, criterion, ...), not both.")
         self.policy = policy
-        cost = dmpo_flops_per_exit(self.cost_config())
+        cost = flops_of(model)  # read from the model's own layers
         self.flops_per_exit = [float(f) for f in cost.flops_per_exit]
         self.stage_flops = [float(f) for f in cost.stage_flops]
         self.full_model_flops = float(cost.full_model_flops)
@@ -106,25 +106,6 @@ class EarlyExitModel:
         self.model_sha256 = None
 
     # --- configuration ------------------------------------------------------
-    def cost_config(self):
-        """The ``ExitCostConfig`` that the FLOPs counter reads for this model."""
-        m = self.model
-        kinds = tuple(
-            "covariance" if k in m.covariance_positions else "linear" for k in range(self.num_exits)
-        )
-        bypass = tuple(m.exit_bypass(k) is not None for k in range(self.num_exits))
-        return ExitCostConfig.from_stages(
-            m.stages,
-            m.num_classes,
-            head_kinds=kinds,
-            bypass=bypass,
-            bypass_bottleneck=m.bypass_dim,
-            adapter_bottleneck=m.adapter_dim if m.peft == "adapter" else 0,
-            covariance_dim=m.covariance_dim,
-            iterations=m.covariance_iterations,
-            input_normalization=m.input_normalization is not None,
-        )
-
     @property
     def policy(self):
         """The ``ExitPolicy`` that ``predict`` and the exports apply. Assign

@@ -149,7 +149,10 @@ class ExitPolicy:
         return np.stack([self.scores(k, p) for k, p in enumerate(probabilities)])
 
     def start(self, num_samples):
-        """The running state of ``num_samples`` samples before stage 1."""
+        """The running state of ``num_samples`` samples before stage 1 (only
+        ``"patience"`` carries one: the last label and the streak)."""
+        if self.criterion != "patience":
+            return None
         return {"labels": np.full(num_samples, -1, np.int64), "streak": np.zeros(num_samples, np.int64)}
 
     def step(self, k, probabilities, state):
@@ -159,18 +162,15 @@ class ExitPolicy:
         still running, ``state`` theirs (``start``). Returns ``(leave,
         state)``: a bool mask, and the state of the samples that go on.
         """
-        num_samples = np.shape(probabilities)[0]
-        if self.criterion == "patience":
-            labels = np.asarray(probabilities).argmax(axis=-1)
-            streak = np.where(labels == state["labels"], state["streak"] + 1, 1)
-            leave = rule.passes(streak, self.patience)
-            state = {"labels": labels, "streak": streak}
-        else:
-            leave = rule.passes(self.scores(k, probabilities), self.thresholds[k])
         if k == self.num_exits - 1:
-            leave = np.ones(num_samples, dtype=bool)
+            return np.ones(np.shape(probabilities)[0], dtype=bool), None
+        if self.criterion != "patience":
+            return rule.passes(self.scores(k, probabilities), self.thresholds[k]), None
+        labels = np.asarray(probabilities).argmax(axis=-1)
+        streak = np.where(labels == state["labels"], state["streak"] + 1, 1)
+        leave = rule.passes(streak, self.patience)
         stay = ~leave
-        return leave, {name: value[stay] for name, value in state.items()}
+        return leave, {"labels": labels[stay], "streak": streak[stay]}
 
     def assign(self, probabilities):
         """The exit (0-based) that answers each sample, from every exit's

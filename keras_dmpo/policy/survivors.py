@@ -48,11 +48,16 @@ def route(policy, inputs, run_stage):
         if answers is None:
             answers = np.zeros((num_samples,) + probabilities.shape[1:], probabilities.dtype)
         leave, state = policy.step(k, probabilities, state)
+        if leave.all():
+            answers[alive] = probabilities
+            exit_index[alive] = k
+            break
+        if not leave.any():  # everyone goes on: all rows (a view), no gather
+            inputs = next_inputs[:]
+            continue
         answers[alive[leave]] = probabilities[leave]
         exit_index[alive[leave]] = k
         stay = ~leave
         alive = alive[stay]
-        if not alive.size:
-            break
         inputs = next_inputs[stay]
     return exit_index, answers
