@@ -143,8 +143,8 @@ def make_float_export(directory):
     Writes ``directory/export`` and ``directory/reference.npz`` (Keras exit
     probabilities of ``raw_images()``) and returns ``(export_dir, reference)``.
     """
-    from keras_dmpo.policy.rule import exit_scores
     from keras_dmpo.export.tflite import export_stage_graphs
+    from keras_dmpo.policy.rule import exit_scores
 
     models, monolithic = build_stage_models()
     images = raw_images()

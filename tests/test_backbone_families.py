@@ -44,7 +44,7 @@ def test_preset_round_trip_and_stages_equal_backbone(family, family_presets, ima
     )
     stages = ViTStages(backbone, exits=[1, 3])
     prefix, grid = LAYOUT[family]
-    assert (stages.family, stages.num_prefix_tokens, stages.grid_size) == (family, prefix, grid)
+    assert (stages.family, stages.num_prefix_tokens, stages.grid_shape) == (family, prefix, grid)
     assert stages.num_tokens == prefix + 16
     tokens = stages.tokens_model(images)
     assert [tuple(t.shape) for t in tokens.values()] == [(3, prefix + 16, 32)] * 3
@@ -65,7 +65,7 @@ def test_unsupported_backbone_lists_the_supported_ones():
 def test_image_shape_only_where_the_family_interpolates(family_presets, tiny_vit_preset):
     backbone = load_vit_backbone(family_presets["dinov2"], image_shape=(48, 48, 3))
     assert tuple(backbone.get_config()["image_shape"]) == (48, 48, 3)
-    assert ViTStages(backbone).grid_size == (6, 6)
+    assert ViTStages(backbone).grid_shape == (6, 6)
     with pytest.raises(ValueError, match="image_shape"):
         load_vit_backbone(tiny_vit_preset, image_shape=(48, 48, 3))
     with pytest.raises(ValueError, match="image_shape"):

@@ -3,7 +3,6 @@ patience) in numpy, checked against independent references (scipy, brute
 force), and in EarlyExitModel on every backend."""
 
 import json
-import os
 
 import keras
 import numpy as np

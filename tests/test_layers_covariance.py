@@ -71,19 +71,24 @@ def test_newton_schulz_folding_matches_textbook_iteration():
 
 def test_pooling_common_checks(tmp_path):
     run_layer_checks(
-        CovariancePooling, {"dim": 8, "iterations": 5}, _tokens(), (2, 36), tmp_path, randomize_weights=True
+        CovariancePooling,
+        {"covariance_dim": 8, "iterations": 5},
+        _tokens(),
+        (2, 36),
+        tmp_path,
+        randomize_weights=True,
     )
 
 
 def test_pooling_matches_scipy_sqrtm():
     tokens = _tokens((2, 17, 32), seed=2)  # 16 patches, full-rank 8-d cov
     # With enough iterations the approximation reaches the exact root.
-    layer = CovariancePooling(dim=8, iterations=14)
+    layer = CovariancePooling(covariance_dim=8, iterations=14)
     got = keras.ops.convert_to_numpy(layer(tokens))
     expected = _numpy_covariance_pooling(layer, tokens)
     np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-4)
     # At the default 5 iterations the error stays within the measured NS error.
-    default = CovariancePooling(dim=8)
+    default = CovariancePooling(covariance_dim=8)
     default(tokens)
     default.set_weights(layer.get_weights())
     approx = keras.ops.convert_to_numpy(default(tokens))
@@ -123,7 +128,7 @@ def test_mixed_float16_policy():
     try:
         inputs = keras.Input(shape=(17, 32))
         x = keras.layers.Dense(32)(inputs)  # float16 tokens, as in a mixed model
-        pooled = CovariancePooling(dim=8)
+        pooled = CovariancePooling(covariance_dim=8)
         head = CovarianceExitHead(num_classes=4, covariance_dim=8)
         model = keras.Model(inputs, [pooled(x), head(x)])
         assert pooled.compute_dtype == "float32" and head.compute_dtype == "float32"
@@ -138,16 +143,31 @@ def test_mixed_float16_policy():
 
 def test_pooling_bad_arguments():
     with pytest.raises(ValueError, match="iterations.*0"):
-        CovariancePooling(dim=8, iterations=0)
+        CovariancePooling(covariance_dim=8, iterations=0)
     with pytest.raises(ValueError, match="iterations.*0"):
         newton_schulz_sqrt(np.eye(2, dtype="float32")[None] / 2, iterations=0)
     with pytest.raises(ValueError, match="dim.*0"):
-        CovariancePooling(dim=0)
-    with pytest.raises(ValueError, match="dim=64.*width 32|width 32.*dim=64"):
-        CovariancePooling(dim=64)(_tokens())
+        CovariancePooling(covariance_dim=0)
+    with pytest.raises(ValueError, match="covariance_dim=64.*width 32|width 32.*covariance_dim=64"):
+        CovariancePooling(covariance_dim=64)(_tokens())
     with pytest.raises(ValueError, match="2 tokens.*num_prefix_tokens=2"):
-        CovariancePooling(dim=8, num_prefix_tokens=2)(_tokens((2, 2, 32)))
+        CovariancePooling(covariance_dim=8, num_prefix_tokens=2)(_tokens((2, 2, 32)))
     with pytest.raises(ValueError, match="num_prefix_tokens.*0"):
-        CovariancePooling(dim=8, num_prefix_tokens=0)
+        CovariancePooling(covariance_dim=8, num_prefix_tokens=0)
     with pytest.raises(ValueError, match=r"`tokens` must be 3-D.*\(2, 32\)"):
-        CovariancePooling(dim=8)(np.zeros((2, 32), "float32"))
+        CovariancePooling(covariance_dim=8)(np.zeros((2, 32), "float32"))
+
+
+def test_configs_saved_with_dim_still_load():
+    # Configs written before the size was called covariance_dim hold "dim".
+    layer = CovariancePooling.from_config(
+        {
+            **{
+                k: v
+                for k, v in CovariancePooling(covariance_dim=8).get_config().items()
+                if k != "covariance_dim"
+            },
+            "dim": 6,
+        }
+    )
+    assert layer.covariance_dim == 6 and "dim" not in layer.get_config()

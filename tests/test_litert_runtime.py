@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from export_checks import float_export
 
-from keras_dmpo.policy.rule import exit_scores
 from keras_dmpo.litert import StagedRuntime
 from keras_dmpo.policy import rule as exit_rule
+from keras_dmpo.policy.rule import exit_scores
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ def test_stages_share_weights_with_backbone(tiny_vit):
 def test_stage_blocks_and_geometry(tiny_vit):
     stages = ViTStages(tiny_vit, exits=[1, 3])
     assert stages.stage_blocks == [[0], [1, 2], [3]]
-    assert stages.grid_size == (4, 4)
+    assert stages.grid_shape == (4, 4)
     assert stages.num_tokens == 17
 
 

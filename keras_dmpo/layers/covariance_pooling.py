@@ -73,20 +73,21 @@ def upper_triangle_indices(dim):
 class CovariancePooling(keras.layers.Layer):
     """Covariance pooling of patch tokens: LayerNorm, reduce, cov, sqrt, triangle.
 
-    Steps: LayerNorm; Dense ``width -> dim`` on the patch tokens (the class
+    Steps: LayerNorm; Dense ``width -> covariance_dim`` on the patch tokens (the class
     token is excluded); centred covariance ``X^T X / N`` over the ``N`` patch
     tokens; ``+ epsilon * I`` (keeps the trace and the gradients finite when
     the covariance is rank-deficient or zero); division by the trace;
     ``iterations`` Newton-Schulz steps (``newton_schulz_sqrt``); times
-    ``sqrt(trace)``; the upper triangle as a vector of ``dim (dim + 1) / 2``.
+    ``sqrt(trace)``; the upper triangle as a vector of ``d (d + 1) / 2``.
 
     Always computed in float32, also under a ``mixed_float16`` policy (the
     inputs are cast, the output is float32). Newton-Schulz relative error vs
-    the exact root at the default 5 iterations and dim 32: about 13%
+    the exact root at the default 5 iterations and covariance_dim 32: about 13%
     (8 iterations: 1.2%); see the module docstring.
 
     Args:
-        dim: int >= 1, reduced dimension ``d`` (at most the token width).
+        covariance_dim: int >= 1, reduced dimension ``d`` (at most the token
+            width); the classifier's and ``CovarianceHead``'s ``covariance_dim``.
         iterations: int >= 1, Newton-Schulz iterations.
         epsilon: float, ridge added to the covariance before normalising.
         num_prefix_tokens: int >= 1, special tokens before the patch grid
@@ -99,38 +100,38 @@ class CovariancePooling(keras.layers.Layer):
             token first.
 
     Returns:
-        ``(batch, dim * (dim + 1) // 2)`` float32 tensor.
+        ``(batch, d * (d + 1) // 2)`` float32 tensor.
 
     Example:
-    >>> pooling = CovariancePooling(dim=16, iterations=5)
+    >>> pooling = CovariancePooling(covariance_dim=16, iterations=5)
     >>> tuple(pooling(np.random.rand(2, 17, 32)).shape)  # 16 * 17 / 2 features
     (2, 136)
     """
 
     def __init__(
         self,
-        dim=layer_defaults.COVARIANCE_DIM,
+        covariance_dim=layer_defaults.COVARIANCE_DIM,
         iterations=layer_defaults.COVARIANCE_ITERATIONS,
         epsilon=1e-5,
         num_prefix_tokens=1,
         **kwargs,
     ):
         super().__init__(**float32_policy_kwargs(kwargs))
-        self.dim = check_positive_int("dim", dim)
+        self.covariance_dim = check_positive_int("covariance_dim", covariance_dim)
         self.num_prefix_tokens = check_prefix_tokens(num_prefix_tokens)
         self.iterations = check_positive_int("iterations", iterations)
         self.epsilon = float(epsilon)
         if not self.epsilon > 0:
             raise ValueError(f"`epsilon` must be > 0; got epsilon={epsilon!r}.")
         self.layer_norm = keras.layers.LayerNormalization(epsilon=1e-6, dtype="float32", name="layer_norm")
-        self.reduce = keras.layers.Dense(self.dim, dtype="float32", name="reduce")
+        self.reduce = keras.layers.Dense(self.covariance_dim, dtype="float32", name="reduce")
         # Constant indices: TFLite sees one Gather for the triangle (and a
         # Mul + Sum with a constant identity for the trace), no diag/triu ops.
-        self._triangle = np.asarray(upper_triangle_indices(self.dim), "int32")
+        self._triangle = np.asarray(upper_triangle_indices(self.covariance_dim), "int32")
 
     @property
     def output_dim(self):
-        return self.dim * (self.dim + 1) // 2
+        return self.covariance_dim * (self.covariance_dim + 1) // 2
 
     def build(self, tokens_shape):
         tokens_shape = check_tokens_shape("tokens", tokens_shape)
@@ -141,10 +142,10 @@ class CovariancePooling(keras.layers.Layer):
                 "no patch token is left for the covariance."
             )
         width = tokens_shape[-1]
-        if self.dim > width:
+        if self.covariance_dim > width:
             raise ValueError(
-                f"`dim` (the covariance dimension) must be at most the token "
-                f"width {width}; got dim={self.dim}."
+                f"`covariance_dim` must be at most the token "
+                f"width {width}; got covariance_dim={self.covariance_dim}."
             )
         self.layer_norm.build(tokens_shape)
         self.reduce.build(tokens_shape)
@@ -157,21 +158,29 @@ class CovariancePooling(keras.layers.Layer):
         num_tokens = ops.cast(ops.shape(x)[1], "float32")
         x = x - ops.mean(x, axis=1, keepdims=True)
         cov = ops.matmul(ops.transpose(x, (0, 2, 1)), x) / num_tokens
-        identity = ops.eye(self.dim, dtype="float32")
+        identity = ops.eye(self.covariance_dim, dtype="float32")
         cov = cov + self.epsilon * identity
         trace = ops.sum(cov * identity, axis=(1, 2), keepdims=True)
         root = newton_schulz_sqrt(cov / trace, self.iterations) * ops.sqrt(trace)
-        flat = ops.reshape(root, (-1, self.dim * self.dim))
+        flat = ops.reshape(root, (-1, self.covariance_dim * self.covariance_dim))
         return ops.take(flat, self._triangle, axis=1)
 
     def compute_output_shape(self, tokens_shape):
         return (tokens_shape[0], self.output_dim)
 
+    @classmethod
+    def from_config(cls, config):
+        # Saved before the size was named like the classifier's option.
+        config = dict(config)
+        if "dim" in config:
+            config["covariance_dim"] = config.pop("dim")
+        return cls(**config)
+
     def get_config(self):
         config = super().get_config()
         config.update(
             {
-                "dim": self.dim,
+                "covariance_dim": self.covariance_dim,
                 "iterations": self.iterations,
                 "epsilon": self.epsilon,
                 "num_prefix_tokens": self.num_prefix_tokens,

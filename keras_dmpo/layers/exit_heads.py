@@ -185,7 +185,7 @@ class CovarianceExitHead(ExitHead):
         self.fusion = check_choice("fusion", fusion, FUSIONS)
         self.epsilon = float(epsilon)
         self.pooling = CovariancePooling(
-            dim=self.covariance_dim,
+            covariance_dim=self.covariance_dim,
             iterations=self.iterations,
             epsilon=self.epsilon,
             num_prefix_tokens=self.num_prefix_tokens,

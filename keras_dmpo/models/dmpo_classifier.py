@@ -135,7 +135,7 @@ class DMPOClassifier(keras.Model):
             ]
         layout = dict(num_prefix_tokens=stages.num_prefix_tokens)
         bypasses = [
-            BypassAdapter(bypass_dim, grid_shape=stages.grid_size, name=f"exit_{k + 1}_bypass", **layout)
+            BypassAdapter(bypass_dim, grid_shape=stages.grid_shape, name=f"exit_{k + 1}_bypass", **layout)
             if use_bypass and k < num_exits - 1
             else None
             for k in range(num_exits)

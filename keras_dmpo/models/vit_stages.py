@@ -128,7 +128,7 @@ class ViTStages:
         self.image_shape = layout.image_shape
         self.patch_size = layout.patch_size
         self.num_prefix_tokens = layout.num_prefix_tokens
-        self.grid_size = layout.grid_shape
+        self.grid_shape = layout.grid_shape
         self.exits = (
             default_exits(self.num_layers) if exits is None else validate_exits(exits, self.num_layers)
         )

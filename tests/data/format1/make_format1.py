@@ -1,10 +1,15 @@
 """Write a sidecar and a TFLite bundle with the code at /work/bench (format 1)."""
 
-import json, os, shutil, sys
+import json
+import os
+import shutil
+import sys
+
 import numpy as np
 
 sys.path.insert(0, "/work/bench/tests")
 from conftest import build_tiny_vit
+
 from keras_dmpo import DMPOClassifier, EarlyExitModel
 
 out = sys.argv[1]
