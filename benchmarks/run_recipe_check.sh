@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# DESIGN.md §4 "train to convergence": before the DINOv2-S table is read, the
+# "Train to convergence": before the DINOv2-S table is read, the
 # single-exit model must clearly beat a linear probe of the frozen features
 # on the same number of training images. This runs the probe at the
 # benchmark's sizes and the single-exit model under candidate recipes, each

@@ -1,4 +1,4 @@
-"""Exit policies (issue: calibrate to an accuracy target, temperature scaling,
+"""Exit policies (calibration to an accuracy target, temperature scaling,
 patience) in numpy, checked against independent references (scipy, brute
 force), and in EarlyExitModel on every backend."""
 

@@ -84,7 +84,8 @@ def test_heads_and_adapters_by_hand():
 
 
 def test_demo_head_is_cheap_relative_to_a_block():
-    # DESIGN.md: a head should cost <= 25% of a block at the demo scale.
+    # A head should cost <= 25% of a block at the demo scale, or the early
+    # exits would eat the savings they bring.
     head = F.covariance_head_flops(50, 128, 32, 5, 10)
     assert head < 0.25 * F.vit_block_flops(50, 128, 256, 4)
 
