@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 import zipfile
@@ -33,7 +32,6 @@ import zipfile
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 

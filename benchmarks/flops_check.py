@@ -34,7 +34,6 @@ import time
 
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Beside this script (its folder is first on sys.path when it runs).
 from xla_references import (  # noqa: E402
