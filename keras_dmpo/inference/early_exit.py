@@ -11,6 +11,7 @@ from keras_dmpo.inference.flops import flops_of
 from keras_dmpo.inference.stage_runner import StageRunner, pad_rows
 from keras_dmpo.inputs import check_images, check_labels, collect_arrays
 from keras_dmpo.policy import ExitPolicy
+from keras_dmpo.policy.holder import HoldsPolicy
 
 
 def _check_batch_size(batch_size):
@@ -24,7 +25,7 @@ def _softmax(logits):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-class EarlyExitModel:
+class EarlyExitModel(HoldsPolicy):
     """Batched early-exit inference for a ``DMPOClassifier``.
 
     Which exit answers is one value, ``self.policy``, a frozen
@@ -106,55 +107,6 @@ class EarlyExitModel:
         self.model_sha256 = None
 
     # --- configuration ------------------------------------------------------
-    @property
-    def policy(self):
-        """The ``ExitPolicy`` that ``predict`` and the exports apply. Assign
-        a new one (or its dict) to change it."""
-        return self._policy
-
-    @policy.setter
-    def policy(self, value):
-        if isinstance(value, dict):
-            value = ExitPolicy.from_dict(value)
-        if not isinstance(value, ExitPolicy):
-            raise ValueError(f"`policy` must be an ExitPolicy or its dict; got {type(value).__name__}.")
-        if value.num_exits != self.num_exits:
-            raise ValueError(
-                f"`policy` is for {value.num_exits} exits; this model has {self.num_exits} {list(self.exits)}."
-            )
-        self._policy = value
-
-    @property
-    def criterion(self):
-        return self._policy.criterion
-
-    @property
-    def thresholds(self):
-        """The K thresholds (None for ``"patience"``). Assigning a list
-        replaces the policy with those thresholds (and no calibration)."""
-        thresholds = self._policy.thresholds
-        return None if thresholds is None else list(thresholds)
-
-    @thresholds.setter
-    def thresholds(self, values):
-        self.policy = self._policy.replace(thresholds=values)
-
-    @property
-    def temperatures(self):
-        """Per-exit temperatures applied before scoring, or None."""
-        temperatures = self._policy.temperatures
-        return None if temperatures is None else list(temperatures)
-
-    @property
-    def patience(self):
-        """Exits in a row that must agree (criterion ``"patience"``), else None."""
-        return self._policy.patience
-
-    @property
-    def calibration(self):
-        """The ``CalibrationResult`` behind the policy, or None."""
-        return self._policy.calibration
-
     @property
     def flops_fractions(self):
         return [f / self.full_model_flops for f in self.flops_per_exit]

@@ -9,7 +9,8 @@ import numpy as np
 from keras_dmpo.hashing import sha256_file as sha256_of_file
 from keras_dmpo.litert import manifest as manifest_schema
 from keras_dmpo.litert.finite import check_finite
-from keras_dmpo.policy import ExitPolicy, route
+from keras_dmpo.policy import route
+from keras_dmpo.policy.holder import HoldsPolicy
 
 # Pixels further than this fraction of the input range outside it make
 # StagedRuntime warn (once): probably already-normalised or 0-255 images fed
@@ -129,7 +130,7 @@ class _TokensOnDemand:
         return self.stage.output("tokens")[rows]
 
 
-class StagedRuntime:
+class StagedRuntime(HoldsPolicy):
     """Run exported TFLite stage graphs with the early-exit rule, as a phone would.
 
     Stage 1 runs on the whole batch; samples whose exit answers (the
@@ -241,43 +242,6 @@ class StagedRuntime:
     @property
     def num_classes(self):
         return int(self.manifest["num_classes"])
-
-    @property
-    def policy(self):
-        """The ``ExitPolicy`` in use."""
-        return self._policy
-
-    @policy.setter
-    def policy(self, value):
-        if isinstance(value, dict):
-            value = ExitPolicy.from_dict(value)
-        if not isinstance(value, ExitPolicy) or value.num_exits != self.num_exits:
-            raise ValueError(f"`policy` must be an ExitPolicy for {self.num_exits} exits; got {value!r}.")
-        self._policy = value
-
-    @property
-    def criterion(self):
-        return self._policy.criterion
-
-    @property
-    def thresholds(self):
-        """The K exit thresholds in use (None for ``"patience"``). Assigning a
-        list replaces the policy with those thresholds."""
-        thresholds = self._policy.thresholds
-        return None if thresholds is None else list(thresholds)
-
-    @thresholds.setter
-    def thresholds(self, values):
-        self.policy = self._policy.replace(thresholds=values)
-
-    @property
-    def temperatures(self):
-        temperatures = self._policy.temperatures
-        return None if temperatures is None else list(temperatures)
-
-    @property
-    def patience(self):
-        return self._policy.patience
 
     # -- inference ------------------------------------------------------------
 
