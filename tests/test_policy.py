@@ -162,3 +162,52 @@ def test_policy_package_imports_numpy_only():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_bad_values_give_value_errors_that_name_them():
+    probabilities, labels = outputs()
+    flops = [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="`temperatures` must be None or 3 positive numbers"):
+        ExitPolicy("confidence", temperatures=[10**400, 1, 1], num_exits=3)
+    with pytest.raises(ValueError, match="`thresholds` must be 3 numbers"):
+        ExitPolicy("confidence", thresholds=[10**400, 1, 0])
+    with pytest.raises(ValueError, match="criterion='patience' needs at least 2 exits"):
+        ExitPolicy("patience", num_exits=1)
+    record = calibrate(probabilities, labels, flops, 3.0, 0.6).calibration.to_dict()
+    with pytest.raises(ValueError, match="field 'exit_fractions' must be a list of numbers; got 5"):
+        ExitPolicy("confidence", [0.5, 0.5, 0.0], calibration={**record, "exit_fractions": 5})
+    with pytest.raises(ValueError, match="field 'mode' must be one of"):
+        ExitPolicy("confidence", [0.5, 0.5, 0.0], calibration={**record, "mode": "fast"})
+    # Above the full model is as unreachable as below the first exit.
+    with pytest.raises(ValueError, match="is more than the full model spends"):
+        calibrate(probabilities, labels, flops, 3.0, 4.0)
+    assert calibrate_many_skips(probabilities, labels, flops, [0.6, 4.0]) == [False, True]
+    # A malformed target is an error even where unreachable budgets are skipped.
+    for criterion in ("confidence", "patience"):
+        with pytest.raises(ValueError, match="`max_accuracy_drop` must be a fraction"):
+            from keras_dmpo.policy import calibrate_many
+
+            calibrate_many(
+                probabilities,
+                labels,
+                flops,
+                3.0,
+                [{"max_accuracy_drop": "x"}],
+                criterion,
+                skip_unreachable=True,
+            )
+
+
+def calibrate_many_skips(probabilities, labels, flops, budgets):
+    from keras_dmpo.policy import calibrate_many
+
+    found = calibrate_many(probabilities, labels, flops, 3.0, budgets, skip_unreachable=True)
+    return [policy is None for policy in found]
+
+
+def test_route_returns_every_row_when_all_leave_at_once():
+    probabilities, _ = outputs(n=5)
+    policy = ExitPolicy("confidence", thresholds=[0.0, 0.0, 0.0])  # everyone leaves at exit 1
+    exit_index, answers = route(policy, np.arange(5), lambda k, rows: (probabilities[k, rows], rows))
+    assert exit_index.tolist() == [0] * 5
+    np.testing.assert_array_equal(answers, probabilities[0])

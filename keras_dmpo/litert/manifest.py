@@ -39,7 +39,12 @@ def _is_int(value):
 
 
 def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def _is_hex_digest(value):
@@ -373,7 +378,8 @@ def manifest_policy(manifest):
     k = len(manifest["exits"])
     if manifest["format_version"] >= 2:
         return ExitPolicy.from_dict(manifest["policy"], "manifest['policy']")
-    return ExitPolicy.from_legacy(manifest, k, "manifest")
+    # Format 1 kept its calibration record in manifest["extra"], unread.
+    return ExitPolicy.from_legacy(manifest, k, "manifest", calibration=False)
 
 
 def _check_stages(check, manifest, image_shape, num_classes, exits, thresholds):

@@ -45,6 +45,13 @@ def budget_flops(flops_budget, flops_per_exit, full_model_flops, argument="flops
         )
     absolute = budget * float(full_model_flops) if budget <= 1 else budget
     first = float(flops_per_exit[0])
+    most = max(float(flops_per_exit[-1]), float(full_model_flops))
+    if absolute > most * (1 + search.BUDGET_RTOL):
+        raise ValueError(
+            f"`{argument}`={flops_budget!r} ({absolute / 1e6:.3f} MFLOPs) is more than the full "
+            f"model spends ({most / 1e6:.3f} MFLOPs): give a fraction in (0, 1] or absolute FLOPs "
+            "up to that."
+        )
     if absolute < first * (1 - search.BUDGET_RTOL):
         raise ValueError(
             f"`{argument}`={flops_budget!r} ({absolute / 1e6:.3f} MFLOPs) is below the cost "
@@ -84,6 +91,8 @@ def make_target(flops_budget=None, max_accuracy_drop=None):
 
 def _target(target):
     if isinstance(target, dict) and len(target) == 1 and set(target) <= {"flops_budget", "max_accuracy_drop"}:
+        if "max_accuracy_drop" in target:
+            return {"max_accuracy_drop": check_accuracy_drop(target["max_accuracy_drop"])}
         return target
     if isinstance(target, numbers.Real) and not isinstance(target, bool):
         return {"flops_budget": target}
@@ -197,7 +206,8 @@ def calibrate_many(
                     full_model_flops=full,
                 )
             except ValueError:
-                if not skip_unreachable:
+                # Only a budget below the cheapest patience is unreachable.
+                if not (skip_unreachable and "flops_budget" in t):
                     raise
     else:
         scores = template.all_scores(probabilities)

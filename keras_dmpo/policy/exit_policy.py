@@ -69,6 +69,10 @@ class ExitPolicy:
                     f"labels, not scores); got thresholds={self.thresholds!r}."
                 )
             thresholds = None
+            if k < 2:
+                raise ValueError(
+                    f"criterion='patience' needs at least 2 exits (it compares exits in a row); got {k}."
+                )
             patience = rule.check_patience(DEFAULT_PATIENCE if self.patience is None else self.patience, k)
         else:
             if self.patience is not None:
@@ -217,10 +221,11 @@ class ExitPolicy:
             raise ValueError(f"`{argument}` is not a valid exit policy: {error}") from None
 
     @classmethod
-    def from_legacy(cls, data, num_exits, argument="settings"):
+    def from_legacy(cls, data, num_exits, argument="settings", calibration=True):
         """A policy from the flat fields written before the policy object
-        (criterion, thresholds, temperatures, patience, calibration; K zeros
-        as thresholds for patience)."""
+        (criterion, thresholds, temperatures, patience, and with
+        ``calibration`` the sidecar's record; K zeros as thresholds for
+        patience)."""
         criterion = data.get("criterion", "confidence")
         fields = {
             "criterion": criterion,
@@ -228,6 +233,6 @@ class ExitPolicy:
             "thresholds": None if criterion == "patience" else data.get("thresholds"),
             "temperatures": data.get("temperatures"),
             "patience": data.get("patience"),
-            "calibration": data.get("calibration"),
+            "calibration": data.get("calibration") if calibration else None,
         }
         return cls.from_dict(fields, argument)

@@ -6,8 +6,43 @@ FLOPs, accuracy and exit shares on the validation samples.
 """
 
 import dataclasses
+import math
+import numbers
 
 import numpy as np
+
+MODES = ("flops_budget", "max_accuracy_drop")
+# Field -> (may it be None, kind): what ``from_dict`` accepts.
+_FIELD_KINDS = {
+    "thresholds": (True, "numbers"),
+    "expected_flops": (False, "number"),
+    "expected_fraction": (True, "number"),
+    "validation_accuracy": (False, "number"),
+    "exit_fractions": (False, "numbers"),
+    "budget": (False, "number"),
+    "full_model_flops": (True, "number"),
+    "num_samples": (False, "int"),
+    "max_accuracy_drop": (True, "number"),
+    "target_accuracy": (True, "number"),
+    "patience": (True, "int"),
+}
+
+
+def _is_number(value):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _fits(value, kind):
+    if kind == "number":
+        return _is_number(value)
+    if kind == "int":
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return isinstance(value, (list, tuple)) and all(_is_number(v) for v in value)
 
 
 def expected_flops(exit_index, flops_per_exit):
@@ -103,6 +138,17 @@ class CalibrationResult:
         data = dict(data)
         if data.get("patience") is not None:
             data["thresholds"] = None
+        for key, (optional, kind) in _FIELD_KINDS.items():
+            if key in data and not ((optional and data[key] is None) or _fits(data[key], kind)):
+                expected = {"number": "a finite number", "int": "an integer", "numbers": "a list of numbers"}[
+                    kind
+                ]
+                raise ValueError(
+                    f"Calibration record field {key!r} must be {expected}"
+                    f"{' or None' if optional else ''}; got {data[key]!r}."
+                )
+        if data.get("mode", "flops_budget") not in MODES:
+            raise ValueError(f"Calibration record field 'mode' must be one of {MODES}; got {data['mode']!r}.")
         try:
             return cls(**data)
         except TypeError as error:

@@ -115,7 +115,7 @@ def check_thresholds(thresholds, num_exits):
         raise ValueError(f"`thresholds` must be {num_exits} numbers in [0, 1]; got {thresholds!r}.")
     try:
         values = np.asarray(thresholds, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"`thresholds` must be {num_exits} numbers in [0, 1]; got {thresholds!r}.") from None
     if values.size != num_exits:
         raise ValueError(
@@ -138,7 +138,7 @@ def check_temperatures(temperatures, num_exits):
         )
     try:
         values = [float(t) for t in temperatures]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(
             f"`temperatures` must be None or {num_exits} positive numbers; got {temperatures!r}."
         ) from None

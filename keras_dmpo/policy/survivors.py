@@ -45,16 +45,19 @@ def route(policy, inputs, run_stage):
     for k in range(policy.num_exits):
         probabilities, next_inputs = run_stage(k, inputs)
         probabilities = np.asarray(probabilities)
-        if answers is None:
-            answers = np.zeros((num_samples,) + probabilities.shape[1:], probabilities.dtype)
         leave, state = policy.step(k, probabilities, state)
-        if leave.all():
+        if leave.all():  # the rest answer here (always at the last exit)
+            if answers is None:  # everyone at once: no scatter
+                exit_index[:] = k
+                return exit_index, probabilities
             answers[alive] = probabilities
             exit_index[alive] = k
             break
         if not leave.any():  # everyone goes on: all rows (a view), no gather
             inputs = next_inputs[:]
             continue
+        if answers is None:
+            answers = np.zeros((num_samples,) + probabilities.shape[1:], probabilities.dtype)
         answers[alive[leave]] = probabilities[leave]
         exit_index[alive[leave]] = k
         stay = ~leave
