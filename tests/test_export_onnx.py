@@ -30,7 +30,8 @@ def test_onnx_stage_graphs_match_keras(tmp_path):
     images = raw_images(n=6).astype("float32") / 255
     directory = str(tmp_path / "onnx")
     manifest = export_onnx_stage_graphs(directory, models, export_spec(EXITS, [0.5, 0.5, 0.0]))
-    assert manifest["format"] == "onnx" and manifest["format_version"] == 1
+    assert manifest["format"] == "onnx" and manifest["format_version"] == 2
+    assert manifest["policy"]["thresholds"] == [0.5, 0.5, 0.0]
     assert sorted(os.listdir(directory)) == ["manifest.json", "stage_1.onnx", "stage_2.onnx", "stage_3.onnx"]
     assert load_manifest(directory) == manifest
     assert manifest["stages"][1]["inputs"] == [{"name": "tokens", "shape": [-1, 17, 32], "dtype": "float32"}]
