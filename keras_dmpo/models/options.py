@@ -5,6 +5,7 @@ and which preset implies which options."""
 import numpy as np
 
 from keras_dmpo import preset_catalog
+from keras_dmpo.models.preset_preprocessing import preset_input_normalization
 from keras_dmpo.models.vit_stages import load_vit_backbone
 
 PEFT_METHODS = ("adapter", "lora", None)
@@ -109,13 +110,20 @@ def load_preset_backbone(preset, image_shape=None):
     options that go with it (the one place that says which preset needs which
     input normalisation).
 
-    A short name's defaults (``preset_catalog.PRESET_DEFAULTS``) apply; a
-    DINOv2 backbone always gets ImageNet normalisation, as it was trained
-    with it. ``image_shape`` overrides the short name's default size.
+    A short name's defaults (``preset_catalog.PRESET_DEFAULTS``) apply.
+    Any other preset with a keras-hub image converter gets the converter's
+    ``scale``/``offset`` as the ``input_normalization`` for [0, 1] images
+    (``preset_preprocessing``); a DINOv2 backbone without one gets ImageNet
+    normalisation, as it was trained with it. ``image_shape`` overrides the
+    short name's default size.
     """
     defaults = dict(preset_catalog.PRESET_DEFAULTS.get(preset, {}))
     default_shape = defaults.pop("image_shape", None)
     backbone = load_vit_backbone(preset, image_shape=image_shape or default_shape)
+    if "input_normalization" not in defaults:
+        found, normalization = preset_input_normalization(preset, int(backbone.inputs[0].shape[-1]))
+        if found:
+            defaults["input_normalization"] = normalization
     if type(backbone).__name__ == "DINOV2Backbone":
         defaults.setdefault("input_normalization", "imagenet")
     return backbone, defaults
