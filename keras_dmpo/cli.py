@@ -20,7 +20,7 @@ import numpy as np
 
 from keras_dmpo import preset_catalog, preset_fetch, preset_registry, recipe
 from keras_dmpo.atomic_io import is_partial_name, write_json_atomic
-from keras_dmpo.datasets import NAMED_DATA, all_images, load_data
+from keras_dmpo.datasets import NAMED_DATA, check_data_spec, load_data
 from keras_dmpo.litert.manifest import QUANTIZATION_MODES
 from keras_dmpo.policy import rule
 
@@ -29,6 +29,8 @@ DEFAULT_PRESET = "dmpo_vit_tiny"
 # for the command line.
 FLOAT32 = "float32"
 QUANTIZATION_CHOICES = [mode or FLOAT32 for mode in QUANTIZATION_MODES]
+# Where `train` keeps its per-epoch checkpoints inside --output-dir.
+TRAIN_BACKUP = ".train-backup"
 
 
 def _set_backend(argv):
@@ -113,7 +115,8 @@ def check_train_output(directory, overwrite):
     if not os.path.isdir(directory):
         raise FileExistsError(f"--output-dir {directory!r} exists and is not a directory.")
 
-    entries = sorted(e for e in os.listdir(directory) if not is_partial_name(e))
+    # An interrupted run's checkpoints are resumed, not refused.
+    entries = sorted(e for e in os.listdir(directory) if not is_partial_name(e) and e != TRAIN_BACKUP)
     if entries and not overwrite:
         shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
         raise FileExistsError(
@@ -128,15 +131,22 @@ def cmd_train(args):
     import keras
 
     from keras_dmpo import DMPOClassifier, EarlyExitModel, PhaseCallback, PhaseSchedule, tuning_optimizer
+    from keras_dmpo.image_batches import data_streams
     from keras_dmpo.models.options import load_preset_backbone
 
     keras.utils.set_random_seed(args.seed)
     image_shape = (args.image_size, args.image_size, 3) if args.image_size else None
     backbone, preset_options = load_preset_backbone(args.preset, image_shape)
-    data = load_data(
-        args.data, tuple(backbone.get_config()["image_shape"]), seed=args.seed, train_size=args.train_size
+    data = data_streams(
+        args.data,
+        tuple(backbone.get_config()["image_shape"]),
+        seed=args.seed,
+        batch_size=args.batch_size,
+        train_size=args.train_size,
+        augment=args.augment,
+        skip_bad_images=args.skip_bad_images,
     )
-    x, y = data["train"]
+    train = data["train"]
     options = dict(preset_options)
     if args.plain:
         options.update(use_bypass=False, covariance_exits="none")
@@ -145,7 +155,7 @@ def cmd_train(args):
     )
     model.compile(
         optimizer=tuning_optimizer(
-            len(x),
+            train.num_images,
             args.epochs,
             args.batch_size,
             learning_rate=args.learning_rate,
@@ -156,16 +166,23 @@ def cmd_train(args):
     callbacks = [] if args.plain else [PhaseCallback(PhaseSchedule(switch_fraction=args.switch_fraction))]
     if args.plain:
         model.set_loss_weights([1.0] * model.num_exits)
+    # Every epoch is checkpointed in the output directory: the same command
+    # after a kill resumes at the last finished epoch (removed at the end).
+    backup = os.path.join(args.output_dir, TRAIN_BACKUP)
+    if os.path.isdir(backup):
+        print(f"resuming the interrupted run from {backup}")
+    callbacks.append(keras.callbacks.BackupAndRestore(backup))
     start = time.time()
     history = model.fit(
-        x,
-        y,
+        train,
         epochs=args.epochs,
-        batch_size=args.batch_size,
         validation_data=data["validation"],
         callbacks=callbacks,
         verbose=args.verbose,
     )
+    x = train  # for the record below
+    if train.bad_files:
+        print(f"skipped {len(train.bad_files)} unreadable images (first: {train.bad_files[0]})")
     os.makedirs(args.output_dir, exist_ok=True)
     # Checked again: another run may have written here while this one trained.
     check_train_output(args.output_dir, args.overwrite)
@@ -178,7 +195,8 @@ def cmd_train(args):
         "class_names": list(data["class_names"]),
         "exits": list(model.exits),
         "epochs": args.epochs,
-        "train_images": int(len(x)),
+        "train_images": int(x.num_images),
+        "skipped_images": len(x.bad_files),
         "seconds": round(time.time() - start, 1),
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
         # Binds the record to the model it describes (see _class_names_beside).
@@ -203,11 +221,8 @@ def cmd_calibrate(args):
     from keras_dmpo.inference.saving import sidecar_path
 
     ee = _load_early_exit(args.model)
-    key = args.data.lower().replace("-", "_")
-    if key in NAMED_DATA:
-        x, y = load_data(args.data, ee.model.image_shape)["validation"]
-    else:
-        x, y, _ = all_images(args.data, ee.model.image_shape)
+    x, _ = evaluation_stream(args.data, ee.model.image_shape, "validation", args.skip_bad_images)
+    y = None
     if args.criterion and args.criterion != ee.criterion:
         # A new criterion starts from a fresh policy: the stored thresholds
         # were chosen for the other criterion's scores.
@@ -238,7 +253,7 @@ def cmd_calibrate(args):
         else f"thresholds {[round(t, 4) for t in result.thresholds]}"
     )
     print(
-        f"calibrated ({ee.criterion}) for {goal} on {len(x)} images: {chosen}, expected FLOPs "
+        f"calibrated ({ee.criterion}) for {goal} on {x.num_images - len(x.bad_files)} images: {chosen}, expected FLOPs "
         f"{result.expected_fraction:.1%}, validation accuracy {100 * result.validation_accuracy:.2f}%"
     )
     print(f"stored in {sidecar_path(args.model)}")
@@ -285,15 +300,21 @@ def representative_images(spec, image_shape, count):
     first images, because a folder is read class by class."""
     if count < 1:
         raise ValueError(f"--representative-images must be at least 1; got {count}.")
+    from keras_dmpo import image_folders
+
     key = spec.lower().replace("-", "_")
-    images = (
-        load_data(spec, image_shape)["train"][0] if key in NAMED_DATA else all_images(spec, image_shape)[0]
-    )
+    if key in NAMED_DATA:
+        images = load_data(spec, image_shape)["train"][0]
+    else:
+        check_data_spec(spec)
+        images, _, _ = image_folders.list_class_folder(spec, "--representative-data")
     if not len(images):
         raise ValueError(f"--representative-data {spec!r} holds no images.")
     if len(images) > count:
         chosen = np.random.default_rng(0).choice(len(images), size=count, replace=False)
         images = images[np.sort(chosen)]
+    if key not in NAMED_DATA:  # only the chosen files are decoded
+        images = image_folders.read_image_files(images, image_shape, "--representative-data")
     return np.asarray(images, dtype=np.float32)
 
 
@@ -320,36 +341,74 @@ def _class_names_beside(model_path, model_sha256=None):
     return record.get("class_names")
 
 
+def evaluation_stream(spec, image_shape, split, skip_bad_images=False, batch_size=64):
+    """``(ImageBatches, class_names)`` for calibrate / predict: a named data
+    set's ``split``, or every image of a class-per-folder directory, read
+    batch by batch."""
+    from keras_dmpo.image_batches import ImageBatches, folder_batches
+
+    if spec.lower().replace("-", "_") in NAMED_DATA:
+        data = load_data(spec, image_shape)
+        return ImageBatches(*data[split], batch_size=batch_size), data["class_names"]
+    check_data_spec(spec)
+    return folder_batches(spec, image_shape, batch_size, skip_bad_images=skip_bad_images)
+
+
 def cmd_predict(args):
+    from keras_dmpo.atomic_io import partial_path
+
     ee = _load_early_exit(args.model)
-    x, y, class_names = all_images(args.data, ee.model.image_shape)
-    out = ee.predict(x, batch_size=args.batch_size)
+    stream, class_names = evaluation_stream(
+        args.data, ee.model.image_shape, "test", args.skip_bad_images, args.batch_size
+    )
     names = class_names or _class_names_beside(args.model, ee.model_sha256)
-    lines = ["index,label,class,exit_block,flops"]
-    for i, (label, exit_index, flops) in enumerate(zip(out["labels"], out["exit_index"], out["flops"])):
-        name = names[label] if names and label < len(names) else label
-        lines.append(f"{i},{label},{name},{ee.exits[exit_index]},{int(flops)}")
     if args.output:
-        with open(args.output, "w") as handle:
-            handle.write("\n".join(lines) + "\n")
-        print(f"wrote {len(x)} predictions to {args.output}")
+        # Written as it goes into a temporary name, renamed when complete.
+        temporary = partial_path(args.output)
+        handle = open(temporary, "w")
     else:
-        print("\n".join(lines))
-    fraction = out["flops"].mean() / ee.full_model_flops
-    print(f"mean FLOPs: {fraction:.1%} of the full model")
-    if y is not None:
-        print(f"accuracy: {100 * float(np.mean(out['labels'] == y)):.2f}% on {len(y)} images")
+        handle = sys.stdout
+    count, correct, flops = 0, 0, 0.0
+    try:
+        handle.write("index,label,class,exit_block,flops\n")
+        for out in ee.iter_predict(stream, batch_size=args.batch_size):
+            for label, exit_index, cost in zip(out["labels"], out["exit_index"], out["flops"]):
+                name = names[label] if names and label < len(names) else label
+                handle.write(f"{count},{label},{name},{ee.exits[exit_index]},{int(cost)}\n")
+                count += 1
+            flops += float(out["flops"].sum())
+            if out["y"] is not None:
+                correct += int(np.sum(out["labels"] == out["y"]))
+    except BaseException:
+        if args.output:
+            handle.close()
+            os.remove(temporary)
+        raise
+    if args.output:
+        handle.flush()
+        os.fsync(handle.fileno())
+        handle.close()
+        os.replace(temporary, args.output)
+        print(f"wrote {count} predictions to {args.output}")
+    if stream.bad_files:
+        print(f"skipped {len(stream.bad_files)} unreadable images (first: {stream.bad_files[0]})")
+    print(f"mean FLOPs: {flops / count / ee.full_model_flops:.1%} of the full model")
+    if stream.labels is not None:
+        print(f"accuracy: {100 * correct / count:.2f}% on {count} images")
     return 0
 
 
 def cmd_benchmark(args):
+    from keras_dmpo.image_batches import data_streams
+
     ee = _load_early_exit(args.model)
-    data = load_data(args.data, ee.model.image_shape)
-    x_val, y_val = data["validation"]
-    x_test, y_test = data["test"]
+    data = data_streams(args.data, ee.model.image_shape, batch_size=64)
+    # The test images are timed from memory (decoding is not the model's
+    # cost); validation streams.
+    x_test, y_test = data["test"].materialize()
     # One pass over validation for all budgets, calibrated together so that a
     # larger budget never gets a lower validation accuracy.
-    curve = ee.curve(x_val, y_val, budgets=args.budgets)
+    curve = ee.curve(data["validation"], budgets=args.budgets)
     policies = {row["budget"]: row["policy"] for row in curve.rows}
     print(f"{'budget':>7} {'FLOPs':>7} {'accuracy':>9} {'ms/image':>9}")
     for budget in args.budgets:
@@ -542,8 +601,22 @@ def _train_arguments(train, data_help):
     train.add_argument(
         "--overwrite", action="store_true", help="replace the model files in a non-empty --output-dir"
     )
+    train.add_argument(
+        "--augment",
+        action="store_true",
+        help="random resized crop and horizontal flip of the training images (training only)",
+    )
+    _skip_bad_argument(train)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--verbose", type=int, default=1)
+
+
+def _skip_bad_argument(parser):
+    parser.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out (and count) image files that cannot be decoded, instead of stopping",
+    )
 
 
 def _calibrate_arguments(calibrate, data_help):
@@ -571,6 +644,7 @@ def _calibrate_arguments(calibrate, data_help):
         action="store_true",
         help="fit one temperature per exit on the same data before calibrating",
     )
+    _skip_bad_argument(calibrate)
 
 
 def _export_arguments(export):
@@ -602,7 +676,8 @@ def _predict_arguments(predict, data_help):
     predict.add_argument("--model", required=True)
     predict.add_argument("--data", required=True, help=data_help + "; named sets use their test split")
     predict.add_argument("--output", default=None, help="write CSV here instead of printing")
-    predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--batch-size", type=positive_int, default=64)
+    _skip_bad_argument(predict)
 
 
 def _bench_arguments(bench, data_help):

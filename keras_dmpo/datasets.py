@@ -707,28 +707,24 @@ def load_data(spec, image_shape, seed=0, train_size=None, validation_size=None, 
         if test_size is not None:
             kwargs["test_size"] = test_size
         return load_dataset(key, **kwargs)
-    if not os.path.exists(spec) and os.sep not in spec and not spec.startswith("."):
-        raise ValueError(
-            f"--data {spec!r} is neither a known data set {list(NAMED_DATA)} nor an existing folder."
-        )
+    check_data_spec(spec)
     x, y, class_names = image_folders.load_image_folder(spec, image_shape)
     return {**_split_folder(x, y, seed), "class_names": class_names}
 
 
+def check_data_spec(spec):
+    """A ``--data`` value that is neither a named data set nor a path gets
+    one clear error (a path that does not exist is reported by the reader)."""
+    key = spec.lower().replace("-", "_")
+    if key not in NAMED_DATA and not os.path.exists(spec) and os.sep not in spec and not spec.startswith("."):
+        raise ValueError(
+            f"--data {spec!r} is neither a known data set {list(NAMED_DATA)} nor an existing folder."
+        )
+
+
 def _split_folder(x, y, seed, fractions=(0.7, 0.15, 0.15)):
-    rng = np.random.default_rng(seed)
-    parts = {"train": [], "validation": [], "test": []}
-    for label in np.unique(y):
-        index = rng.permutation(np.flatnonzero(y == label))
-        n_val = int(round(fractions[1] * len(index)))
-        n_test = int(round(fractions[2] * len(index)))
-        parts["validation"].extend(index[:n_val])
-        parts["test"].extend(index[n_val : n_val + n_test])
-        parts["train"].extend(index[n_val + n_test :])
-    return {
-        name: (x[np.sort(ix)], y[np.sort(ix)])
-        for name, ix in ((k, np.asarray(v, int)) for k, v in parts.items())
-    }
+    parts = image_folders.split_indices(y, seed, fractions)
+    return {name: (x[ix], y[ix]) for name, ix in zip(("train", "validation", "test"), parts)}
 
 
 def all_images(spec, image_shape):

@@ -129,13 +129,31 @@ def list_class_folder(directory, argument="--data", class_names=None):
     return np.asarray(paths), np.asarray(labels, dtype="int64"), list(class_names)
 
 
-def read_image_files(paths, image_shape, argument="--data", progress=None):
-    """Decode and resize image files with Pillow.
+def read_image_file(path, image_shape, argument="--data"):
+    """One image file as float32 ``(height, width, channels)`` in ``[0, 1]``.
 
-    Each image is converted to RGB (or grayscale for one channel) and resized
-    to ``(height, width)`` with Pillow's antialiased bilinear filter, the
-    aspect ratio not kept, as ``keras.utils.image_dataset_from_directory``
-    does by default.
+    Converted to RGB (or grayscale for one channel) and resized with Pillow's
+    antialiased bilinear filter, the aspect ratio not kept, as
+    ``keras.utils.image_dataset_from_directory`` does by default. A file
+    Pillow cannot read raises a ``ValueError`` naming it.
+    """
+    Image = require("PIL.Image", "images", "Reading image files")
+    height, width, channels = (int(s) for s in image_shape)
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB" if channels == 3 else "L")
+            if image.size != (width, height):
+                image = image.resize((width, height), Image.BILINEAR)
+            pixels = np.asarray(image, dtype="float32")
+    except Exception as error:  # Pillow raises many kinds
+        raise ValueError(
+            f"{argument}: cannot read image {path!r} ({type(error).__name__}: {error})."
+        ) from None
+    return pixels.reshape(height, width, channels) / 255.0
+
+
+def read_image_files(paths, image_shape, argument="--data", progress=None):
+    """Decode and resize image files with Pillow (``read_image_file`` each).
 
     Args:
         paths: the files.
@@ -147,7 +165,6 @@ def read_image_files(paths, image_shape, argument="--data", progress=None):
     Returns:
         float32 array ``(N, height, width, channels)`` in ``[0, 1]``.
     """
-    Image = require("PIL.Image", "images", "Reading image files")
     height, width, channels = (int(s) for s in image_shape)
     out = np.empty((len(paths), height, width, channels), dtype="float32")
     bar = None
@@ -158,19 +175,26 @@ def read_image_files(paths, image_shape, argument="--data", progress=None):
 
         bar = keras.utils.Progbar(len(paths), unit_name="image")
     for i, path in enumerate(paths):
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB" if channels == 3 else "L")
-                if image.size != (width, height):
-                    image = image.resize((width, height), Image.BILINEAR)
-                pixels = np.asarray(image, dtype="float32")
-        except Exception as error:  # Pillow raises many kinds
-            raise ValueError(
-                f"{argument}: cannot read image {path!r} ({type(error).__name__}: {error})."
-            ) from None
-        out[i] = pixels.reshape(height, width, channels) / 255.0
+        out[i] = read_image_file(path, image_shape, argument)
         if bar is not None and (i + 1) % 250 == 0:
             bar.update(i + 1)
     if bar is not None:
         bar.update(len(paths), finalize=True)
     return out
+
+
+def split_indices(labels, seed, fractions):
+    """Stratified split of ``range(len(labels))`` into ``len(fractions)``
+    sorted index arrays, per class in the order validation-like parts first;
+    the first part takes what rounding leaves."""
+    rng = np.random.default_rng(seed)
+    parts = [[] for _ in fractions]
+    for label in np.unique(labels):
+        index = rng.permutation(np.flatnonzero(labels == label))
+        start = 0
+        for k in range(1, len(fractions)):
+            count = int(round(fractions[k] * len(index)))
+            parts[k].extend(index[start : start + count])
+            start += count
+        parts[0].extend(index[start:])
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]

@@ -120,31 +120,41 @@ def check_labels(labels, num_classes, argument="y", num_samples=None):
         )
 
 
-def collect_arrays(x, y=None, argument="x"):
-    """Arrays from arrays, a ``tf.data.Dataset`` or a ``keras.utils.PyDataset``
-    yielding ``(images, labels)`` (or images only)."""
-    is_tf_dataset = hasattr(x, "as_numpy_iterator")
-    if hasattr(x, "shape") and not is_tf_dataset:
-        return _to_numpy(x), _to_numpy(y)
+def is_stream(x):
+    """Whether ``x`` is a ``tf.data.Dataset`` or a ``keras.utils.PyDataset``
+    (batches), rather than an array."""
+    if hasattr(x, "as_numpy_iterator"):
+        return True
+    return hasattr(x, "__getitem__") and hasattr(x, "__len__") and hasattr(x, "on_epoch_end")
+
+
+def iter_batches(x, y=None, batch_size=64, argument="x"):
+    """``(images, labels)`` numpy batches of arrays (sliced), a
+    ``tf.data.Dataset`` or a ``keras.utils.PyDataset`` yielding ``(images,
+    labels)`` or images only (``labels`` is then None). Streams are read one
+    batch at a time: nothing is concatenated."""
+    if not is_stream(x):
+        if not hasattr(x, "shape"):
+            raise ValueError(
+                f"`{argument}` must be an array, a tf.data.Dataset or a keras.utils.PyDataset; "
+                f"got {type(x).__name__}."
+            )
+        x, y = _to_numpy(x), _to_numpy(y)
+        for start in range(0, len(x), batch_size):
+            yield x[start : start + batch_size], None if y is None else y[start : start + batch_size]
+        return
     if y is not None:
         raise ValueError(f"`y` must be None when `{argument}` is a dataset that yields (x, y).")
-    if is_tf_dataset:
+    if hasattr(x, "as_numpy_iterator"):
         batches = x.as_numpy_iterator()
-    elif hasattr(x, "__getitem__") and hasattr(x, "__len__"):
-        batches = (x[i] for i in range(len(x)))
     else:
-        raise ValueError(
-            f"`{argument}` must be an array, a tf.data.Dataset or a keras.utils.PyDataset; "
-            f"got {type(x).__name__}."
-        )
-    images, labels = [], []
+        batches = (x[i] for i in range(len(x)))
+    empty = True
     for batch in batches:
+        empty = False
         if isinstance(batch, (tuple, list)):
-            images.append(np.asarray(batch[0]))
-            if len(batch) > 1:
-                labels.append(np.asarray(batch[1]))
+            yield np.asarray(batch[0]), (np.asarray(batch[1]) if len(batch) > 1 else None)
         else:
-            images.append(np.asarray(batch))
-    if not images:
+            yield np.asarray(batch), None
+    if empty:
         raise ValueError(f"`{argument}` is empty: no batches to read.")
-    return np.concatenate(images), (np.concatenate(labels) if labels else None)

@@ -9,7 +9,7 @@ from keras_dmpo import policy as exit_policy
 from keras_dmpo.inference import saving, stage_export
 from keras_dmpo.inference.flops import flops_of
 from keras_dmpo.inference.stage_runner import StageRunner, pad_rows
-from keras_dmpo.inputs import check_images, check_labels, collect_arrays
+from keras_dmpo.inputs import check_images, check_labels, is_stream, iter_batches
 from keras_dmpo.policy import ExitPolicy
 from keras_dmpo.policy.holder import HoldsPolicy
 
@@ -131,26 +131,54 @@ class EarlyExitModel(HoldsPolicy):
         if len(x) == 0:
             raise ValueError(f"`{argument}` is empty: no images.")
 
-    def exit_probabilities(self, x, batch_size=64):
-        """Probabilities of every exit for every sample, ``(K, N, C)``."""
-        images, _ = collect_arrays(x)
-        self._check_x(images)
+    def _batches(self, x, y=None, batch_size=64, allow_non_finite=False, hint=None):
+        """``(images, labels)`` batches of arrays or a stream, each checked;
+        an array is checked whole first (one message for all bad samples)."""
         _check_batch_size(batch_size)
-        n = len(images)
-        # Pad the last partial batch: on JAX every new batch shape is a new
-        # XLA compilation of the whole model (seconds), on TF a new trace.
-        images = pad_rows(images, n + (-n % batch_size))
-        logits = self.model.predict(images, batch_size=batch_size, verbose=0)
-        return np.stack(
-            [_softmax(np.asarray(logits[f"exit_{k + 1}"], "float64")[:n]) for k in range(self.num_exits)]
-        )
+        streamed = is_stream(x)
+        if not streamed:
+            self._check_x(
+                np.asarray(x) if not hasattr(x, "shape") else x, allow_non_finite=allow_non_finite, hint=hint
+            )
+        for index, (images, labels) in enumerate(iter_batches(x, y, batch_size)):
+            if streamed:
+                self._check_x(images, f"x (batch {index})", allow_non_finite=allow_non_finite, hint=hint)
+            yield images.astype("float32", copy=False), labels
+
+    def exit_probabilities(self, x, batch_size=64):
+        """Probabilities of every exit for every sample, ``(K, N, C)``; ``x``
+        an array or a stream of batches (read one batch at a time)."""
+        probabilities, _ = self._exit_probabilities_and_labels(x, None, batch_size)
+        return probabilities
+
+    def _exit_probabilities_and_labels(self, x, y, batch_size, hint=None):
+        parts, labels, size = [], [], None
+        for images, batch_labels in self._batches(x, y, batch_size, hint=hint):
+            n = len(images)
+            # Pad every batch to one size: on JAX every new batch shape is a
+            # new XLA compilation of the whole model (seconds), on TF a trace.
+            size = size or max(batch_size, n)
+            logits = self.model.predict_on_batch(pad_rows(images, max(size, n)))
+            parts.append(
+                np.stack(
+                    [
+                        _softmax(keras.ops.convert_to_numpy(logits[f"exit_{k + 1}"]).astype("float64")[:n])
+                        for k in range(self.num_exits)
+                    ]
+                )
+            )
+            if batch_labels is not None:
+                labels.append(np.asarray(batch_labels))
+        return np.concatenate(parts, axis=1), (np.concatenate(labels) if labels else None)
 
     def predict(self, x, batch_size=64, verbose=0, allow_non_finite=False):
         """Early-exit predictions.
 
         Args:
-            x: images ``(N, H, W, C)`` (or a dataset of them).
-            batch_size: samples entering stage 1 together.
+            x: images ``(N, H, W, C)``, or a ``tf.data.Dataset`` /
+                ``keras.utils.PyDataset`` of batches (read one at a time).
+            batch_size: samples entering stage 1 together (arrays; a stream
+                brings its own batches).
             verbose: 1 shows a progress bar.
             allow_non_finite: let images with NaN or inf pixels through
                 (their outputs are meaningless: NaN probabilities, answered
@@ -162,50 +190,57 @@ class EarlyExitModel(HoldsPolicy):
             the exit that answered, ``exit_index`` (N,) 0-based position in
             ``exits``, ``flops`` (N,) FLOPs spent on each sample.
         """
-        images, _ = collect_arrays(x)
-        self._check_x(
-            images,
-            allow_non_finite=allow_non_finite,
-            hint="Clean or drop those samples, or pass allow_non_finite=True to run "
-            "them anyway (their outputs are then meaningless).",
+        parts = list(self.iter_predict(x, batch_size, verbose, allow_non_finite))
+        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0] if key != "y"}
+
+    def iter_predict(self, x, batch_size=64, verbose=0, allow_non_finite=False):
+        """``predict`` one batch at a time: yields the same dict per batch,
+        plus ``"y"``, the batch's labels where the stream has them (else
+        None). For data larger than memory (``keras-dmpo predict`` writes
+        its CSV from it as it goes)."""
+        hint = (
+            "Clean or drop those samples, or pass allow_non_finite=True to run "
+            "them anyway (their outputs are then meaningless)."
         )
-        _check_batch_size(batch_size)
-        n = len(images)
-        probabilities = np.zeros((n, self.model.num_classes), "float32")
-        exit_index = np.zeros(n, "int64")
-        progbar = keras.utils.Progbar(n, verbose=verbose) if verbose else None
         stages = self._stage_runners
+        total = None if is_stream(x) else len(x)
+        progbar = keras.utils.Progbar(total, verbose=verbose) if verbose else None
 
         def run_stage(k, inputs):
             out = stages[k](inputs, batch_size)
             return out["probabilities"], out.get("tokens")
 
-        for start in range(0, n, batch_size):
-            batch = images[start : start + batch_size].astype("float32")
-            index, answers = exit_policy.route(self._policy, batch, run_stage)
-            exit_index[start : start + len(batch)] = index
-            probabilities[start : start + len(batch)] = answers
+        done = 0
+        for images, labels in self._batches(x, None, batch_size, allow_non_finite, hint):
+            index, answers = exit_policy.route(self._policy, images, run_stage)
+            done += len(images)
             if progbar:
-                progbar.update(min(start + batch_size, n))
-        return {
-            "labels": probabilities.argmax(-1),
-            "probabilities": probabilities,
-            "exit_index": exit_index,
-            "flops": np.asarray(self.flops_per_exit)[exit_index],
-        }
+                progbar.update(done)
+            yield {
+                "labels": answers.argmax(-1),
+                "probabilities": answers.astype("float32"),
+                "exit_index": index.astype("int64"),
+                "flops": np.asarray(self.flops_per_exit)[index],
+                "y": labels,
+            }
 
     # --- calibration -------------------------------------------------------
     def _validation_arrays(self, x, y, batch_size):
-        images, labels = collect_arrays(x, y)
+        """Per-exit probabilities and integer labels: all calibration keeps
+        of the validation data (never the images)."""
+        if not is_stream(x):
+            if y is None:
+                raise ValueError("`y` is required: calibration needs labelled validation data.")
+            check_labels(y, self.model.num_classes, "y", num_samples=len(x))
+        probabilities, labels = self._exit_probabilities_and_labels(
+            x, y, batch_size, hint="Calibration needs finite validation images: clean or drop those samples."
+        )
         if labels is None:
             raise ValueError("`y` is required: calibration needs labelled validation data.")
-        self._check_x(images, hint="Calibration needs finite validation images: clean or drop those samples.")
-        check_labels(labels, self.model.num_classes, "y", num_samples=len(images))
-        labels = np.asarray(labels)
+        check_labels(labels, self.model.num_classes, "y", num_samples=probabilities.shape[1])
         if labels.ndim == 2 and labels.shape[1] == self.model.num_classes and self.model.num_classes > 1:
             labels = labels.argmax(-1)
-        labels = labels.reshape(-1).astype("int64")
-        return self.exit_probabilities(images, batch_size), labels
+        return probabilities, labels.reshape(-1).astype("int64")
 
     def calibrate(self, x, y=None, flops_budget=None, max_accuracy_drop=None, batch_size=64):
         """Choose the exit policy's parameters on validation data, for a FLOPs

@@ -1,5 +1,6 @@
 """DMPOClassifier: a frozen keras-hub ViT with DMPO multi-stage predictors."""
 
+import contextlib
 import warnings
 
 import keras
@@ -19,6 +20,7 @@ from keras_dmpo.models.options import (
 )
 from keras_dmpo.models.stage_plan import StagePlan
 from keras_dmpo.models.vit_stages import ViTStages
+from keras_dmpo.stream_checks import checked_stream, reraise_bad_batch
 from keras_dmpo.training.loss_weights import validate_loss_weights
 
 
@@ -41,6 +43,17 @@ class DMPOClassifier(keras.Model):
 
     Plain multi-exit tuning is the same class with the DMPO parts off:
     ``use_bypass=False, covariance_exits="none"`` and uniform weights.
+
+    Mixed precision: build the backbone and the model under
+    ``keras.mixed_precision.set_dtype_policy("mixed_bfloat16")`` (all three
+    backends) or ``"mixed_float16"`` (TensorFlow and torch; JAX on a GPU only:
+    on CPU, XLA cannot differentiate the backbone's float16 attention, "The
+    precision 'F16_F16_F32' is not supported by dot_general on CPU"). The
+    blocks, trunk adapters and bypasses then compute in bfloat16 / float16
+    with float32 variables; the exit heads (covariance, Newton-Schulz root,
+    linear) compute in float32, so every output logit and the loss are
+    float32. ``compile`` wraps the optimizer in a ``LossScaleOptimizer`` under
+    ``mixed_float16``. Export a float32 copy (docs/training.md).
 
     Args:
         backbone: a ``keras_hub.models.ViTBackbone`` (or a keras-hub ViT image
@@ -325,6 +338,11 @@ class DMPOClassifier(keras.Model):
 
     def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
         self._check_inputs(x, y)
+        x = checked_stream(x)
+        if kwargs.get("validation_data") is not None and not isinstance(kwargs["validation_data"], tuple):
+            kwargs["validation_data"] = checked_stream(kwargs["validation_data"], "validation_data")
+        if hasattr(x, "epoch_callback"):  # ImageBatches: shuffle/augmentation follow fit's epoch
+            callbacks = [*(callbacks or []), x.epoch_callback()]
         # A callback that schedules the loss weights says so (PhaseCallback
         # does); asking it keeps the model free of the training package.
         if not any(getattr(c, "controls_loss_weights", False) for c in (callbacks or [])):
@@ -337,15 +355,18 @@ class DMPOClassifier(keras.Model):
                     stacklevel=2,
                 )
                 self._warned_no_phase_callback = True
-        return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
+        with _plain_bad_batch_errors():
+            return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         self._check_inputs(x, y)
-        return super().evaluate(x, y, *args, **kwargs)
+        with _plain_bad_batch_errors():
+            return super().evaluate(checked_stream(x), y, *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):
         self._check_inputs(x, None)
-        return super().predict(x, *args, **kwargs)
+        with _plain_bad_batch_errors():
+            return super().predict(checked_stream(x), *args, **kwargs)
 
     def get_loss_weights(self):
         return keras.ops.convert_to_numpy(self.exit_loss_weights).astype("float64")
@@ -414,3 +435,16 @@ class DMPOClassifier(keras.Model):
         config = dict(config)
         config["backbone"] = keras.layers.deserialize(config["backbone"])
         return cls(**config)
+
+
+@contextlib.contextmanager
+def _plain_bad_batch_errors():
+    """A stream's bad batch found mid-epoch surfaces as the ValueError naming
+    the batch and sample, not inside a backend's data-pipeline traceback."""
+    try:
+        yield
+    except Exception as error:
+        plain = reraise_bad_batch(error)
+        if plain is None:
+            raise
+        raise plain from None
