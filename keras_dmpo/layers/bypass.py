@@ -28,6 +28,10 @@ class BypassAdapter(keras.layers.Layer):
     zero-initialised Dense up, so at initialisation the output equals the
     input.
 
+    Follows the dtype policy: under ``mixed_bfloat16`` / ``mixed_float16`` it
+    computes in bfloat16 / float16 (the sub-layers share its policy) and its
+    variables stay float32.
+
     Args:
         bottleneck_dim: int >= 1, width of the bottleneck.
         scale: float, multiplier of the bypass branch.

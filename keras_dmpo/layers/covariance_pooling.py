@@ -22,8 +22,17 @@ from keras_dmpo.layers._checks import check_positive_int, check_prefix_tokens, c
 
 
 def float32_policy_kwargs(kwargs):
-    """Force a float32 dtype policy: the covariance math overflows or loses
-    the small eigenvalues in float16, so these layers ignore mixed policies."""
+    """Force a float32 dtype policy (float64 is kept): the layers that call it
+    compute in float32 under any policy, ``mixed_bfloat16`` and
+    ``mixed_float16`` included, and return float32.
+
+    Why: the covariance sums squares over the patch tokens (float16 tops out
+    at 65504), its ``epsilon`` ridge (1e-5) vanishes next to O(1) entries in
+    bfloat16 (8-bit mantissa) and is subnormal in float16, and the
+    Newton-Schulz iteration and the exits' softmax / log-softmax want float32
+    inputs. The exit heads are a pooled vector or a ``d x d`` matrix per
+    image, so float32 costs little next to the blocks.
+    """
     dtype = kwargs.get("dtype")
     policy = keras.dtype_policies.get(dtype) if dtype is not None else None
     if policy is None or policy.compute_dtype not in ("float32", "float64"):
@@ -80,8 +89,9 @@ class CovariancePooling(keras.layers.Layer):
     ``iterations`` Newton-Schulz steps (``newton_schulz_sqrt``); times
     ``sqrt(trace)``; the upper triangle as a vector of ``d (d + 1) / 2``.
 
-    Always computed in float32, also under a ``mixed_float16`` policy (the
-    inputs are cast, the output is float32). Newton-Schulz relative error vs
+    Always computed in float32, also under a ``mixed_bfloat16`` or
+    ``mixed_float16`` policy (its policy is replaced by float32, the inputs
+    are cast, the output is float32). Newton-Schulz relative error vs
     the exact root at the default 5 iterations and covariance_dim 32: about 13%
     (8 iterations: 1.2%); see the module docstring.
 

@@ -44,6 +44,11 @@ class ExitHead(keras.layers.Layer):
 class LinearExitHead(ExitHead):
     """Linear exit predictor: (LayerNorm +) Dense on a pooled token.
 
+    Computes in float32 and returns float32 logits under any dtype policy
+    (a ``mixed_bfloat16`` or ``mixed_float16`` policy is replaced by float32,
+    the tokens are cast on entry): the logits feed the softmax of the loss and
+    of the exit rule, and the head is one pooled vector per image.
+
     Args:
         num_classes: int >= 1, number of logits.
         pooling: ``"class_token"`` (token 0, default) or ``"mean"`` (mean of
@@ -60,7 +65,7 @@ class LinearExitHead(ExitHead):
         training: bool, whether dropout is active.
 
     Returns:
-        ``(batch, num_classes)`` logits.
+        ``(batch, num_classes)`` float32 logits.
 
     Example:
     >>> head = LinearExitHead(num_classes=10)
@@ -77,7 +82,7 @@ class LinearExitHead(ExitHead):
         num_prefix_tokens=1,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(**float32_policy_kwargs(kwargs))
         self._init_common(num_classes, dropout, num_prefix_tokens)
         self.pooling = check_choice("pooling", pooling, POOLINGS)
         self.use_layer_norm = bool(use_layer_norm)
@@ -107,6 +112,7 @@ class LinearExitHead(ExitHead):
         self.built = True
 
     def call(self, tokens, training=None):
+        tokens = keras.ops.cast(tokens, self.compute_dtype)  # float32 (see the class docstring)
         if self.pooling == "class_token":
             pooled = tokens[:, 0, :]
         else:

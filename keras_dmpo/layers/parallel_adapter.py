@@ -15,6 +15,10 @@ class ParallelAdapter(keras.layers.Layer):
     (``block_outputs``). ``Up`` is zero-initialised (kernel and bias), so at
     step 0 the adapted model is exactly the pre-trained one.
 
+    Follows the dtype policy like the frozen block it wraps: under
+    ``mixed_bfloat16`` / ``mixed_float16`` it computes in bfloat16 / float16
+    (the learnable scale is cast to it) and its variables stay float32.
+
     Args:
         bottleneck_dim: int >= 1, width of the bottleneck.
         scale: float, multiplier of the adapter branch (its initial value when
