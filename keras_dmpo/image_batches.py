@@ -130,6 +130,8 @@ class ImageBatches(keras.utils.PyDataset):
         self.argument = argument
         self.bad_files = []
         self._pool = None
+        self._prefetcher = None
+        self._prefetched = {}
         self.set_epoch(0)
 
     # Its batches are checked as they are made (``stream_checks``).
@@ -149,6 +151,7 @@ class ImageBatches(keras.utils.PyDataset):
         n = len(self.images)
         rng = np.random.default_rng([self.seed, self.epoch])
         self._order = rng.permutation(n) if self.shuffle else np.arange(n)
+        self._prefetched = {}  # decoded in another epoch's order
         self._augmentation = augmentation(self.seed * 1000 + self.epoch) if self.augment else None
 
     def materialize(self):
@@ -171,9 +174,12 @@ class ImageBatches(keras.utils.PyDataset):
     def __getitem__(self, index):
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} of {len(self)}")
-        rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        rows = self._rows(index)
         if self.from_files:
-            images, rows = self._decode(rows, index)
+            # The next batch is decoded while the model runs on this one.
+            future = self._prefetched.pop((self.epoch, index), None)
+            images, rows = future.result() if future is not None else self._decode(rows, index)
+            self._prefetch(index + 1)
         else:
             # A contiguous slice when in order: memory-mapped arrays then
             # read only the batch.
@@ -190,6 +196,18 @@ class ImageBatches(keras.utils.PyDataset):
         if self.labels is None:
             return (images,)
         return images, self.labels[rows]
+
+    def _rows(self, index):
+        return self._order[index * self.batch_size : (index + 1) * self.batch_size]
+
+    def _prefetch(self, index):
+        if index >= len(self) or (self.epoch, index) in self._prefetched:
+            return
+        if self._prefetcher is None:
+            self._prefetcher = ThreadPoolExecutor(1)
+        self._prefetched = {
+            (self.epoch, index): self._prefetcher.submit(self._decode, self._rows(index), index)
+        }
 
     def _decode(self, rows, index):
         if self._pool is None:
@@ -217,7 +235,7 @@ class ImageBatches(keras.utils.PyDataset):
 
     def __getstate__(self):  # the thread pool does not pickle
         state = dict(self.__dict__)
-        state["_pool"] = None
+        state.update(_pool=None, _prefetcher=None, _prefetched={})
         return state
 
 

@@ -133,7 +133,7 @@ def test_non_finite_batch_mid_stream_is_named(model):
     tf = pytest.importorskip("tensorflow")
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
     with pytest.raises(ValueError, match=r"batch 2\).*indices \[3\]"):
-        EarlyExitModel(model).calibrate(dataset)
+        EarlyExitModel(model).calibrate(dataset, flops_budget=0.6)
 
 
 def test_augmentation_changes_training_batches_only():

@@ -343,6 +343,10 @@ class DMPOClassifier(keras.Model):
             kwargs["validation_data"] = checked_stream(kwargs["validation_data"], "validation_data")
         if hasattr(x, "epoch_callback"):  # ImageBatches: shuffle/augmentation follow fit's epoch
             callbacks = [*(callbacks or []), x.epoch_callback()]
+            # It shuffles itself, from (seed, epoch); Keras' own shuffle of
+            # the batch order draws from Python's global RNG, which a resumed
+            # run does not restore.
+            kwargs.setdefault("shuffle", False)
         # A callback that schedules the loss weights says so (PhaseCallback
         # does); asking it keeps the model free of the training package.
         if not any(getattr(c, "controls_loss_weights", False) for c in (callbacks or [])):
