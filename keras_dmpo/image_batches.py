@@ -37,7 +37,7 @@ def augmentation(seed=0):
     Example:
     >>> import numpy as np
     >>> augment = augmentation(seed=0)
-    >>> augment(np.zeros((2, 32, 32, 3), "float32"), training=True).shape
+    >>> tuple(augment(np.zeros((2, 32, 32, 3), "float32"), training=True).shape)
     (2, 32, 32, 3)
     """
     seed = int(seed) % (2**31 - 3)

@@ -103,7 +103,10 @@ def test_int8_reads_a_random_subset_of_the_folder(fake_model, capsys, image_fold
     assert options["quantization"] == "int8"
     assert data.shape == (8,) + IMAGE_SHAPE and data.dtype == np.float32
     # Both classes are represented (the folder is read class by class).
-    all_images, labels, _ = cli.all_images(image_folder, IMAGE_SHAPE)
+    from keras_dmpo import image_folders
+
+    paths, labels, _ = image_folders.list_class_folder(image_folder)
+    all_images = image_folders.read_image_files(paths, IMAGE_SHAPE)
     rows = [int(np.flatnonzero((all_images == image).all(axis=(1, 2, 3)))[0]) for image in data]
     assert set(labels[rows]) == {0, 1}
 
