@@ -147,3 +147,19 @@ def test_augmentation_changes_training_batches_only():
     np.testing.assert_allclose(augmented[0][0], out, atol=1e-6)  # same epoch, same augmentation
     # Inference mode is the identity.
     np.testing.assert_allclose(keras.ops.convert_to_numpy(augmentation(0)(x, training=False)), x)
+
+
+def test_bad_arguments_name_the_argument():
+    x = np.zeros((4, 8, 8, 3), "float32")
+    with pytest.raises(ValueError, match=r"`batch_size` must be a positive integer; got 0"):
+        ImageBatches(x, batch_size=0)
+    with pytest.raises(ValueError, match=r"`image_shape` is required to read image files"):
+        ImageBatches(["a.png", "b.png"])
+    with pytest.raises(ValueError, match=r"`labels` has 3 entries for 4 images"):
+        ImageBatches(x, np.arange(3))
+    with pytest.raises(ValueError, match=r"`images` must be file paths or an array .*got shape \(4, 8\)"):
+        ImageBatches(np.zeros((4, 8)))
+    nan = x.copy()
+    nan[2, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"batch 1 has NaN or inf pixels in sample 0 \(image 2 of 4\)"):
+        ImageBatches(nan, batch_size=2)[1]
