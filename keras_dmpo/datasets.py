@@ -725,13 +725,3 @@ def check_data_spec(spec):
 def _split_folder(x, y, seed, fractions=(0.7, 0.15, 0.15)):
     parts = image_folders.split_indices(y, seed, fractions)
     return {name: (x[ix], y[ix]) for name, ix in zip(("train", "validation", "test"), parts)}
-
-
-def all_images(spec, image_shape):
-    """Every image of a folder (predict / calibrate on a user's folder), or a
-    named data set's test split."""
-    key = spec.lower().replace("-", "_")
-    if key in NAMED_DATA:
-        data = load_data(spec, image_shape)
-        return data["test"][0], data["test"][1], data["class_names"]
-    return image_folders.load_image_folder(spec, image_shape)
