@@ -287,9 +287,11 @@ def cmd_export(args):
         representative_data=representative,
         overwrite=args.overwrite,
         class_names=class_names,
+        web=args.web,
     )
     print(
         f"wrote {len(manifest['stages'])} stage graphs + monolithic.tflite + manifest.json to {args.output_dir}"
+        + (f" (batch-1 graphs for the browser: keras-dmpo web {args.output_dir})" if args.web else "")
     )
     return 0
 
@@ -668,6 +670,12 @@ def _export_arguments(export):
         type=int,
         default=200,
         help="int8 only: how many of those images to use (default 200, a random subset)",
+    )
+    export.add_argument(
+        "--web",
+        action="store_true",
+        help="graphs with a fixed batch of 1, which LiteRT.js in a browser needs (keras-dmpo web); "
+        "StagedRuntime runs them one image at a time",
     )
     export.add_argument("--overwrite", action="store_true")
 

@@ -137,11 +137,12 @@ def export_kwargs(exits):
     )
 
 
-def make_float_export(directory):
+def make_float_export(directory, web=False):
     """Export the tiny stage models in this (TensorFlow) process.
 
     Writes ``directory/export`` and ``directory/reference.npz`` (Keras exit
     probabilities of ``raw_images()``) and returns ``(export_dir, reference)``.
+    ``web``: batch-1 graphs (``export_stage_graphs(..., web=True)``).
     """
     from keras_dmpo.export.tflite import export_stage_graphs
     from keras_dmpo.policy.rule import exit_scores
@@ -154,7 +155,8 @@ def make_float_export(directory):
     t1 = midpoint_threshold(exit_scores(probabilities[0], "confidence"), 1 / 3)
     t2 = midpoint_threshold(exit_scores(probabilities[1], "confidence"), 1 / 2)
     export_dir = os.path.join(directory, "export")
-    export_stage_graphs(export_dir, models, export_spec(EXITS, [t1, t2, 0.0]), monolithic_model=monolithic)
+    spec = export_spec(EXITS, [t1, t2, 0.0])
+    export_stage_graphs(export_dir, models, spec, monolithic_model=monolithic, web=web)
     mono = np.asarray(monolithic(model_images)["probabilities"])
     reference = {f"exit_{k + 1}": p for k, p in enumerate(probabilities)}
     reference["monolithic"] = mono
@@ -166,20 +168,21 @@ def make_float_export(directory):
 _FLOAT_EXPORT = {}
 
 
-def float_export(tmp_path_factory):
-    """One float32 export per test process (in a TF subprocess off TF)."""
-    if "value" not in _FLOAT_EXPORT:
+def float_export(tmp_path_factory, web=False):
+    """One float32 export of each kind (dynamic batch, or batch-1 with
+    ``web``) per test process (in a TF subprocess off TF)."""
+    if web not in _FLOAT_EXPORT:
         import keras
 
-        directory = str(tmp_path_factory.mktemp("float_export"))
+        directory = str(tmp_path_factory.mktemp("web_export" if web else "float_export"))
         if keras.backend.backend() == "tensorflow":
-            _FLOAT_EXPORT["value"] = make_float_export(directory)
+            _FLOAT_EXPORT[web] = make_float_export(directory, web=web)
         else:
-            run_tensorflow_subprocess([__file__, directory])
+            run_tensorflow_subprocess([__file__, directory] + (["--web"] if web else []))
             with np.load(os.path.join(directory, "reference.npz")) as data:
                 reference = dict(data)
-            _FLOAT_EXPORT["value"] = (os.path.join(directory, "export"), reference)
-    return _FLOAT_EXPORT["value"]
+            _FLOAT_EXPORT[web] = (os.path.join(directory, "export"), reference)
+    return _FLOAT_EXPORT[web]
 
 
 def run_tensorflow_subprocess(args, timeout=600):
@@ -201,4 +204,4 @@ def load_manifest(directory):
 
 
 if __name__ == "__main__":
-    make_float_export(sys.argv[1])
+    make_float_export(sys.argv[1], web="--web" in sys.argv[2:])

@@ -123,10 +123,13 @@ def test_cli_verbs_on_an_image_folder(tiny_vit_preset, image_folder, tmp_path, c
         settings = json.load(handle)
 
     export_dir = str(tmp_path / "export")
-    code, out, err = run_cli(["export", "--model", model_path, "--output-dir", export_dir], capsys)
+    # --web: batch-1 graphs (dynamic-batch exports are covered by the export tests).
+    code, out, err = run_cli(["export", "--model", model_path, "--output-dir", export_dir, "--web"], capsys)
     assert code == 0, err
+    assert f"keras-dmpo web {export_dir}" in out
     with open(os.path.join(export_dir, "manifest.json")) as handle:
         manifest = json.load(handle)
+    assert manifest["stages"][0]["inputs"][0]["shape"][0] == 1
     assert settings["policy"]["criterion"] == "confidence"
     assert manifest["policy"]["thresholds"] == pytest.approx(settings["policy"]["thresholds"])
     assert manifest["class_names"] == ["circle", "square", "stripe"]

@@ -58,6 +58,7 @@ NOT_RUN = {
 ONLY_ON = {
     "keras_dmpo.export.onnx.export_onnx_stage_graphs": "tensorflow",
     "keras_dmpo.export.tflite.export_stage_graphs": "tensorflow",
+    "keras_dmpo.export.web_samples.write_web_samples": "tensorflow",
     "keras_dmpo.export.tflite_convert.convert_to_tflite": "tensorflow",
     # Builds its export in-process; the runtime itself is tested on every
     # backend against a TensorFlow-subprocess export (test_litert_runtime.py).

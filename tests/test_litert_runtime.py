@@ -274,3 +274,50 @@ def test_pixels_far_outside_the_input_range_warn_once(exported, broken):
     _edit_manifest(broken, preprocessing=preprocessing)
     with pytest.warns(RuntimeWarning, match=r"\[0, 1\] of raw pixels"):
         StagedRuntime(broken).predict(images)
+
+
+@pytest.fixture(scope="module")
+def web_exported(tmp_path_factory):
+    return float_export(tmp_path_factory, web=True)
+
+
+def test_web_export_has_batch_one_graphs_that_match_keras(web_exported, exported):
+    directory, reference = web_exported
+    manifest = json.load(open(os.path.join(directory, "manifest.json")))
+    graphs = manifest["stages"] + [manifest["monolithic"]]
+    assert {spec["shape"][0] for g in graphs for spec in g["inputs"] + g["outputs"]} == {1}
+    runtime = StagedRuntime(directory)
+    assert runtime.fixed_batch_size == 1 and StagedRuntime(exported[0]).fixed_batch_size is None
+    # Any batch_size: a batch-1 bundle runs the images one at a time.
+    for batch_size in (None, 5):
+        out = runtime.predict(reference["images"], batch_size=batch_size)
+        exit_index, probabilities = _reference(reference, runtime.thresholds)
+        assert sorted(set(exit_index.tolist())) == [0, 1, 2]
+        np.testing.assert_array_equal(out["exit_index"], exit_index)
+        assert np.abs(out["probabilities"] - probabilities).max() <= 1e-4
+    mono = runtime.predict_monolithic(reference["images"], batch_size=4)
+    assert np.abs(mono["probabilities"] - reference["monolithic"]).max() <= 1e-4
+    assert set(runtime.stage_latency(batch_size=1, repeats=2, warmup=0)) == {
+        "stage_1",
+        "stage_2",
+        "stage_3",
+        "monolithic",
+    }
+    with pytest.raises(ValueError, match=r"`batch_size` must be 1 for this bundle"):
+        runtime.stage_latency(batch_size=4)
+
+
+def test_a_bundle_mixing_batch_kinds_is_refused(web_exported, tmp_path):
+    from keras_dmpo.litert import validate_manifest
+
+    manifest = json.load(open(os.path.join(web_exported[0], "manifest.json")))
+    manifest["stages"][1]["outputs"][0]["shape"][0] = -1
+    with pytest.raises(
+        ValueError, match=r"manifest\['stages'\]\[1\]\['outputs'\]\[0\]\['shape'\]\[0\] must be 1"
+    ):
+        validate_manifest(manifest)
+    for graph in manifest["stages"] + [manifest["monolithic"]]:
+        for spec in graph["inputs"] + graph["outputs"]:
+            spec["shape"][0] = 8
+    with pytest.raises(ValueError, match=r"-1 \(dynamic batch\) or 1 \(web\); got 8"):
+        validate_manifest(manifest)

@@ -35,6 +35,7 @@ def main(argv=None):
     parser.add_argument("--quantization", default=None)
     parser.add_argument("--representative-data", default=None, help=".npy of model-space images (int8)")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--web", action="store_true", help="batch-1 graphs for LiteRT.js")
     parser.add_argument("--class-names", default=None, help="JSON list of names")
     parser.add_argument(
         "--exact-variables",
@@ -57,7 +58,9 @@ def main(argv=None):
     data = None if args.representative_data is None else np.load(args.representative_data)
     export = ee.export_tflite if args.format == "tflite" else ee.export_onnx
     kwargs = (
-        {"quantization": args.quantization, "representative_data": data} if args.format == "tflite" else {}
+        {"quantization": args.quantization, "representative_data": data, "web": args.web}
+        if args.format == "tflite"
+        else {}
     )
     export(args.directory, overwrite=args.overwrite, class_names=class_names, **kwargs)
 

@@ -35,6 +35,7 @@ def export_stage_graphs(
     quantization=None,
     representative_data=None,
     overwrite=False,
+    web=False,
 ):
     """Write ``stage_k.tflite`` files, ``monolithic.tflite`` and ``manifest.json``.
 
@@ -59,6 +60,11 @@ def export_stage_graphs(
             model-space images; stage k > 1 is calibrated on the tokens the
             preceding Keras stages compute from them.
         overwrite: replace a non-empty ``directory``.
+        web: write graphs with a fixed batch of 1 instead of a dynamic
+            batch. LiteRT.js (the browser runtime, ``keras-dmpo web``) cannot
+            resize a graph's inputs and refuses the dynamic ones;
+            ``StagedRuntime`` runs both kinds (a batch-1 bundle one image at
+            a time). The manifest's tensor shapes say which kind a bundle is.
 
     Returns:
         The manifest (dict) that was written.
@@ -88,12 +94,17 @@ def export_stage_graphs(
     _check_stage_signatures(stage_models, monolithic_model)
     check_tensorflow_backend("export_stage_graphs")
 
+    if not isinstance(web, bool):
+        raise ValueError(f"`web` must be True or False; got {web!r}.")
     stage_inputs = [calibration]  # int8: what the next stage is calibrated on
 
     def convert(model, index):
         data = calibration if index is None else stage_inputs[0]
         flatbuffer = convert_to_tflite(
-            model, quantization=quantization, representative_data=data if quantization == "int8" else None
+            model,
+            quantization=quantization,
+            representative_data=data if quantization == "int8" else None,
+            batch_size=1 if web else None,
         )
         if data is not None and index is not None and index + 1 < len(stage_models):
             stage_inputs[0] = _stage_tokens(model, data)

@@ -27,11 +27,14 @@ def check_tensorflow_backend(what):
         )
 
 
-def convert_to_tflite(model, quantization=None, representative_data=None):
+def convert_to_tflite(model, quantization=None, representative_data=None, batch_size=None):
     """Convert a Keras model to TFLite bytes, builtin ops only.
 
     Args:
         model: a built ``keras.Model`` (TensorFlow backend).
+        batch_size: ``None`` for a dynamic batch dimension (``-1`` in the
+            graph; the runtime resizes it), or a fixed batch size such as 1,
+            which LiteRT.js needs (it cannot resize inputs).
         quantization: ``None`` (float32), ``"dynamic"`` (int8 weights),
             ``"float16"`` (fp16 weights) or ``"int8"`` (full integer ops with
             float input/output; needs ``representative_data``).
@@ -65,8 +68,9 @@ def convert_to_tflite(model, quantization=None, representative_data=None):
             "`quantization='int8'` needs `representative_data` (a few hundred "
             "typical input images) to calibrate activation ranges."
         )
+    check_batch_size(batch_size)
     with tempfile.TemporaryDirectory() as saved_model_dir:
-        _write_saved_model(model, saved_model_dir)
+        _write_saved_model(model, saved_model_dir, batch_size)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if quantization is not None:
@@ -88,20 +92,37 @@ def convert_to_tflite(model, quantization=None, representative_data=None):
     return flatbuffer
 
 
-def _write_saved_model(model, directory):
+def check_batch_size(batch_size):
+    """None (dynamic) or a positive int, else a ``ValueError`` naming ``batch_size``."""
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be None (dynamic) or a positive integer; got {batch_size!r}.")
+    return batch_size
+
+
+def _write_saved_model(model, directory, batch_size=None):
     """A minimal SavedModel: the variables and one serving function.
 
     ``model.export`` traces every function several times (about half of the
     conversion time for a ViT stage). A functional model only needs one trace
-    with an unknown batch dimension; other models go through ``export``.
+    with the batch dimension ``batch_size`` (None: unknown, which the
+    converter writes as -1); other models go through ``export``.
     """
     import tensorflow as tf
 
     inputs = getattr(model, "inputs", None)
     if not inputs:
+        if batch_size is not None:
+            raise ValueError(
+                f"`batch_size={batch_size}` needs a functional model (one with symbolic inputs); "
+                f"{model.name!r} has none."
+            )
         model.export(directory, format="tf_saved_model", verbose=False)
         return
-    specs = [tf.TensorSpec((None,) + tuple(t.shape[1:]), t.dtype, name=t.name.split(":")[0]) for t in inputs]
+    specs = [
+        tf.TensorSpec((batch_size,) + tuple(t.shape[1:]), t.dtype, name=t.name.split(":")[0]) for t in inputs
+    ]
 
     def serve(*tensors):
         return model(tensors[0] if len(tensors) == 1 else list(tensors), training=False)

@@ -438,7 +438,13 @@ class EarlyExitModel(HoldsPolicy):
 
     # --- export ---------------------------------------------------------------
     def export_tflite(
-        self, directory, quantization=None, representative_data=None, overwrite=False, class_names=None
+        self,
+        directory,
+        quantization=None,
+        representative_data=None,
+        overwrite=False,
+        class_names=None,
+        web=False,
     ):
         """Write TFLite stage graphs, a monolithic graph and ``manifest.json``.
 
@@ -454,6 +460,9 @@ class EarlyExitModel(HoldsPolicy):
             representative_data: images for int8 calibration.
             overwrite: replace an existing non-empty directory.
             class_names: optional names stored in the manifest.
+            web: graphs with a fixed batch of 1, which the browser runtime
+                (LiteRT.js, ``keras-dmpo web``) needs; ``StagedRuntime`` runs
+                them one image at a time.
 
         Returns:
             The manifest (dict).
@@ -466,6 +475,7 @@ class EarlyExitModel(HoldsPolicy):
             representative_data=representative_data,
             overwrite=overwrite,
             class_names=class_names,
+            web=web,
         )
 
     def export_onnx(self, directory, overwrite=False, class_names=None):

@@ -45,7 +45,15 @@ def export_spec(ee, class_names=None):
 
 
 def export(
-    ee, fmt, directory, *, quantization=None, representative_data=None, overwrite=False, class_names=None
+    ee,
+    fmt,
+    directory,
+    *,
+    quantization=None,
+    representative_data=None,
+    overwrite=False,
+    class_names=None,
+    web=False,
 ):
     """Export ``ee`` as ``fmt`` ("tflite" or "onnx"); returns the manifest.
 
@@ -57,10 +65,16 @@ def export(
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"`quantization` must be one of {QUANTIZATIONS}; got {quantization!r}.")
     check_int8_data(representative_data, spec.image_shape, quantization)
+    if not isinstance(web, bool):
+        raise ValueError(f"`web` must be True or False; got {web!r}.")
+    if web and fmt != "tflite":
+        raise ValueError(
+            f"`web=True` is a TFLite option (LiteRT.js runs .tflite graphs); got format {fmt!r}."
+        )
     bundle.check_output_directory(directory, overwrite)
     if keras.backend.backend() != "tensorflow":
         return _in_tensorflow_subprocess(
-            fmt, ee, directory, quantization, representative_data, overwrite, class_names
+            fmt, ee, directory, quantization, representative_data, overwrite, class_names, web
         )
     stage_models = ee.model.build_stage_models(probabilities=True)
     monolithic = ee.model.build_single_exit_model()
@@ -75,13 +89,16 @@ def export(
             if representative_data is None
             else np.asarray(representative_data, "float32"),
             overwrite=overwrite,
+            web=web,
         )
     return export_onnx_stage_graphs(
         directory, stage_models, spec, monolithic_model=monolithic, overwrite=overwrite
     )
 
 
-def _in_tensorflow_subprocess(fmt, ee, directory, quantization, representative_data, overwrite, class_names):
+def _in_tensorflow_subprocess(
+    fmt, ee, directory, quantization, representative_data, overwrite, class_names, web=False
+):
     with tempfile.TemporaryDirectory(prefix="keras_dmpo_export_") as tmp:
         model_path = os.path.join(tmp, "model.keras")
         ee.save(model_path)
@@ -102,6 +119,8 @@ def _in_tensorflow_subprocess(fmt, ee, directory, quantization, representative_d
             command += ["--representative-data", data_path]
         if overwrite:
             command.append("--overwrite")
+        if web:
+            command.append("--web")
         if class_names is not None:
             command += ["--class-names", json.dumps([str(c) for c in class_names])]
         env = {**os.environ, "KERAS_BACKEND": "tensorflow"}

@@ -24,6 +24,9 @@ QUANTIZATION_MODES = (None, "dynamic", "float16", "int8")
 # to parse).
 MAX_MANIFEST_BYTES = 16 << 20
 PREPROCESSING_KEYS = ("scale", "offset", "input_range", "resize", "channels", "color_order", "formula")
+# The leading dimension of every graph tensor: dynamic, or the fixed batch
+# of one that LiteRT.js needs.
+BATCH_DIMENSIONS = (-1, 1)
 TENSOR_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
 
 
@@ -242,12 +245,45 @@ def validate_manifest(manifest, source="manifest.json"):
     image_shape, num_classes, exits = _check_model_keys(check, manifest)
     legacy_thresholds = _check_policy(check, manifest, len(exits))
     files = _check_stages(check, manifest, image_shape, num_classes, exits, legacy_thresholds)
+    _check_batch_dimension(check, manifest)
     seen = {}
     for where, name in files:
         if name in seen:
             check.fail(where, name, f"a file of its own (also named by {seen[name]})")
         seen[name] = where
     return manifest
+
+
+def _graph_entries(manifest):
+    """``[(where, entry)]`` of every graph: the stages, then the monolithic one."""
+    entries = [(f"manifest['stages'][{i}]", entry) for i, entry in enumerate(manifest["stages"])]
+    if manifest.get("monolithic") is not None:
+        entries.append(("manifest['monolithic']", manifest["monolithic"]))
+    return entries
+
+
+def _check_batch_dimension(check, manifest):
+    """Every tensor of every graph has the same leading (batch) dimension:
+    -1 (dynamic, resized by the runtime) or 1 (a ``web=True`` export, for
+    runtimes that cannot resize, such as LiteRT.js)."""
+    first = manifest["stages"][0]["inputs"][0]["shape"][0]
+    if first not in BATCH_DIMENSIONS:
+        check.fail("manifest['stages'][0]['inputs'][0]['shape'][0]", first, "-1 (dynamic batch) or 1 (web)")
+    for where, entry in _graph_entries(manifest):
+        for kind in ("inputs", "outputs"):
+            for j, spec in enumerate(entry[kind]):
+                if spec["shape"][0] != first:
+                    check.fail(
+                        f"{where}['{kind}'][{j}]['shape'][0]",
+                        spec["shape"][0],
+                        f"{first}, the batch dimension of manifest['stages'][0]'s input (one kind of graph per bundle)",
+                    )
+
+
+def fixed_batch_size(manifest):
+    """1 for a validated manifest of batch-1 graphs (``web=True``), None for dynamic ones."""
+    first = manifest["stages"][0]["inputs"][0]["shape"][0]
+    return None if first == -1 else first
 
 
 def _check_header(check, manifest, source):

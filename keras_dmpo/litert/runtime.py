@@ -189,6 +189,8 @@ class StagedRuntime(HoldsPolicy):
         self.flops_per_exit = np.array([stage["flops"] for stage in manifest["stages"]], dtype=np.float64)
         self.full_model_flops = manifest.get("full_model_flops")
         self.class_names = manifest.get("class_names")
+        # 1 for a web=True bundle: its graphs take one image per call.
+        self.fixed_batch_size = manifest_schema.fixed_batch_size(manifest)
         self._set_preprocessing(manifest["preprocessing"])
         entries = [(f"manifest['stages'][{k}]['file']", entry) for k, entry in enumerate(manifest["stages"])]
         if manifest.get("monolithic"):
@@ -316,7 +318,9 @@ class StagedRuntime(HoldsPolicy):
         Args:
             images: ``(N, H, W, C)`` raw images (see the class docstring).
             batch_size: samples per stage-1 call; ``None`` runs all at once.
-                Use 1 to mimic a phone answering one image at a time.
+                Use 1 to mimic a phone answering one image at a time. A
+                batch-1 bundle (``web=True`` export) always runs one image
+                at a time.
             allow_non_finite: let images with NaN or inf pixels through
                 (their outputs are meaningless). By default they raise a
                 ``ValueError`` naming the first such samples.
@@ -333,6 +337,8 @@ class StagedRuntime(HoldsPolicy):
         x = self.preprocess(images, allow_non_finite=allow_non_finite)
         num_samples = x.shape[0]
         batch_size = num_samples if batch_size is None else int(batch_size)
+        if self.fixed_batch_size is not None:
+            batch_size = self.fixed_batch_size
         probabilities = np.zeros((num_samples, self.num_classes), dtype=np.float32)
         exit_index = np.zeros(num_samples, dtype=np.int64)
         batch_one = batch_size == 1
@@ -390,6 +396,8 @@ class StagedRuntime(HoldsPolicy):
             )
         x = self.preprocess(images, allow_non_finite=allow_non_finite)
         batch_size = x.shape[0] if batch_size is None else int(batch_size)
+        if self.fixed_batch_size is not None:
+            batch_size = self.fixed_batch_size
         name = self._monolithic.entry["inputs"][0]["name"]
         chunks = [
             self._monolithic(**{name: x[i : i + batch_size]})["probabilities"]
@@ -406,6 +414,11 @@ class StagedRuntime(HoldsPolicy):
         Inputs are random but of the right shape; stage cost does not depend
         on the values. Returns a dict ``{"stage_1": ms, ..., "monolithic": ms}``.
         """
+        if self.fixed_batch_size is not None and batch_size != self.fixed_batch_size:
+            raise ValueError(
+                f"`batch_size` must be {self.fixed_batch_size} for this bundle (its graphs have a "
+                f"fixed batch: a web=True export); got {batch_size!r}."
+            )
         rng = np.random.default_rng(0)
         graphs = [(f"stage_{k + 1}", s) for k, s in enumerate(self._stages)]
         if self._monolithic is not None:
