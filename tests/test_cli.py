@@ -221,12 +221,20 @@ def test_demo_end_to_end_tiny(tiny_vit_preset, tmp_path, capsys):
         capsys,
     )
     assert code == 0, err
-    for name in ("report.md", "summary.json", "accuracy_vs_flops.png", "model.keras", "tflite/manifest.json"):
+    for name in (
+        "report.md",
+        "summary.json",
+        "accuracy_vs_flops.png",
+        "model.keras",
+        "tflite/manifest.json",
+        "tflite/samples/index.json",
+    ):
         assert os.path.exists(os.path.join(out_dir, name)), name
     with open(os.path.join(out_dir, "summary.json")) as handle:
         summary = json.load(handle)
     assert summary["litert"]["same_exit"] == 1.0
     assert "LiteRT vs Keras" in out
+    assert f"keras-dmpo web {os.path.join(out_dir, 'tflite')}" in out
 
 
 @pytest.mark.parametrize(
