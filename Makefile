@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.keras_dmpo-installed
 
-.PHONY: install demo test data weights clean
+.PHONY: install demo test data weights browser clean
 
 # Re-installs only when pyproject.toml or constraints.txt changes; otherwise a
 # no-op. constraints.txt holds the exact versions (pyproject.toml has ranges).
@@ -30,7 +30,11 @@ weights: $(STAMP)
 demo: $(STAMP) data weights
 	$(VENV)/bin/keras-dmpo demo $(ARGS)
 
-test: $(STAMP)
+# Debian's Chromium (and Node.js) for the browser tests; a no-op once installed.
+browser:
+	@bash scripts/get_browser.sh
+
+test: $(STAMP) browser
 	@bash scripts/test_all_backends.sh $(ARGS)
 
 clean:
