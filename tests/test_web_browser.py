@@ -145,6 +145,11 @@ def session(tmp_path_factory):
         "bad_hash": _edited(bundle, tmp_path, "bad_hash", _bad_hash),
         "dynamic": _edited(bundle, tmp_path, "dynamic", _dynamic),
     }
+    # An image of another size than the model's, for the drop zone (resized by the browser).
+    from PIL import Image
+
+    upload = str(tmp_path / "mine.png")
+    Image.fromarray(np.repeat(np.repeat(images[0], 2, axis=0), 3, axis=1)).save(upload)
     urls = {}
     with (
         web_checks.serving(bundle, modules) as isolated,
@@ -157,7 +162,7 @@ def session(tmp_path_factory):
         urls["dynamic"] = dynamic
         single_check = f"window.kerasDmpo.runTensors({json.dumps(data['tensors'][:4])}, null)"
         visits = [
-            {"url": isolated, "evaluate": evaluate},
+            {"url": isolated, "evaluate": evaluate, "upload": upload},
             {"url": single, "evaluate": single_check, "waitSamples": False},
             {"url": bad_name, "waitSamples": False},
             {"url": bad_hash, "waitSamples": False},
@@ -237,6 +242,12 @@ def test_page_renders_the_samples_without_console_errors(session):
     assert np.abs(probabilities - expected["probabilities"]).max() <= 1e-4
     assert [r["trueLabel"] for r in value["samples"]] == session["labels"].tolist()
     assert all(r["stagedMs"] > 0 and r["monolithicMs"] > 0 for r in value["samples"])
+
+
+def test_the_drop_zone_answers_for_an_image_of_another_size(session):
+    text = session["pages"]["isolated"]["dropped"]
+    assert "mine.png" in text and "FLOPs" in text and "staged" in text, text
+    assert "class_" in text  # the top classes by name
 
 
 def test_without_isolation_it_runs_single_threaded(session):

@@ -2,9 +2,10 @@
 // Chromium and print one JSON line with what each visit saw.
 //
 // SPEC: {"visits": [{"url": ..., "evaluate": "<JS expression, may be a
-// promise>", "waitSamples": true, "timeoutMs": 120000}, ...]}
-// Each result: {ready, errorPanel, value (of evaluate), consoleErrors,
-// pageErrors, failedRequests, crossOriginIsolated}.
+// promise>", "upload": "<image file for the drop zone>", "waitSamples": true,
+// "timeoutMs": 120000}, ...]}
+// Each result: {ready, errorPanel, value (of evaluate), dropped (the drop
+// zone's text), consoleErrors, pageErrors, failedRequests, crossOriginIsolated}.
 
 import { readFile } from 'node:fs/promises';
 
@@ -24,8 +25,15 @@ try {
         timeoutMs: visit.timeoutMs ?? 120000,
       });
       const value = visit.evaluate ? await page.evaluate(visit.evaluate) : null;
+      let dropped = null;
+      if (visit.upload) {
+        // The drop zone's file input, as a person choosing a file would use it.
+        await (await page.$('#file-input')).uploadFile(visit.upload);
+        await page.waitForSelector('#drop-result .card, #drop-result .warning');
+        dropped = await page.evaluate(() => document.getElementById('drop-result').innerText);
+      }
       const crossOriginIsolated = await page.evaluate(() => globalThis.crossOriginIsolated === true);
-      results.push({ ...state, value, crossOriginIsolated, ...problems });
+      results.push({ ...state, value, dropped, crossOriginIsolated, ...problems });
     } catch (error) {
       // Say what the page showed, not only that a wait timed out.
       const status = await page.evaluate(() => document.body?.innerText.slice(0, 2000)).catch(() => null);

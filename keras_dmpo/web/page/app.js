@@ -107,7 +107,8 @@ function card(result, imageSource, numExits) {
     `${predicted}${verdict}`);
   caption.append(line);
   if (result.correct === false) caption.append(element('div', 'muted', `true: ${result.trueName}`));
-  caption.append(element('div', 'timing', `staged ${ms(result.stagedMs)} · full ${ms(result.monolithicMs)}`));
+  caption.append(element('div', 'timing', `staged ${ms(result.stagedMs)}`));
+  if (result.monolithicMs !== null) caption.append(element('div', 'timing', `full graph ${ms(result.monolithicMs)}`));
   node.append(caption);
   node.dataset.exitIndex = String(result.exitIndex);
   return node;
@@ -233,6 +234,7 @@ async function predictDropped(runtime, file) {
     const top = Array.from(prediction.probabilities, (p, i) => [p, i]).sort((a, b) => b[0] - a[0]).slice(0, 3);
     const list = element('ol', 'top-classes');
     for (const [p, i] of top) list.append(element('li', '', `${runtime.classNames ? runtime.classNames[i] : `class ${i}`}: ${percent(p)}`));
+    node.querySelector('figcaption').prepend(element('div', 'muted', file.name));
     node.querySelector('figcaption').append(list);
     target.replaceChildren(node);
   } catch (error) {
