@@ -73,10 +73,13 @@ def running(web_bundle, tmp_path, fake_modules):
         yield url
 
 
-def _get(url, path, method="GET"):
+def _get(url, path, method="GET", host_header=None):
     host, port = url.split("//")[1].rstrip("/").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=10)
-    connection.putrequest(method, path, skip_accept_encoding=True)  # the raw path, not normalised
+    # The raw path, not normalised.
+    connection.putrequest(method, path, skip_host=host_header is not None, skip_accept_encoding=True)
+    if host_header is not None:
+        connection.putheader("Host", host_header)
     connection.endheaders()
     response = connection.getresponse()
     body = response.read()
@@ -128,6 +131,15 @@ def test_routes_and_types(running):
 def test_refused_paths(running, path):
     status, _, body = _get(running, path)
     assert status == 404, (path, body)
+
+
+def test_only_its_own_host_names_are_answered(running):
+    port = running.rstrip("/").rsplit(":", 1)[1]
+    for name in ("127.0.0.1", "localhost", "LOCALHOST"):
+        assert _get(running, "/bundle/manifest.json", host_header=f"{name}:{port}")[0] == 200
+    # A page whose DNS name was rebound to 127.0.0.1 sends its own name.
+    for name in (f"evil.example:{port}", "evil.example", "127.0.0.1", ""):
+        assert _get(running, "/bundle/manifest.json", host_header=name)[0] == 421, name
 
 
 def test_isolation_headers(web_bundle, fake_modules):

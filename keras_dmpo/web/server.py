@@ -11,7 +11,9 @@ URL layout (GET and HEAD only; anything else is 404 or 405):
 
 Every path resolves to a regular file inside its root or is 404: no
 directory listing, no ``..``, no hidden names, no symlink that leaves the
-root. With isolation (the default) every response carries
+root. On a loopback address, a request whose ``Host`` header is not one of
+the server's own names is refused (421): a web page that points its DNS
+name at 127.0.0.1 cannot read what is served. With isolation (the default) every response carries
 ``Cross-Origin-Opener-Policy: same-origin`` and
 ``Cross-Origin-Embedder-Policy: require-corp``, which make the page
 cross-origin isolated, so SharedArrayBuffer and LiteRT.js's threaded wasm
@@ -128,6 +130,11 @@ class WebRequestHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
 
     def _serve(self, body):
+        allowed = self.server.allowed_hosts
+        if allowed is not None and self.headers.get("Host", "").lower() not in allowed:
+            # A loopback server answers only to its own names: a web page that
+            # rebinds its DNS name to 127.0.0.1 cannot read the bundle.
+            return self._refuse(421, "Misdirected Request")
         raw_path = urllib.parse.urlsplit(self.path).path
         try:
             path = urllib.parse.unquote(raw_path, errors="strict")
@@ -176,6 +183,14 @@ class WebServer(http.server.ThreadingHTTPServer):
         if ":" in host:
             self.address_family = socket.AF_INET6
         super().__init__(address, WebRequestHandler)
+        port = self.server_address[1]
+        # On loopback, the Host header must be one of this server's names;
+        # elsewhere (--host 0.0.0.0) any name that reaches it is meant to.
+        self.allowed_hosts = (
+            {f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]", host.lower())}
+            if is_loopback(host)
+            else None
+        )
 
     @property
     def url(self):
