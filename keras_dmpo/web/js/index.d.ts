@@ -189,7 +189,9 @@ export class StagedRuntime {
   readonly numThreads: number;
   readonly numExits: number;
   readonly hasMonolithic: boolean;
-  policy: ExitPolicy;
+  /** The exit policy in use; assign another one (or its dict) to change it. */
+  get policy(): ExitPolicy;
+  set policy(value: ExitPolicy | PolicyDict);
   /** Stage 1's model-space input for a Float32Array (checked) or an image. */
   modelInput(input: Float32Array | ImageInput): Promise<Float32Array>;
   predict(input: Float32Array | ImageInput, options?: { policy?: PolicyDict | ExitPolicy }): Promise<Prediction>;
