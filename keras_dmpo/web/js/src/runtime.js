@@ -8,7 +8,7 @@
 import { loadAndCompile, Tensor } from '@litertjs/core';
 
 import { BundleError, pyRepr } from './bundle_error.js';
-import { bundleBase, fetchGraph, fetchManifest } from './bundle_fetch.js';
+import { bundleBase, fetchGraph, fetchManifest, fileUrl } from './bundle_fetch.js';
 import { ensureLiteRt } from './litert_loader.js';
 import { graphEntries, validateManifest } from './manifest.js';
 import { argmax, ExitPolicy } from './policy.js';
@@ -52,7 +52,7 @@ function checkSignature(url, runner, entry) {
 
 async function compileGraph(base, entry, options) {
   const bytes = await fetchGraph(base, entry, options);
-  const url = new URL(encodeURIComponent(entry.file), base).href;
+  const url = fileUrl(base, entry.file).href;
   let compiled;
   try {
     compiled = await loadAndCompile(bytes, { accelerator: 'wasm', cpuOptions: { numThreads: options.numThreads } });
