@@ -100,7 +100,24 @@ EVALUATE = """(async () => {
   const data = %s;
   const runs = [];
   for (const policy of data.policies) runs.push(await page.runTensors(data.tensors, policy));
+  // Every LiteRT tensor fed to or returned by a graph must be deleted when
+  // predict returns (the wasm heap is not garbage collected).
+  const graphs = [...page.runtime._stages, page.runtime._monolithic];
+  const tensors = [];
+  for (const graph of graphs) {
+    const run = graph.runner.run.bind(graph.runner);
+    graph.runner.run = async (inputs) => {
+      const outputs = await run(inputs);
+      tensors.push(...Object.values(inputs), ...Object.values(outputs));
+      return outputs;
+    };
+  }
+  const deepest = { ...data.policies[1], thresholds: [1, 1, 0], calibration: null };
+  await page.runTensors(data.tensors.slice(0, 4), deepest);
+  await page.runMonolithic(data.tensors.slice(0, 2));
+  for (const graph of graphs) delete graph.runner.run;
   return {
+    freed: { tensors: tensors.length, deleted: tensors.filter((t) => t.deleted).length },
     runs,
     monolithic: await page.runMonolithic(data.tensors),
     rule: (%s)(page.api, data.ruleCases),
@@ -198,6 +215,13 @@ def test_same_exits_labels_and_probabilities_as_python_per_criterion(session):
         assert diff <= 1e-4, name
         # Each criterion sends images to more than one exit.
         assert len(set(exits.tolist())) >= 2, name
+
+
+def test_every_litert_tensor_is_freed(session):
+    freed = session["pages"]["isolated"]["value"]["freed"]
+    # 4 images through 3 stages (input, probabilities, tokens each; no tokens
+    # out of the last) and 2 through the monolithic graph (input, probabilities).
+    assert freed == {"tensors": 4 * 8 + 2 * 2, "deleted": 4 * 8 + 2 * 2}
 
 
 def test_monolithic_graph_matches(session):
