@@ -301,3 +301,16 @@ def test_tampered_bundles_are_refused_visibly(session, name, message):
     assert message in page["errorPanel"]["text"]
     assert "The bundle was refused" in page["errorPanel"]["text"]
     assert page["pageErrors"] == []
+
+
+def test_screenshot_script_writes_a_whole_png(session, tmp_path):
+    from keras_dmpo.web.screenshot import main
+
+    web_checks.tools()
+    out = tmp_path / "page.png"
+    assert main([session["bundle"], str(out), "--width", "800", "--height", "600"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["page.png"]  # no temporary file left
+    with pytest.raises(SystemExit):
+        main([session["bundle"]])
+    assert main([session["bundle"], str(tmp_path / "page.jpg")]) == 2
