@@ -116,7 +116,12 @@ EVALUATE = """(async () => {
   await page.runTensors(data.tensors.slice(0, 4), deepest);
   await page.runMonolithic(data.tensors.slice(0, 2));
   for (const graph of graphs) delete graph.runner.run;
+  // Predictions started together run one after the other, with the same answers.
+  const together = await Promise.all(
+    data.tensors.slice(0, 6).map((t) => page.runtime.predict(Float32Array.from(t))),
+  );
   return {
+    together: together.map((p) => [p.exitIndex, Array.from(p.probabilities)]),
     freed: { tensors: tensors.length, deleted: tensors.filter((t) => t.deleted).length },
     runs,
     monolithic: await page.runMonolithic(data.tensors),
@@ -222,6 +227,12 @@ def test_every_litert_tensor_is_freed(session):
     # 4 images through 3 stages (input, probabilities, tokens each; no tokens
     # out of the last) and 2 through the monolithic graph (input, probabilities).
     assert freed == {"tensors": 4 * 8 + 2 * 2, "deleted": 4 * 8 + 2 * 2}
+
+
+def test_predictions_started_together_give_the_same_answers(session):
+    value = session["pages"]["isolated"]["value"]
+    alone = [[r["exitIndex"], r["probabilities"]] for r in value["runs"][0][:6]]
+    assert value["together"] == alone
 
 
 def test_monolithic_graph_matches(session):

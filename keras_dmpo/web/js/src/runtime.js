@@ -105,6 +105,17 @@ export class StagedRuntime {
     this._monolithic = monolithic;
     this._policy = policy;
     this._deleted = false;
+    this._queue = Promise.resolve();
+  }
+
+  /**
+   * Run `work` after every call queued before it: a graph is never run by two
+   * predictions at once (a dropped image while the samples run, say).
+   */
+  _exclusive(work) {
+    const result = this._queue.then(work);
+    this._queue = result.catch(() => {});
+    return result;
   }
 
   /**
@@ -210,6 +221,11 @@ export class StagedRuntime {
     this._checkAlive();
     const policy = options.policy ? toPolicy(options.policy, this.numExits) : this._policy;
     const x = await this.modelInput(input);
+    return this._exclusive(() => this._runStages(x, policy));
+  }
+
+  async _runStages(x, policy) {
+    this._checkAlive();
     const owned = [];
     const track = (tensor) => (owned.push(tensor), tensor);
     let feed = track(new Tensor(x, [1, ...this.imageShape]));
@@ -255,6 +271,11 @@ export class StagedRuntime {
       throw new Error(`The bundle at ${this.bundleUrl} has no monolithic graph (manifest['monolithic'] is null).`);
     }
     const x = await this.modelInput(input);
+    return this._exclusive(() => this._runMonolithic(x));
+  }
+
+  async _runMonolithic(x) {
+    this._checkAlive();
     const graph = this._monolithic;
     const feed = new Tensor(x, [1, ...this.imageShape]);
     let outputs = {};
@@ -269,10 +290,15 @@ export class StagedRuntime {
     }
   }
 
-  /** Free the compiled graphs; the runtime cannot predict afterwards. */
+  /**
+   * Free the compiled graphs (once a prediction under way is done); the
+   * runtime cannot predict afterwards.
+   */
   delete() {
     if (this._deleted) return;
     this._deleted = true;
-    for (const graph of [...this._stages, this._monolithic]) if (graph) graph.compiled.delete();
+    this._exclusive(() => {
+      for (const graph of [...this._stages, this._monolithic]) if (graph) graph.compiled.delete();
+    });
   }
 }
