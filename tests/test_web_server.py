@@ -106,6 +106,22 @@ def test_routes_and_types(running):
     assert status == 200 and body == b"" and int(headers["Content-Length"]) > 0
 
 
+def test_a_bundle_without_samples_has_an_empty_sample_index(running, web_bundle, tmp_path, fake_modules):
+    # The fixture's bundle has no samples/: an empty index, not a 404 the browser would log.
+    status, _, body = _get(running, "/bundle/samples/index.json")
+    assert status == 200 and json.loads(body) == {"images": []}
+    # With samples/ the bundle's own index is served, and nothing else stands in for a missing file.
+    bundle = _copy(web_bundle, tmp_path, name="with_samples")
+    os.makedirs(os.path.join(bundle, "samples"))
+    with web_checks.serving(bundle, fake_modules) as url:
+        assert _get(url, "/bundle/samples/index.json")[0] == 404
+        with open(os.path.join(bundle, "samples", "index.json"), "w") as handle:
+            json.dump({"images": [{"file": "0000.png", "label": None, "label_name": None}]}, handle)
+        status, _, body = _get(url, "/bundle/samples/index.json")
+        assert status == 200 and len(json.loads(body)["images"]) == 1
+        assert _get(url, "/bundle/samples/no_samples.json")[0] == 404
+
+
 @pytest.mark.parametrize(
     "path",
     [

@@ -48,6 +48,11 @@ CONTENT_TYPES = {
     ".ts": "text/plain; charset=utf-8",
     ".md": "text/plain; charset=utf-8",
 }
+# What /bundle/samples/index.json is for a bundle exported without samples:
+# an empty list from the page's folder, so that the page shows no grid
+# rather than a 404 in the browser's console.
+SAMPLES_INDEX = "samples/index.json"
+NO_SAMPLES = "no_samples.json"
 # The only packages /vendor/ serves: the runtime's dependency and its own.
 VENDOR_PACKAGES = ("@litertjs/core", "@litertjs/wasm-utils")
 
@@ -86,7 +91,14 @@ class WebRoutes:
             return resolve_inside(self.page_dir, "index.html")
         prefix, _, rest = path[1:].partition("/")
         if prefix == "bundle":
-            return resolve_inside(self.bundle_dir, rest)
+            found = resolve_inside(self.bundle_dir, rest)
+            if (
+                found is None
+                and rest == SAMPLES_INDEX
+                and not os.path.lexists(os.path.join(self.bundle_dir, "samples"))
+            ):
+                return resolve_inside(self.page_dir, NO_SAMPLES)
+            return found
         if prefix == "runtime":
             if rest.split("/")[0] == "node_modules":
                 return None
