@@ -28,6 +28,8 @@ import socket
 import urllib.parse
 
 from keras_dmpo.web import JS_DIR, PAGE_DIR
+from keras_dmpo.web.bundle_check import check_web_bundle
+from keras_dmpo.web.npm_deps import ensure_node_modules
 
 ISOLATION_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
@@ -255,12 +257,8 @@ def make_server(
     if not os.path.isdir(bundle_dir):
         raise FileNotFoundError(f"Bundle directory {bundle_dir!r} does not exist (keras-dmpo export --web).")
     if check_bundle:
-        from keras_dmpo.web.bundle_check import check_web_bundle
-
         check_web_bundle(bundle_dir)
     if node_modules is None:
-        from keras_dmpo.web.npm_deps import ensure_node_modules
-
         node_modules = ensure_node_modules()
     routes = WebRoutes(bundle_dir, node_modules)
     try:
