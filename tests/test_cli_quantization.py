@@ -67,7 +67,13 @@ def test_float32_is_no_quantization(fake_model, capsys, flag, expected):
     code, out, _ = export(flag, capsys)
     assert code == 0 and "wrote 2 stage graphs" in out
     assert fake_model.calls == [
-        {"quantization": expected, "representative_data": None, "overwrite": False, "class_names": None}
+        {
+            "quantization": expected,
+            "representative_data": None,
+            "overwrite": False,
+            "class_names": None,
+            "web": False,
+        }
     ]
 
 
