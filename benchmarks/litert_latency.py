@@ -65,7 +65,9 @@ import numpy as np  # noqa: E402
 from litert_latency_tables import markdown  # noqa: E402  (beside this script)
 
 from keras_dmpo.atomic_io import write_json_atomic  # noqa: E402
-from keras_dmpo.litert.manifest import QUANTIZATION_MODES as QUANTIZATIONS  # noqa: E402
+
+# The converter's modes (the LiteRT quantizer's recipes: quantization_analysis.py).
+from keras_dmpo.litert.manifest import CONVERTER_QUANTIZATIONS as QUANTIZATIONS  # noqa: E402
 from keras_dmpo.policy import rule as exit_rule  # noqa: E402
 from keras_dmpo.preset_catalog import DINOV2_BENCHMARK_IMAGE_SIZE  # noqa: E402
 

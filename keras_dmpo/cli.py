@@ -21,14 +21,15 @@ import numpy as np
 from keras_dmpo import preset_catalog, preset_fetch, preset_registry, recipe
 from keras_dmpo.atomic_io import is_partial_name, write_json_atomic
 from keras_dmpo.datasets import NAMED_DATA, check_data_spec, load_data
-from keras_dmpo.litert.manifest import QUANTIZATION_MODES
+from keras_dmpo.litert.manifest import CUSTOM_RECIPE, QUANTIZATION_MODES
 from keras_dmpo.policy import rule
 
 DEFAULT_PRESET = "dmpo_vit_tiny"
-# The library's quantization modes, with None (no quantization) spelled out
-# for the command line.
+# The library's quantization modes (the converter's and the LiteRT
+# quantizer's named recipes), with None (no quantization) spelled out for the
+# command line; a recipe of one's own comes as --quantization-recipe FILE.
 FLOAT32 = "float32"
-QUANTIZATION_CHOICES = [mode or FLOAT32 for mode in QUANTIZATION_MODES]
+QUANTIZATION_CHOICES = [mode or FLOAT32 for mode in QUANTIZATION_MODES if mode != CUSTOM_RECIPE]
 # Where `train` keeps its per-epoch checkpoints inside --output-dir.
 TRAIN_BACKUP = ".train-backup"
 
@@ -261,26 +262,16 @@ def cmd_calibrate(args):
 
 
 def cmd_export(args):
-    quantization = None if args.quantization == FLOAT32 else args.quantization
-    # Checked before the model is loaded: a missing argument should not cost
-    # a model load (or, for int8, a conversion that cannot start).
-    if quantization == "int8" and args.representative_data is None:
-        raise ValueError(
-            "--quantization int8 needs --representative-data (a named data set or a class-per-folder "
-            "directory of typical input images) to calibrate the activation ranges."
-        )
-    if quantization != "int8" and args.representative_data is not None:
-        raise ValueError(
-            f"--representative-data is used by --quantization int8 only; got --quantization {args.quantization}."
-        )
+    quantization = _export_quantization(args)
     ee = _load_early_exit(args.model)
     class_names = _class_names_beside(args.model, ee.model_sha256)
     representative = None
-    if quantization == "int8":
+    if args.representative_data is not None:
         representative = representative_images(
             args.representative_data, ee.model.image_shape, args.representative_images
         )
-        print(f"int8 calibration on {len(representative)} images from {args.representative_data}")
+        label = args.quantization if args.quantization_recipe is None else args.quantization_recipe
+        print(f"{label} calibration on {len(representative)} images from {args.representative_data}")
     manifest = ee.export_tflite(
         args.output_dir,
         quantization=quantization,
@@ -296,8 +287,50 @@ def cmd_export(args):
     return 0
 
 
+def _export_quantization(args):
+    """The ``quantization`` argument of export_tflite, checked before the
+    model is loaded: a missing argument should not cost a model load (or a
+    conversion that cannot start)."""
+    from keras_dmpo.export.quantization import resolve_quantization
+
+    if args.quantization_recipe is not None:
+        if args.quantization != FLOAT32:
+            raise ValueError(
+                f"give --quantization or --quantization-recipe, not both; got --quantization {args.quantization}."
+            )
+        quantization = _read_recipe(args.quantization_recipe)
+        mode = resolve_quantization(quantization)
+        name = f"--quantization-recipe {args.quantization_recipe}"
+    else:
+        quantization = None if args.quantization == FLOAT32 else args.quantization
+        mode = resolve_quantization(quantization)
+        name = f"--quantization {args.quantization}"
+    if mode.needs_calibration and args.representative_data is None:
+        raise ValueError(
+            f"{name} needs --representative-data (a named data set or a class-per-folder "
+            "directory of typical input images, e.g. the training images) to calibrate the activation ranges."
+        )
+    if not mode.needs_calibration and args.representative_data is not None:
+        raise ValueError(
+            "--representative-data is used by the modes with integer activations only (int8, static_int8, "
+            f"static_int16, mixed, a recipe with static activations); got {name}."
+        )
+    return quantization
+
+
+def _read_recipe(path):
+    """A LiteRT quantizer recipe (a JSON list of rules) from a file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--quantization-recipe {path!r} does not exist.") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"--quantization-recipe {path!r} is not valid JSON: {error}") from None
+
+
 def representative_images(spec, image_shape, count):
-    """Up to ``count`` images for int8 calibration from a named data set's
+    """Up to ``count`` images for calibration (int8 and the static recipes) from a named data set's
     training split or a folder: a random subset (seed 0) rather than the
     first images, because a folder is read class by class."""
     if count < 1:
@@ -672,20 +705,30 @@ def _export_arguments(export):
         "--quantization",
         choices=QUANTIZATION_CHOICES,
         default=FLOAT32,
-        help="float32 (no quantization, the default), dynamic (int8 weights), float16 (fp16 weights) "
-        "or int8 (integer ops; needs --representative-data)",
+        help="float32 (no quantization, the default); the TFLite converter's dynamic (int8 weights), "
+        "float16 (fp16 weights) or int8 (integer ops; needs --representative-data); or a LiteRT "
+        "quantizer recipe: weight_only_int8, weight_only_int4, dynamic_int8, dynamic_int4_blockwise, "
+        "static_int8, static_int16 or mixed (static int8, LayerNorm/softmax/GELU/covariance root in "
+        "float); the static ones need --representative-data (docs/export.md)",
+    )
+    export.add_argument(
+        "--quantization-recipe",
+        default=None,
+        metavar="FILE.json",
+        help="a LiteRT quantizer recipe of your own (a JSON list of rules), instead of --quantization",
     )
     export.add_argument(
         "--representative-data",
         default=None,
-        help="int8 only: typical input images to calibrate activation ranges, a named data set "
-        f"{list(NAMED_DATA)} (its training split) or a class-per-folder directory",
+        help="int8 and the static recipes only: typical input images (your training images) to calibrate "
+        f"activation ranges, a named data set {list(NAMED_DATA)} (its training split) or a class-per-folder "
+        "directory",
     )
     export.add_argument(
         "--representative-images",
         type=int,
         default=200,
-        help="int8 only: how many of those images to use (default 200, a random subset)",
+        help="how many of those images to use (default 200, a random subset; a recipe needs at least 32)",
     )
     export.add_argument(
         "--web",

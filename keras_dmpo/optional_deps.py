@@ -1,7 +1,7 @@
 """Optional dependencies: imported where they are used, with an error naming the extra.
 
-Plotting, scikit-learn's digits, reading image folders and the ONNX tools are
-not installed with ``pip install keras-dmpo``; each comes with an extra (see
+Plotting, scikit-learn's digits, reading image folders, the ONNX tools and
+the LiteRT quantizer are not installed with ``pip install keras-dmpo``; each comes with an extra (see
 ``[project.optional-dependencies]`` in pyproject.toml). Code that needs one
 imports it through ``require``, so a user without it gets an ``ImportError``
 that says what is missing, what for, and the command that installs it.
@@ -19,10 +19,10 @@ ImportError: Plotting needs the optional package 'no_such_package', ... pip inst
 import importlib
 
 # pyproject.toml's extras that ``require`` may name (tests check they match).
-EXTRAS = ("plot", "digits", "images", "jax", "torch", "onnx", "dev")
+EXTRAS = ("plot", "digits", "images", "jax", "torch", "onnx", "quantize", "dev")
 
 # Top-level import name -> the distribution that provides it, where they differ.
-_DISTRIBUTIONS = {"PIL": "pillow", "sklearn": "scikit-learn"}
+_DISTRIBUTIONS = {"PIL": "pillow", "sklearn": "scikit-learn", "litert_quantizer": "litert-quantizer"}
 
 
 def require(module_name, extra, purpose):

@@ -1,5 +1,8 @@
-"""`keras-dmpo export --quantization`: every mode the API has, int8 with its calibration images."""
+"""`keras-dmpo export --quantization`: every mode the API has (the converter's
+and the LiteRT quantizer's named recipes), a recipe file, and the calibration
+images of int8 and the static recipes."""
 
+import json
 import os
 import types
 
@@ -8,7 +11,7 @@ import pytest
 from PIL import Image
 
 from keras_dmpo import cli
-from keras_dmpo.litert.manifest import QUANTIZATION_MODES
+from keras_dmpo.litert.manifest import CONVERTER_QUANTIZATIONS, QUANTIZATION_MODES, QUANTIZER_RECIPES
 
 IMAGE_SHAPE = (16, 16, 3)
 
@@ -56,10 +59,12 @@ def export(args, capsys):
 def test_the_cli_offers_every_mode_of_the_api():
     from keras_dmpo.export import tflite_convert
 
-    # One list: the converter's modes are the manifest schema's.
-    assert tflite_convert.QUANTIZATIONS is QUANTIZATION_MODES
-    assert cli.QUANTIZATION_CHOICES == ["float32", "dynamic", "float16", "int8"]
-    assert [None if c == "float32" else c for c in cli.QUANTIZATION_CHOICES] == list(QUANTIZATION_MODES)
+    # One list: the converter's modes and the recipes are the manifest schema's.
+    assert tflite_convert.QUANTIZATIONS is CONVERTER_QUANTIZATIONS
+    assert QUANTIZATION_MODES == CONVERTER_QUANTIZATIONS + QUANTIZER_RECIPES + ("custom",)
+    assert cli.QUANTIZATION_CHOICES == ["float32", "dynamic", "float16", "int8", *QUANTIZER_RECIPES]
+    # "custom" is --quantization-recipe FILE, not a name.
+    assert [None if c == "float32" else c for c in cli.QUANTIZATION_CHOICES] == list(QUANTIZATION_MODES[:-1])
 
 
 @pytest.mark.parametrize("flag, expected", [([], None), (["--quantization", "float32"], None)])
@@ -77,7 +82,9 @@ def test_float32_is_no_quantization(fake_model, capsys, flag, expected):
     ]
 
 
-@pytest.mark.parametrize("mode", ["dynamic", "float16"])
+@pytest.mark.parametrize(
+    "mode", ["dynamic", "float16", "weight_only_int8", "weight_only_int4", "dynamic_int8"]
+)
 def test_weight_quantizations_need_no_data(fake_model, capsys, mode):
     code, _, _ = export(["--quantization", mode], capsys)
     assert code == 0
@@ -85,17 +92,49 @@ def test_weight_quantizations_need_no_data(fake_model, capsys, mode):
     assert fake_model.calls[0]["representative_data"] is None
 
 
-def test_int8_without_representative_data_is_a_one_line_error(capsys):
+@pytest.mark.parametrize("mode", ["int8", "static_int8", "static_int16", "mixed"])
+def test_static_modes_without_representative_data_are_a_one_line_error(capsys, mode):
     # Refused before the (here missing) model is read.
-    code, _, err = export(["--quantization", "int8"], capsys)
+    code, _, err = export(["--quantization", mode], capsys)
     assert code == 2
-    assert err.startswith("keras-dmpo export: error: --quantization int8 needs --representative-data")
+    assert err.startswith(f"keras-dmpo export: error: --quantization {mode} needs --representative-data")
     assert len(err.strip().splitlines()) == 1
 
 
-def test_representative_data_without_int8_is_refused(capsys, image_folder):
-    code, _, err = export(["--quantization", "float16", "--representative-data", image_folder], capsys)
-    assert code == 2 and "--representative-data is used by --quantization int8 only" in err
+@pytest.mark.parametrize("mode", ["float16", "dynamic_int8"])
+def test_representative_data_without_a_static_mode_is_refused(capsys, image_folder, mode):
+    code, _, err = export(["--quantization", mode, "--representative-data", image_folder], capsys)
+    assert code == 2 and "--representative-data is used by the modes with integer activations only" in err
+
+
+def test_mixed_reads_the_folder_like_int8(fake_model, capsys, image_folder):
+    code, out, _ = export(["--quantization", "mixed", "--representative-data", image_folder], capsys)
+    assert code == 0 and "mixed calibration on 20 images" in out
+    assert fake_model.calls[0]["quantization"] == "mixed"
+    assert fake_model.calls[0]["representative_data"].shape == (20,) + IMAGE_SHAPE
+
+
+def test_a_recipe_file_is_passed_as_the_recipe(fake_model, capsys, tmp_path):
+    from keras_dmpo.export.quantizer import named_recipe
+
+    recipe = named_recipe("dynamic_int8")[:1]
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(recipe))
+    code, _, _ = export(["--quantization-recipe", str(path)], capsys)
+    assert code == 0 and fake_model.calls[0]["quantization"] == recipe
+    # A static recipe needs the images; both flags at once are refused; so is a bad file.
+    static = named_recipe("static_int8")[:1]
+    path.write_text(json.dumps(static))
+    code, _, err = export(["--quantization-recipe", str(path)], capsys)
+    assert code == 2 and f"--quantization-recipe {path} needs --representative-data" in err
+    code, _, err = export(["--quantization-recipe", str(path), "--quantization", "int8"], capsys)
+    assert code == 2 and "give --quantization or --quantization-recipe, not both" in err
+    path.write_text("[{")
+    code, _, err = export(["--quantization-recipe", str(path)], capsys)
+    assert code == 2 and "is not valid JSON" in err
+    path.write_text(json.dumps([{"regex": ".*", "operation": "FC", "algorithm_key": "no_quantize"}]))
+    code, _, err = export(["--quantization-recipe", str(path)], capsys)
+    assert code == 2 and "`quantization[0]['operation']` must be '*' or a LiteRT op name" in err
 
 
 def test_int8_reads_a_random_subset_of_the_folder(fake_model, capsys, image_folder):

@@ -60,6 +60,15 @@ ONLY_ON = {
     "keras_dmpo.export.tflite.export_stage_graphs": "tensorflow",
     "keras_dmpo.export.web_samples.write_web_samples": "tensorflow",
     "keras_dmpo.export.tflite_convert.convert_to_tflite": "tensorflow",
+    # These quantize or read a graph they convert first (the converter needs TensorFlow).
+    "keras_dmpo.export.quantizer.quantize_flatbuffer": "tensorflow",
+    "keras_dmpo.export.quantizer.graph_signature": "tensorflow",
+    "keras_dmpo.export.quantizer.calibrate": "tensorflow",
+    "keras_dmpo.export.quantizer.repair_signature": "tensorflow",
+    "keras_dmpo.export.quantization_report.op_type_counts": "tensorflow",
+    "keras_dmpo.export.quantization_report.tensor_errors": "tensorflow",
+    "keras_dmpo.export.quantization_report.errors_by_op_type": "tensorflow",
+    "keras_dmpo.export.quantization_report.op_type_sensitivity": "tensorflow",
     # Builds its export in-process; the runtime itself is tested on every
     # backend against a TensorFlow-subprocess export (test_litert_runtime.py).
     "keras_dmpo.litert.runtime.StagedRuntime": "tensorflow",

@@ -135,7 +135,8 @@ def test_bad_spec(change, message):
     [
         (
             {"quantization": "int4"},
-            r"`quantization` must be one of \(None, 'dynamic', 'float16', 'int8'\); got 'int4'",
+            r"`quantization` must be one of \(None, 'dynamic', 'float16', 'int8', .*\) or a LiteRT "
+            r"quantizer recipe .*got 'int4'",
         ),
         ({"quantization": "int8"}, r"`quantization='int8'` needs `representative_data`.*got None"),
         (

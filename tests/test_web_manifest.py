@@ -60,6 +60,29 @@ def damaged(manifest):
     for label, (make, _) in SCHEMA_CASES.items():
         if label not in JS_READS_FLOATS_AS_INTS:
             cases.append((label, make(manifest), None))
+    rule = {"regex": ".*", "operation": "*", "algorithm_key": "min_max_uniform_quantize", "op_config": {}}
+    for label, fields in {
+        "quantizer mode without its recipe": {"quantization": "mixed"},
+        "quantizer mode with its recipe": {"quantization": "mixed", "quantization_recipe": [rule]},
+        "a recipe of one's own": {"quantization": "custom", "quantization_recipe": [rule]},
+        "converter mode with a recipe": {"quantization": "dynamic", "quantization_recipe": [rule]},
+        "recipe empty": {"quantization": "static_int8", "quantization_recipe": []},
+        "recipe rule with an unknown key": {
+            "quantization": "mixed",
+            "quantization_recipe": [{**rule, "speed": 1}],
+        },
+        "recipe regex not a string": {"quantization": "mixed", "quantization_recipe": [{**rule, "regex": 5}]},
+        "recipe op_config not a dict": {
+            "quantization": "mixed",
+            "quantization_recipe": [{**rule, "op_config": "x"}],
+        },
+        "quantization_tool not a string": {
+            "quantization": "mixed",
+            "quantization_recipe": [rule],
+            "quantization_tool": 5,
+        },
+    }.items():
+        cases.append((label, {**manifest, **fields}, None))
     for label, name in FILE_NAME_CASES.items():
         for k in (1, "monolithic"):
             changed = copy.deepcopy(manifest)

@@ -32,8 +32,13 @@ def main(argv=None):
     parser.add_argument("format", choices=["tflite", "onnx"])
     parser.add_argument("model", help="an EarlyExitModel saved with .save() (.keras)")
     parser.add_argument("directory")
-    parser.add_argument("--quantization", default=None)
-    parser.add_argument("--representative-data", default=None, help=".npy of model-space images (int8)")
+    parser.add_argument("--quantization", default=None, help="a converter mode or a named quantizer recipe")
+    parser.add_argument(
+        "--quantization-recipe", default=None, help="JSON file of a LiteRT quantizer recipe of one's own"
+    )
+    parser.add_argument(
+        "--representative-data", default=None, help=".npy of model-space images (calibration)"
+    )
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--web", action="store_true", help="batch-1 graphs for LiteRT.js")
     parser.add_argument("--class-names", default=None, help="JSON list of names")
@@ -56,9 +61,13 @@ def main(argv=None):
                 variable.assign(exact[name])
     class_names = None if args.class_names is None else json.loads(args.class_names)
     data = None if args.representative_data is None else np.load(args.representative_data)
+    quantization = args.quantization
+    if args.quantization_recipe is not None:
+        with open(args.quantization_recipe, encoding="utf-8") as handle:
+            quantization = json.load(handle)
     export = ee.export_tflite if args.format == "tflite" else ee.export_onnx
     kwargs = (
-        {"quantization": args.quantization, "representative_data": data, "web": args.web}
+        {"quantization": quantization, "representative_data": data, "web": args.web}
         if args.format == "tflite"
         else {}
     )

@@ -63,7 +63,10 @@ def write_bundle(
             stage, or ``None`` for the monolithic model.
         fmt: the ``BundleFormat`` (manifest ``format``, file extension, writer).
         quantization: recorded in the manifest.
-        manifest_extra: top-level manifest keys of this format (e.g. ``opset``).
+        manifest_extra: top-level manifest keys of this format (e.g.
+            ``opset``): a dict, or a function returning one, called once
+            every graph is converted (a quantizer records the recipe it
+            applied, which grows graph by graph).
 
     Returns:
         The manifest (dict) that was written.
@@ -85,7 +88,7 @@ def write_bundle(
             stages=stages,
             monolithic=monolithic,
         )
-        manifest.update(manifest_extra or {})
+        manifest.update((manifest_extra() if callable(manifest_extra) else manifest_extra) or {})
         if fmt.name == "tflite":
             # The runtime's own schema check: an export it would refuse is a
             # bug here, caught before anything is published.

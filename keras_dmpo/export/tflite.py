@@ -15,9 +15,10 @@ does it in a TensorFlow subprocess on JAX and torch).
 
 import numpy as np
 
-from keras_dmpo.export import bundle
+from keras_dmpo.export import bundle, quantizer
+from keras_dmpo.export.quantization import check_calibration_data, resolve_quantization
 from keras_dmpo.export.tflite_convert import (
-    QUANTIZATIONS,
+    check_builtin_ops,
     check_tensorflow_backend,
     convert_to_tflite,
     make_interpreter,
@@ -54,10 +55,19 @@ def export_stage_graphs(
             criterion, FLOPs, image shape, preprocessing, class names).
         monolithic_model: optional Keras model images -> ``{"probabilities"}``
             of the last exit, exported as ``monolithic.tflite`` for comparison.
-        quantization: ``None`` (float32), ``"dynamic"``, ``"float16"`` or
-            ``"int8"`` (post-training, applied to every graph).
-        representative_data: for ``"int8"``: a numpy array ``(N, H, W, C)`` of
-            model-space images; stage k > 1 is calibrated on the tokens the
+        quantization: ``None`` (float32); a TFLite converter mode
+            ``"dynamic"``, ``"float16"`` or ``"int8"``; a LiteRT quantizer
+            recipe, by name (``"weight_only_int8"``, ``"weight_only_int4"``,
+            ``"dynamic_int8"``, ``"dynamic_int4_blockwise"``,
+            ``"static_int8"``, ``"static_int16"``, ``"mixed"``) or a list of
+            the quantizer's rules (``keras_dmpo.export.quantizer``; recorded
+            as ``"custom"``). Post-training, applied to every graph; a recipe
+            is written into the manifest (``quantization_recipe``) as
+            applied.
+        representative_data: for ``"int8"`` and the recipes with static
+            activations (``"static_int8"``, ``"static_int16"``, ``"mixed"``):
+            a numpy array ``(N, H, W, C)`` of model-space images (a recipe
+            takes at least 32); stage k > 1 is calibrated on the tokens the
             preceding Keras stages compute from them.
         overwrite: replace a non-empty ``directory``.
         web: write graphs with a fixed batch of 1 instead of a dynamic
@@ -65,6 +75,7 @@ def export_stage_graphs(
             resize a graph's inputs and refuses the dynamic ones;
             ``StagedRuntime`` runs both kinds (a batch-1 bundle one image at
             a time). The manifest's tensor shapes say which kind a bundle is.
+            A static recipe calibrates such graphs one image at a time.
 
     Returns:
         The manifest (dict) that was written.
@@ -87,50 +98,50 @@ def export_stage_graphs(
     """
     stage_models = bundle.check_stage_models(stage_models)
     spec.check_num_stages(len(stage_models))
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"`quantization` must be one of {QUANTIZATIONS}; got {quantization!r}.")
-    calibration = check_int8_data(representative_data, spec.image_shape, quantization)
+    mode = resolve_quantization(quantization)
+    calibration = check_calibration_data(representative_data, spec.image_shape, mode)
+    if not isinstance(web, bool):
+        raise ValueError(f"`web` must be True or False; got {web!r}.")
     bundle.check_output_directory(directory, overwrite)
     _check_stage_signatures(stage_models, monolithic_model)
     check_tensorflow_backend("export_stage_graphs")
 
-    if not isinstance(web, bool):
-        raise ValueError(f"`web` must be True or False; got {web!r}.")
-    stage_inputs = [calibration]  # int8: what the next stage is calibrated on
+    stage_inputs = [calibration]  # what the next stage is calibrated on
+    applied_recipe = list(mode.recipe or [])  # grows by each graph's blockwise fallbacks
 
     def convert(model, index):
         data = calibration if index is None else stage_inputs[0]
-        flatbuffer = convert_to_tflite(
-            model,
-            quantization=quantization,
-            representative_data=data if quantization == "int8" else None,
-            batch_size=1 if web else None,
-        )
+        batch_size = 1 if web else None
+        if mode.recipe is None:
+            flatbuffer = convert_to_tflite(
+                model, quantization=mode.name, representative_data=data, batch_size=batch_size
+            )
+        else:
+            graph = quantizer.quantize_flatbuffer(
+                convert_to_tflite(model, batch_size=batch_size),
+                mode.recipe,
+                calibration_inputs=data,
+                what=f"model {model.name!r}",
+            )
+            flatbuffer = graph.flatbuffer
+            check_builtin_ops(flatbuffer, what=f"quantized model {model.name!r}")
+            applied_recipe.extend(rule for rule in graph.recipe if rule not in applied_recipe)
         if data is not None and index is not None and index + 1 < len(stage_models):
             stage_inputs[0] = _stage_tokens(model, data)
         return flatbuffer, signature_io(flatbuffer)
 
-    options = dict(monolithic_model=monolithic_model, quantization=quantization, overwrite=overwrite)
-    return bundle.write_bundle(directory, spec, stage_models, convert, FORMAT, **options)
+    def recipe_record():
+        # After every graph: the recipe as applied to all of them (each
+        # fallback rule names one op of one graph, so applying this one
+        # recipe to every float graph gives the same files).
+        if mode.recipe is None:
+            return {}
+        return {"quantization_recipe": applied_recipe, "quantization_tool": quantizer.quantizer_version()}
 
-
-def check_int8_data(representative_data, image_shape, quantization):
-    """For int8, check the calibration images and return them as float32; else None."""
-    if quantization != "int8":
-        return None
-    if representative_data is None:
-        raise ValueError(
-            "`quantization='int8'` needs `representative_data`: a numpy array "
-            f"of typical model-input images of shape (N, {', '.join(map(str, image_shape))}) "
-            "(100-500 images) to calibrate activation ranges; got None."
-        )
-    data = np.asarray(representative_data, dtype=np.float32)
-    if data.ndim != 4 or list(data.shape[1:]) != list(image_shape) or not len(data):
-        raise ValueError(
-            f"`representative_data` must be a non-empty array of shape (N, {', '.join(map(str, image_shape))}); "
-            f"got 'array of shape {data.shape}'."
-        )
-    return data
+    options = dict(monolithic_model=monolithic_model, quantization=mode.name, overwrite=overwrite)
+    return bundle.write_bundle(
+        directory, spec, stage_models, convert, FORMAT, manifest_extra=recipe_record, **options
+    )
 
 
 def _check_stage_signatures(stage_models, monolithic_model):
@@ -168,7 +179,7 @@ def _check_stage_signatures(stage_models, monolithic_model):
 
 
 def _stage_tokens(model, inputs, batch_size=32):
-    """Tokens a Keras stage hands to the next one (int8 calibration data)."""
+    """Tokens a Keras stage hands to the next one (calibration data)."""
     chunks = [
         np.asarray(model(inputs[i : i + batch_size], training=False)["tokens"])
         for i in range(0, inputs.shape[0], batch_size)

@@ -12,9 +12,10 @@ import tempfile
 
 import keras
 
-# The modes are a field of the manifest that the LiteRT runtime checks, so its
-# schema (numpy only, importable without Keras) holds the one list.
-from keras_dmpo.litert.manifest import QUANTIZATION_MODES as QUANTIZATIONS
+# The converter's modes are values of a manifest field that the LiteRT
+# runtime checks, so its schema (numpy only, importable without Keras) holds
+# the one list (next to the LiteRT quantizer's recipes, export/quantizer.py).
+from keras_dmpo.litert.manifest import CONVERTER_QUANTIZATIONS as QUANTIZATIONS
 
 
 def check_tensorflow_backend(what):

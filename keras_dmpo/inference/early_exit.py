@@ -455,9 +455,21 @@ class EarlyExitModel(HoldsPolicy):
         Args:
             directory: output directory (must be empty or absent unless
                 ``overwrite=True``).
-            quantization: ``None`` (float32), ``"dynamic"``, ``"float16"`` or
-                ``"int8"`` (needs ``representative_data``, images).
-            representative_data: images for int8 calibration.
+            quantization: ``None`` (float32); a TFLite converter mode
+                ``"dynamic"``, ``"float16"`` or ``"int8"``; a LiteRT quantizer
+                recipe by name (``"weight_only_int8"``,
+                ``"weight_only_int4"``, ``"dynamic_int8"``,
+                ``"dynamic_int4_blockwise"``, ``"static_int8"``,
+                ``"static_int16"``, ``"mixed"``: static int8 with LayerNorm,
+                softmax, GELU and the covariance root in float) or a list of
+                the quantizer's rules (``keras_dmpo.export.quantizer``). The
+                manifest records a recipe as applied.
+            representative_data: calibration images (in [0, 1], what
+                ``predict`` takes) for ``"int8"``, ``"static_int8"``,
+                ``"static_int16"``, ``"mixed"`` and recipes with static
+                activations (at least 32 for a recipe; 100-500 typical
+                images). Later stages are calibrated on the tokens the
+                earlier float stages compute from them.
             overwrite: replace an existing non-empty directory.
             class_names: optional names stored in the manifest.
             web: graphs with a fixed batch of 1, which the browser runtime

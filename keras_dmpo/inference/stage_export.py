@@ -20,9 +20,10 @@ import numpy as np
 
 from keras_dmpo.export import bundle
 from keras_dmpo.export.onnx import export_onnx_stage_graphs
+from keras_dmpo.export.quantization import check_calibration_data, resolve_quantization
 from keras_dmpo.export.spec import ExportSpec
-from keras_dmpo.export.tflite import check_int8_data, export_stage_graphs
-from keras_dmpo.export.tflite_convert import QUANTIZATIONS
+from keras_dmpo.export.tflite import export_stage_graphs
+from keras_dmpo.litert.manifest import CUSTOM_RECIPE
 from keras_dmpo.models.backbone_families import recomputed_on_load
 
 # DMPOClassifier takes images in [0, 1]; the app rescales uint8 pixels to that range.
@@ -62,9 +63,8 @@ def export(
     """
     directory = os.fspath(directory)
     spec = export_spec(ee, class_names)
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"`quantization` must be one of {QUANTIZATIONS}; got {quantization!r}.")
-    check_int8_data(representative_data, spec.image_shape, quantization)
+    mode = resolve_quantization(quantization)
+    check_calibration_data(representative_data, spec.image_shape, mode)
     if not isinstance(web, bool):
         raise ValueError(f"`web` must be True or False; got {web!r}.")
     if web and fmt != "tflite":
@@ -74,7 +74,7 @@ def export(
     bundle.check_output_directory(directory, overwrite)
     if keras.backend.backend() != "tensorflow":
         return _in_tensorflow_subprocess(
-            fmt, ee, directory, quantization, representative_data, overwrite, class_names, web
+            fmt, ee, directory, mode, representative_data, overwrite, class_names, web
         )
     stage_models = ee.model.build_stage_models(probabilities=True)
     monolithic = ee.model.build_single_exit_model()
@@ -97,7 +97,7 @@ def export(
 
 
 def _in_tensorflow_subprocess(
-    fmt, ee, directory, quantization, representative_data, overwrite, class_names, web=False
+    fmt, ee, directory, mode, representative_data, overwrite, class_names, web=False
 ):
     with tempfile.TemporaryDirectory(prefix="keras_dmpo_export_") as tmp:
         model_path = os.path.join(tmp, "model.keras")
@@ -111,8 +111,13 @@ def _in_tensorflow_subprocess(
             exact_path = os.path.join(tmp, "exact_variables.npz")
             np.savez(exact_path, **exact)
             command += ["--exact-variables", exact_path]
-        if quantization:
-            command += ["--quantization", quantization]
+        if mode.name == CUSTOM_RECIPE:  # a recipe of the user's own goes as a file
+            recipe_path = os.path.join(tmp, "recipe.json")
+            with open(recipe_path, "w", encoding="utf-8") as handle:
+                json.dump(mode.recipe, handle)
+            command += ["--quantization-recipe", recipe_path]
+        elif mode.name is not None:
+            command += ["--quantization", mode.name]
         if representative_data is not None:
             data_path = os.path.join(tmp, "representative.npy")
             np.save(data_path, np.asarray(representative_data, "float32"))

@@ -19,7 +19,27 @@ MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 2
 SUPPORTED_FORMAT_VERSIONS = (1, 2)
 FORMAT1_POLICY_KEYS = ("criterion", "thresholds", "temperatures", "patience")
-QUANTIZATION_MODES = (None, "dynamic", "float16", "int8")
+# Quantization modes of the TFLite converter (post-training, in
+# ``convert_to_tflite``); the browser page reads these only.
+CONVERTER_QUANTIZATIONS = (None, "dynamic", "float16", "int8")
+# Named recipes of the LiteRT quantizer (``keras_dmpo.export.quantizer``),
+# applied to the float32 graphs; "custom" is a recipe of the user's own.
+QUANTIZER_RECIPES = (
+    "weight_only_int8",
+    "weight_only_int4",
+    "dynamic_int8",
+    "dynamic_int4_blockwise",
+    "static_int8",
+    "static_int16",
+    "mixed",
+)
+CUSTOM_RECIPE = "custom"
+# Every value of manifest["quantization"]. A quantizer mode also writes the
+# recipe it applied (manifest["quantization_recipe"]); manifests without that
+# key are converter exports (all manifests written before the quantizer).
+QUANTIZATION_MODES = CONVERTER_QUANTIZATIONS + QUANTIZER_RECIPES + (CUSTOM_RECIPE,)
+# The keys of one recipe rule, as the LiteRT quantizer reads them.
+RECIPE_RULE_KEYS = ("regex", "operation", "algorithm_key", "op_config")
 # A manifest is a few KB; anything this large is not one (and would be slow
 # to parse).
 MAX_MANIFEST_BYTES = 16 << 20
@@ -181,6 +201,12 @@ def _check_graph_entry(check, entry, where, image_shape, num_classes, first, las
     wanted = {"probabilities"} if last else {"probabilities", "tokens"}
     if set(outputs) != wanted:
         check.fail(f"{where}['outputs']", sorted(outputs), f"outputs named {sorted(wanted)}")
+    for name, output in sorted(outputs.items()):
+        # The runtime reads float32 and feeds the tokens to the next stage's float32 input.
+        if output["dtype"] != "float32":
+            check.fail(
+                f"{where}['outputs'] {name!r} dtype", output["dtype"], "'float32' (float graph outputs)"
+            )
     probabilities = outputs["probabilities"]["shape"]
     if len(probabilities) != 2 or probabilities[-1] != num_classes:
         check.fail(
@@ -338,10 +364,7 @@ def _check_model_keys(check, manifest):
         check.fail(
             "manifest['class_names']", class_names, f"null or a list of {num_classes} strings (num_classes)"
         )
-    if manifest.get("quantization") not in QUANTIZATION_MODES:
-        check.fail(
-            "manifest['quantization']", manifest.get("quantization"), f"one of {list(QUANTIZATION_MODES)}"
-        )
+    _check_quantization(check, manifest)
     _check_preprocessing(
         check, check.require(manifest, "preprocessing", "the manifest", "a dict"), image_shape
     )
@@ -360,6 +383,55 @@ def _check_model_keys(check, manifest):
     if "extra" in manifest and not isinstance(manifest["extra"], dict):
         check.fail("manifest['extra']", manifest["extra"], "a dict")
     return image_shape, num_classes, exits
+
+
+def _check_quantization(check, manifest):
+    """``quantization`` and, for a quantizer mode, the recipe it applied."""
+    quantization = manifest.get("quantization")
+    if quantization not in QUANTIZATION_MODES:
+        check.fail("manifest['quantization']", quantization, f"one of {list(QUANTIZATION_MODES)}")
+    recipe = manifest.get("quantization_recipe")
+    if quantization in CONVERTER_QUANTIZATIONS:
+        # The converter's modes have no recipe: one here would describe
+        # something that was not applied.
+        if recipe is not None:
+            check.fail(
+                "manifest['quantization_recipe']",
+                recipe,
+                f"null or absent (quantization {quantization!r} is the converter's, not a recipe)",
+            )
+        return
+    _check_recipe_rules(check, recipe, "manifest['quantization_recipe']")
+    if "quantization_tool" in manifest:
+        check.string(manifest["quantization_tool"], "manifest['quantization_tool']", optional=True)
+
+
+def _check_recipe_rules(check, recipe, where):
+    """The shape of a LiteRT quantizer recipe: a non-empty list of rules
+    ``{"regex", "operation", "algorithm_key", "op_config"}`` with string
+    regex, operation and algorithm key (what each means is the quantizer's
+    business; the runtime only needs to know the record is one)."""
+    expected = 'a non-empty list of recipe rules {"regex", "operation", "algorithm_key", "op_config"}'
+    if not isinstance(recipe, list) or not recipe:
+        check.fail(where, recipe, expected)
+    for i, entry in enumerate(recipe):
+        at = f"{where}[{i}]"
+        if not isinstance(entry, dict):
+            check.fail(at, entry, 'a dict {"regex", "operation", "algorithm_key", "op_config"}')
+        unknown = sorted(set(entry) - set(RECIPE_RULE_KEYS))
+        if unknown:
+            check.fail(
+                f"{at} key {unknown[0]!r}",
+                entry[unknown[0]],
+                f"absent: a rule has keys {list(RECIPE_RULE_KEYS)}",
+            )
+        for key in ("regex", "operation", "algorithm_key"):
+            value = check.require(entry, key, at, "a string")
+            if not isinstance(value, str) or not value:
+                check.fail(f"{at}[{key!r}]", value, "a non-empty string")
+        if "op_config" in entry and not isinstance(entry["op_config"], dict):
+            check.fail(f"{at}['op_config']", entry["op_config"], "a dict")
+    return recipe
 
 
 def _check_policy(check, manifest, k):

@@ -11,7 +11,16 @@ import { ExitPolicy } from './policy.js';
 
 export const MANIFEST_NAME = 'manifest.json';
 export const FORMAT_VERSION = 2;
-export const QUANTIZATION_MODES = Object.freeze([null, 'dynamic', 'float16', 'int8']);
+// The TFLite converter's quantization modes, then the LiteRT quantizer's
+// named recipes ("custom": a recipe of the user's own, written out).
+export const CONVERTER_QUANTIZATIONS = Object.freeze([null, 'dynamic', 'float16', 'int8']);
+export const QUANTIZER_RECIPES = Object.freeze([
+  'weight_only_int8', 'weight_only_int4', 'dynamic_int8', 'dynamic_int4_blockwise', 'static_int8',
+  'static_int16', 'mixed',
+]);
+const CUSTOM_RECIPE = 'custom';
+export const QUANTIZATION_MODES = Object.freeze([...CONVERTER_QUANTIZATIONS, ...QUANTIZER_RECIPES, CUSTOM_RECIPE]);
+const RECIPE_RULE_KEYS = ['regex', 'operation', 'algorithm_key', 'op_config'];
 export const PREPROCESSING_KEYS = Object.freeze([
   'scale', 'offset', 'input_range', 'resize', 'channels', 'color_order', 'formula',
 ]);
@@ -155,10 +164,7 @@ function checkModelKeys(check, manifest) {
   ) {
     check.fail("manifest['class_names']", classNames, `null or a list of ${numClasses} strings (num_classes)`);
   }
-  const quantization = manifest.quantization ?? null;
-  if (!QUANTIZATION_MODES.includes(quantization)) {
-    check.fail("manifest['quantization']", quantization, `one of ${pyRepr([...QUANTIZATION_MODES])}`);
-  }
+  checkQuantization(check, manifest);
   checkPreprocessing(check, check.require(manifest, 'preprocessing', 'the manifest', 'a dict'), imageShape);
 
   const exits = check.require(manifest, 'exits', 'the manifest', 'the 1-based exit blocks');
@@ -174,6 +180,47 @@ function checkModelKeys(check, manifest) {
   if (!isNumber(full) || full <= 0) check.fail("manifest['full_model_flops']", full, 'a positive finite number');
   if ('extra' in manifest && !isObject(manifest.extra)) check.fail("manifest['extra']", manifest.extra, 'a dict');
   return { imageShape, numClasses, exits };
+}
+
+/** `quantization` and, for a quantizer mode, the recipe it applied. */
+function checkQuantization(check, manifest) {
+  const quantization = manifest.quantization ?? null;
+  if (!QUANTIZATION_MODES.includes(quantization)) {
+    check.fail("manifest['quantization']", quantization, `one of ${pyRepr([...QUANTIZATION_MODES])}`);
+  }
+  const recipe = manifest.quantization_recipe ?? null;
+  if (CONVERTER_QUANTIZATIONS.includes(quantization)) {
+    // The converter's modes have no recipe: one here would describe something not applied.
+    if (recipe !== null) {
+      check.fail(
+        "manifest['quantization_recipe']",
+        recipe,
+        `null or absent (quantization ${pyRepr(quantization)} is the converter's, not a recipe)`,
+      );
+    }
+    return;
+  }
+  checkRecipeRules(check, recipe, "manifest['quantization_recipe']");
+  if ('quantization_tool' in manifest) check.string(manifest.quantization_tool, "manifest['quantization_tool']", true);
+}
+
+/** A LiteRT quantizer recipe: a non-empty list of rules with string regex, operation and algorithm key. */
+function checkRecipeRules(check, recipe, where) {
+  const rule = '{"regex", "operation", "algorithm_key", "op_config"}';
+  if (!Array.isArray(recipe) || !recipe.length) check.fail(where, recipe, `a non-empty list of recipe rules ${rule}`);
+  recipe.forEach((entry, i) => {
+    const at = `${where}[${i}]`;
+    if (!isObject(entry)) check.fail(at, entry, `a dict ${rule}`);
+    const unknown = Object.keys(entry).filter((key) => !RECIPE_RULE_KEYS.includes(key)).sort();
+    if (unknown.length) {
+      check.fail(`${at} key '${unknown[0]}'`, entry[unknown[0]], `absent: a rule has keys ${pyRepr(RECIPE_RULE_KEYS)}`);
+    }
+    for (const key of ['regex', 'operation', 'algorithm_key']) {
+      const value = check.require(entry, key, at, 'a string');
+      if (typeof value !== 'string' || !value) check.fail(`${at}['${key}']`, value, 'a non-empty string');
+    }
+    if ('op_config' in entry && !isObject(entry.op_config)) check.fail(`${at}['op_config']`, entry.op_config, 'a dict');
+  });
 }
 
 function checkPreprocessing(check, value, imageShape) {
@@ -295,6 +342,12 @@ function checkGraphEntry(check, entry, where, imageShape, numClasses, first, las
   const wanted = last ? ['probabilities'] : ['probabilities', 'tokens'];
   const names = Object.keys(outputs).sort();
   if (!sameList(names, wanted)) check.fail(`${where}['outputs']`, names, `outputs named ${pyRepr(wanted)}`);
+  for (const name of names) {
+    // The runtime reads float32, and the tokens feed the next stage's float32 input.
+    if (outputs[name].dtype !== 'float32') {
+      check.fail(`${where}['outputs'] '${name}' dtype`, outputs[name].dtype, "'float32' (float graph outputs)");
+    }
+  }
   const probabilities = outputs.probabilities.shape;
   if (probabilities.length !== 2 || probabilities[1] !== numClasses) {
     check.fail(`${where}['outputs'] 'probabilities' shape`, probabilities, `[batch, ${numClasses}] (num_classes)`);
