@@ -13,6 +13,13 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 backends=${BACKENDS:-"tensorflow jax torch"}
 parallel=${PARALLEL:-1}
+# Tests marked backend_independent (same result under every backend) run
+# under one backend only: torch, the quickest of the three, when it runs.
+case " $backends " in
+  *" torch "*) default_once=torch ;;
+  *) default_once=${backends%% *} ;;
+esac
+export KERAS_DMPO_BACKEND_INDEPENDENT_ON=${KERAS_DMPO_BACKEND_INDEPENDENT_ON:-$default_once}
 # Lint and format first: seconds, and a failure here needs no test run.
 echo "[$(date +%H:%M:%S)] ruff check + ruff format --check"
 if ! .venv/bin/ruff check . || ! .venv/bin/ruff format --check .; then

@@ -145,6 +145,7 @@ def test_family_tflite_stage_graphs_match_keras(trained_family, tmp_path):
     assert diff <= 1e-4
 
 
+@pytest.mark.backend_independent  # XLA counts in a KERAS_BACKEND=jax subprocess
 def test_family_flops_match_xla_within_one_percent():
     """Whole DeiT / DINOv2 backbones and DMPO models (every exit; the
     single-exit model) against XLA's cost analysis, in a JAX subprocess."""

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from keras_dmpo import DMPOClassifier, EarlyExitModel, PhaseCallback, PhaseSchedule
+from keras_dmpo.export.quantization import resolve_quantization
 from keras_dmpo.inference import stage_export
 
 BACKEND = keras.backend.backend()
@@ -70,7 +71,9 @@ def test_the_export_subprocess_imports_neither_jax_nor_torch(trained, tmp_path, 
     directory = tmp_path / "tflite"
     if BACKEND == "tensorflow":
         # export_tflite converts in-process here: take the subprocess path itself.
-        stage_export._in_tensorflow_subprocess("tflite", trained, str(directory), None, None, False, None)
+        stage_export._in_tensorflow_subprocess(
+            "tflite", trained, str(directory), resolve_quantization(None), None, False, None
+        )
     else:
         trained.export_tflite(str(directory))
     assert len(commands) == 1, "the export did not go through the subprocess"

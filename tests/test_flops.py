@@ -183,6 +183,7 @@ def measured_rows():
     return json.loads(process.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.backend_independent  # XLA counts in a KERAS_BACKEND=jax subprocess
 def test_analytic_matches_xla_cost_analysis(measured_rows):
     """(a) one keras-hub ViT block, (b) a whole tiny ViTBackbone, (c) a
     jax.numpy covariance + Newton-Schulz head: within 5% of XLA's count."""
@@ -285,6 +286,7 @@ def model_rows():
     return json.loads(process.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.backend_independent  # XLA counts in a KERAS_BACKEND=jax subprocess
 def test_counter_matches_xla_for_non_default_options(model_rows):
     """Bypass, adapter and covariance sizes, Newton-Schulz iterations, LoRA,
     no trunk tuning, every covariance_exits form, input normalisation, DINOv2

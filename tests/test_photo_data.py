@@ -15,6 +15,9 @@ import pytest
 
 from keras_dmpo import archives, datasets, image_folders
 
+# Files, Pillow and numpy only: the same under every Keras backend.
+pytestmark = pytest.mark.backend_independent
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_ROOT = os.environ.get("KERAS_DMPO_DATA_ROOT", os.path.join(os.path.dirname(REPO), "shared", "data"))
 
