@@ -82,8 +82,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (dynamic_int8), integer activations (static_int8) and the mixed recipe
 # (quantization_analysis.py compares every recipe's accuracy).
 QUANTIZATIONS = CONVERTER_QUANTIZATIONS + ("dynamic_int8", "static_int8", "mixed")
-# A stage below this fraction of the median stage's achieved GFLOP/s is flagged.
-SLOW_STAGE_FRACTION = 0.8
 BUDGETS = (0.3, 0.5, 0.75)
 THREADS = (1, 2)
 PROFILES = {
@@ -249,40 +247,6 @@ def latency_table(directory, calibrations, x_test, full_flops, num_threads, repe
         "monolithic_ms": mono_ms,
         "stage_invoke_ms": stage_ms,
         "budgets": rows,
-    }
-
-
-def achieved_table(directory, quantization, peaks, num_threads, repeats=100):
-    """Each graph's achieved GFLOP/s (its FLOPs over its isolated batch-1
-    invoke time) against this machine's measured matmul peak; stages under
-    ``SLOW_STAGE_FRACTION`` of the median stage's rate are flagged."""
-    from keras_dmpo.litert import StagedRuntime
-
-    runtime = StagedRuntime(directory, num_threads=num_threads)
-    stage_ms = runtime.stage_latency(batch_size=1, repeats=repeats, warmup=10)
-    stage_flops = np.diff(np.concatenate([[0.0], runtime.flops_per_exit]))
-    mono_ms = stage_ms["monolithic"]
-    float_peak = peaks["float32"][str(num_threads)]
-    int8_peak = peaks["int8"][str(num_threads)]
-    stages = []
-    for k, flops in enumerate(stage_flops):
-        ms = stage_ms[f"stage_{k + 1}"]
-        stages.append({"stage": k + 1, "gflop": flops / 1e9, "ms": ms, "gflops_per_s": flops / ms / 1e6})
-    median = float(np.median([row["gflops_per_s"] for row in stages]))
-    for row in stages:
-        row["fraction_of_median_stage"] = row["gflops_per_s"] / median
-        row["slow"] = bool(row["fraction_of_median_stage"] < SLOW_STAGE_FRACTION)
-        row["fraction_of_float32_peak"] = row["gflops_per_s"] / float_peak
-    mono_rate = runtime.full_model_flops / mono_ms / 1e6
-    return {
-        "quantization": quantization or "float32",
-        "num_threads": num_threads,
-        "monolithic_ms": mono_ms,
-        "monolithic_gflops_per_s": mono_rate,
-        "monolithic_fraction_of_float32_peak": mono_rate / float_peak,
-        "monolithic_fraction_of_int8_peak": None if int8_peak is None else mono_rate / int8_peak,
-        "median_stage_gflops_per_s": median,
-        "stages": stages,
     }
 
 
@@ -483,7 +447,7 @@ def main(argv=None):
             f"{row['staged_50_accuracy']:.4f} (agree {row['staged_50_argmax_agreement']:.4f})"
         )
 
-    from machine_peak import machine_peaks  # beside this script
+    from machine_peak import achieved_table, machine_peaks  # beside this script
 
     log("measuring this machine's float32 and int8 matmul peaks")
     peaks = machine_peaks(THREADS)

@@ -1,5 +1,5 @@
-"""This machine's matrix-multiply peak, measured: the limit a graph's achieved
-GFLOP/s is compared with (``litert_latency.py``).
+"""This machine's matrix-multiply peak, measured, and how close a LiteRT
+bundle's graphs run to it (``litert_latency.py``).
 
 float32: numpy's BLAS (OpenBLAS here), its threads pinned with threadpoolctl.
 int8: ``torch._int_mm`` (int8 x int8 -> int32, oneDNN on x86: the VNNI
@@ -16,6 +16,8 @@ import time
 import numpy as np
 
 SIZE = 2048
+# A stage below this fraction of the median stage's achieved GFLOP/s is flagged.
+SLOW_STAGE_FRACTION = 0.8
 
 
 def _best_seconds(fn, repeats):
@@ -67,6 +69,40 @@ def machine_peaks(threads=(1, 2)):
         "int8_library": "torch._int_mm",
         "float32": {str(t): float32_peak(t) for t in threads},
         "int8": {str(t): int8_peak(t) for t in threads},
+    }
+
+
+def achieved_table(directory, quantization, peaks, num_threads, repeats=100):
+    """Each graph's achieved GFLOP/s (its FLOPs over its isolated batch-1
+    invoke time) against this machine's measured matmul peak; stages under
+    ``SLOW_STAGE_FRACTION`` of the median stage's rate are flagged."""
+    from keras_dmpo.litert import StagedRuntime
+
+    runtime = StagedRuntime(directory, num_threads=num_threads)
+    stage_ms = runtime.stage_latency(batch_size=1, repeats=repeats, warmup=10)
+    stage_flops = np.diff(np.concatenate([[0.0], runtime.flops_per_exit]))
+    mono_ms = stage_ms["monolithic"]
+    float_peak = peaks["float32"][str(num_threads)]
+    int8_peak = peaks["int8"][str(num_threads)]
+    stages = []
+    for k, flops in enumerate(stage_flops):
+        ms = stage_ms[f"stage_{k + 1}"]
+        stages.append({"stage": k + 1, "gflop": flops / 1e9, "ms": ms, "gflops_per_s": flops / ms / 1e6})
+    median = float(np.median([row["gflops_per_s"] for row in stages]))
+    for row in stages:
+        row["fraction_of_median_stage"] = row["gflops_per_s"] / median
+        row["slow"] = bool(row["fraction_of_median_stage"] < SLOW_STAGE_FRACTION)
+        row["fraction_of_float32_peak"] = row["gflops_per_s"] / float_peak
+    mono_rate = runtime.full_model_flops / mono_ms / 1e6
+    return {
+        "quantization": quantization or "float32",
+        "num_threads": num_threads,
+        "monolithic_ms": mono_ms,
+        "monolithic_gflops_per_s": mono_rate,
+        "monolithic_fraction_of_float32_peak": mono_rate / float_peak,
+        "monolithic_fraction_of_int8_peak": None if int8_peak is None else mono_rate / int8_peak,
+        "median_stage_gflops_per_s": median,
+        "stages": stages,
     }
 
 
