@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from conftest import build_tiny_vit
 
-from keras_dmpo import DMPOClassifier, PhaseCallback
+from keras_dmpo import DMPOClassifier, EarlyExitModel, PhaseCallback
+from keras_dmpo.litert import StagedRuntime
 
 NUM_CLASSES = 3
 # Max |mixed - float32| of the logits over max(1, max |logits|), measured
@@ -49,20 +50,6 @@ def dtype_policy(request):
         yield keras.dtype_policies.get(request.param)
     finally:
         keras.mixed_precision.set_dtype_policy(previous)
-
-
-def float32_copy(model):
-    """The recipe of docs/training.md: the same weights in a float32 model."""
-    config = model.get_config()
-    config["backbone"]["config"]["dtype"] = "float32"
-    previous = keras.config.dtype_policy()
-    keras.mixed_precision.set_dtype_policy("float32")
-    try:
-        copy = DMPOClassifier.from_config(config)
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 def dtype_of(x):
@@ -108,7 +95,7 @@ def test_trains_under_mixed_policy(dtype_policy):
     assert dtype_of(loss) == "float32" and np.isfinite(float(keras.ops.convert_to_numpy(loss)))
 
     # The float32 copy (export this one) agrees within the low precision.
-    reference = float32_copy(model)
+    reference = model.float32_copy()
     assert reference.backbone.compute_dtype == "float32"
     for layer in reference.trunk_adapters + reference.exit_bypasses:
         assert layer.compute_dtype == "float32", layer.name
@@ -131,6 +118,36 @@ def test_trains_under_mixed_policy(dtype_policy):
     assert all(np.all(np.isfinite(w)) for w in after)
     assert any(not np.array_equal(a, b) for a, b in zip(before, after)), "no weight moved"
     assert {dtype_of(v) for v in model.weights} == {"float32"}
+
+
+def test_a_mixed_model_exports_its_float32_copy(tmp_path):
+    previous = keras.config.dtype_policy()
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = DMPOClassifier(
+            build_tiny_vit(seed=0, num_layers=2), num_classes=NUM_CLASSES, exits=[1, 2], adapter_dim=8
+        )
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+    assert not model.computes_in_float32
+    reference = EarlyExitModel(model.float32_copy())
+    assert reference.model.computes_in_float32 and reference.model is not model
+    x = np.random.default_rng(1).uniform(size=(8, 32, 32, 3)).astype("float32")
+    # Half the images leave at exit 1 (a threshold between two scores, far from both).
+    scores = np.sort(reference.exit_probabilities(x)[0].max(-1))
+    thresholds = [float(scores[3] + scores[4]) / 2, 0.0]
+    reference.thresholds = thresholds
+    mixed = EarlyExitModel(model, thresholds=thresholds)
+
+    mixed.export_tflite(tmp_path / "tflite")
+
+    out = StagedRuntime(str(tmp_path / "tflite")).predict(x)
+    expected = reference.predict(x)
+    np.testing.assert_array_equal(out["exit_index"], expected["exit_index"])
+    np.testing.assert_allclose(out["probabilities"], expected["probabilities"], atol=1e-5)
+    assert sorted(set(out["exit_index"].tolist())) == [0, 1]
+    # The user's model is untouched: it still computes in bfloat16.
+    assert not model.computes_in_float32 and model.backbone.compute_dtype == "bfloat16"
 
 
 def test_policy_is_restored():

@@ -62,6 +62,7 @@ def export(
     or subprocess.
     """
     directory = os.fspath(directory)
+    ee = _with_float32_model(ee)
     spec = export_spec(ee, class_names)
     mode = resolve_quantization(quantization)
     check_calibration_data(representative_data, spec.image_shape, mode)
@@ -94,6 +95,14 @@ def export(
     return export_onnx_stage_graphs(
         directory, stage_models, spec, monolithic_model=monolithic, overwrite=overwrite
     )
+
+
+def _with_float32_model(ee):
+    """The stage graphs are float32: a model trained under a mixed precision
+    policy is exported from a float32 copy of its weights, with its policy."""
+    if ee.model.computes_in_float32:
+        return ee
+    return type(ee)(ee.model.float32_copy(), policy=ee.policy)
 
 
 def _in_tensorflow_subprocess(

@@ -53,7 +53,7 @@ class DMPOClassifier(keras.Model):
     with float32 variables; the exit heads (covariance, Newton-Schulz root,
     linear) compute in float32, so every output logit and the loss are
     float32. ``compile`` wraps the optimizer in a ``LossScaleOptimizer`` under
-    ``mixed_float16``. Export a float32 copy (docs/training.md).
+    ``mixed_float16``. The exports run on a float32 copy (``float32_copy``).
 
     Args:
         backbone: a ``keras_hub.models.ViTBackbone`` (or a keras-hub ViT image
@@ -266,6 +266,47 @@ class DMPOClassifier(keras.Model):
     @property
     def image_shape(self):
         return self._plan.image_shape
+
+    # --- precision --------------------------------------------------------
+    @property
+    def computes_in_float32(self):
+        """False for a model built under a mixed precision policy (its blocks,
+        adapters and bypasses compute in bfloat16 / float16)."""
+        return all(layer.compute_dtype == "float32" for layer in self._flatten_layers())
+
+    def float32_copy(self):
+        """This model's weights in a model that computes in float32, or the
+        model itself when it already does.
+
+        A model built under ``mixed_bfloat16`` / ``mixed_float16`` keeps that
+        policy in its layers (and its saved config records the backbone's).
+        Its variables are float32 already, so the copy holds the same values.
+        The exports use it: TFLite and ONNX stage graphs are float32.
+
+        Example:
+
+        >>> import keras_hub
+        >>> backbone = keras_hub.models.ViTBackbone(image_shape=(32, 32, 3), patch_size=8,
+        ...     num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, dtype="mixed_bfloat16")
+        >>> mixed = DMPOClassifier(backbone, num_classes=3, exits=[1, 2])
+        >>> mixed.computes_in_float32, mixed.float32_copy().computes_in_float32
+        (False, True)
+        """
+        if self.computes_in_float32:
+            return self
+        config = self.get_config()
+        config["backbone"] = {
+            **config["backbone"],
+            "config": {**config["backbone"]["config"], "dtype": "float32"},
+        }
+        previous = keras.config.dtype_policy()
+        keras.mixed_precision.set_dtype_policy("float32")
+        try:
+            copy = type(self).from_config(config)
+        finally:
+            keras.mixed_precision.set_dtype_policy(previous)
+        copy.set_weights(self.get_weights())
+        return copy
 
     # --- training ---------------------------------------------------------
     def compile(self, optimizer="adamw", loss=None, metrics=None, **kwargs):
