@@ -136,6 +136,30 @@ def test_non_finite_batch_mid_stream_is_named(model):
         EarlyExitModel(model).calibrate(dataset, flops_budget=0.6)
 
 
+def test_fit_checks_every_batch_of_a_tf_data_pipeline(model):
+    # A model of its own: on JAX, Keras detaches the variables' values during
+    # fit, and a data error in a fit's first step can leave them detached.
+    tf = pytest.importorskip("tensorflow")
+    x = np.random.default_rng(0).uniform(size=(24, 32, 32, 3)).astype("float32")
+    x[19, 3, 3, 0] = np.nan  # batch 2 (of 8), sample 3
+    y = np.arange(24) % NUM_CLASSES
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    model.compile(optimizer="sgd")
+    # The first batch is clean: only a check of every batch finds this one.
+    with pytest.raises(
+        ValueError, match=r"^`x` batch 2 has NaN or inf pixel values in 1 of 8 samples \(first: sample 3"
+    ):
+        model.fit(dataset, epochs=1, verbose=0, callbacks=[])
+    with pytest.raises(ValueError, match=r"^`x` batch 2 has NaN"):
+        model.evaluate(dataset, verbose=0)
+    clean = tf.data.Dataset.from_tensor_slices((x[:16], y[:16])).batch(8)
+    with pytest.raises(ValueError, match=r"^`validation_data` batch 2 has NaN .* sample 3 of the batch\)"):
+        model.fit(clean, validation_data=dataset, epochs=1, verbose=0, callbacks=[])
+    # The check keeps the pipeline's element structure and length.
+    history = model.fit(clean, validation_data=clean, epochs=1, verbose=0, callbacks=[])
+    assert np.isfinite(history.history["loss"][0]) and "val_loss" in history.history
+
+
 def test_augmentation_changes_training_batches_only():
     x = np.random.default_rng(0).uniform(size=(8, 32, 32, 3)).astype("float32")
     plain = ImageBatches(x, np.zeros(8), batch_size=8)

@@ -400,17 +400,17 @@ class DMPOClassifier(keras.Model):
                     stacklevel=2,
                 )
                 self._warned_no_phase_callback = True
-        with _plain_bad_batch_errors():
+        with _plain_bad_batch_errors(self):
             return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         self._check_inputs(x, y)
-        with _plain_bad_batch_errors():
+        with _plain_bad_batch_errors(self):
             return super().evaluate(checked_stream(x), y, *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):
         self._check_inputs(x, None)
-        with _plain_bad_batch_errors():
+        with _plain_bad_batch_errors(self):
             return super().predict(checked_stream(x), *args, **kwargs)
 
     def get_loss_weights(self):
@@ -483,12 +483,20 @@ class DMPOClassifier(keras.Model):
 
 
 @contextlib.contextmanager
-def _plain_bad_batch_errors():
+def _plain_bad_batch_errors(model):
     """A stream's bad batch found mid-epoch surfaces as the ValueError naming
-    the batch and sample, not inside a backend's data-pipeline traceback."""
+    the batch and sample, not inside a backend's data-pipeline traceback.
+
+    On JAX, ``evaluate`` and ``predict`` detach the variables' values while
+    they run and attach them back only when they finish (``fit`` does so in
+    a ``finally``); after an error the state of the last finished step is
+    attached back here. An error surfacing in the very first step (JAX reads
+    two batches ahead) leaves nothing to attach: reload the model then."""
     try:
         yield
     except Exception as error:
+        if hasattr(model, "jax_state_sync"):
+            model.jax_state_sync()
         plain = reraise_bad_batch(error)
         if plain is None:
             raise
