@@ -20,7 +20,8 @@ SIZE = 2048
 SLOW_STAGE_FRACTION = 0.8
 
 
-def _best_seconds(fn, repeats):
+def best_seconds(fn, repeats):
+    """The fastest of ``repeats`` calls of ``fn`` (after one warm-up call), in s."""
     fn()  # warm-up: thread pools, page faults
     best = float("inf")
     for _ in range(repeats):
@@ -38,7 +39,7 @@ def float32_peak(num_threads, size=SIZE, repeats=5):
     a = rng.standard_normal((size, size), dtype=np.float32)
     b = rng.standard_normal((size, size), dtype=np.float32)
     with threadpool_limits(limits=num_threads, user_api="blas"):
-        seconds = _best_seconds(lambda: a @ b, repeats)
+        seconds = best_seconds(lambda: a @ b, repeats)
     return 2 * size**3 / seconds / 1e9
 
 
@@ -55,7 +56,7 @@ def int8_peak(num_threads, size=SIZE, repeats=5):
         generator = torch.Generator().manual_seed(0)
         a = torch.randint(-128, 128, (size, size), dtype=torch.int8, generator=generator)
         b = torch.randint(-128, 128, (size, size), dtype=torch.int8, generator=generator)
-        seconds = _best_seconds(lambda: torch._int_mm(a, b), repeats)
+        seconds = best_seconds(lambda: torch._int_mm(a, b), repeats)
     finally:
         torch.set_num_threads(previous)
     return 2 * size**3 / seconds / 1e9

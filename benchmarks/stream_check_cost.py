@@ -25,20 +25,11 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
+from machine_peak import best_seconds  # noqa: E402  (beside this script)
 
 from keras_dmpo.atomic_io import write_json_atomic  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def best_of(fn, repeats):
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main(argv=None):
@@ -88,8 +79,8 @@ def main(argv=None):
         "pydataset": (read_all(plain), read_all(checked)),
         "tf_data": (iterate(dataset), iterate(checked_dataset)),
     }.items():
-        unchecked_s = best_of(unchecked_fn, args.repeats) / args.batches
-        checked_s = best_of(checked_fn, args.repeats) / args.batches
+        unchecked_s = best_seconds(unchecked_fn, args.repeats) / args.batches
+        checked_s = best_seconds(checked_fn, args.repeats) / args.batches
         rows[name] = {
             "unchecked_ms_per_batch": 1e3 * unchecked_s,
             "checked_ms_per_batch": 1e3 * checked_s,

@@ -219,18 +219,18 @@ def _check_graph_entry(check, entry, where, image_shape, num_classes, first, las
     return inputs, outputs
 
 
+def _refuse_unknown_keys(check, value, known, where, says):
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        check.fail(f"{where} key {unknown[0]!r}", value[unknown[0]], f"absent: {says} {list(known)}")
+
+
 def _check_preprocessing(check, value, image_shape):
     where = "manifest['preprocessing']"
     if not isinstance(value, dict):
         check.fail(where, value, "a dict (scale, offset, input_range, ...)")
-    unknown = sorted(set(value) - set(PREPROCESSING_KEYS))
-    if unknown:
-        # An unknown step (say "mean") would be silently skipped: refuse it.
-        check.fail(
-            f"{where} key {unknown[0]!r}",
-            value[unknown[0]],
-            f"absent: known keys are {list(PREPROCESSING_KEYS)}",
-        )
+    # An unknown step (say "mean") would be silently skipped: refuse it.
+    _refuse_unknown_keys(check, value, PREPROCESSING_KEYS, where, "known keys are")
     channels = image_shape[-1]
     for key in ("scale", "offset"):
         item = check.require(value, key, where, "a number or one number per channel")
@@ -418,13 +418,7 @@ def _check_recipe_rules(check, recipe, where):
         at = f"{where}[{i}]"
         if not isinstance(entry, dict):
             check.fail(at, entry, 'a dict {"regex", "operation", "algorithm_key", "op_config"}')
-        unknown = sorted(set(entry) - set(RECIPE_RULE_KEYS))
-        if unknown:
-            check.fail(
-                f"{at} key {unknown[0]!r}",
-                entry[unknown[0]],
-                f"absent: a rule has keys {list(RECIPE_RULE_KEYS)}",
-            )
+        _refuse_unknown_keys(check, entry, RECIPE_RULE_KEYS, at, "a rule has keys")
         for key in ("regex", "operation", "algorithm_key"):
             value = check.require(entry, key, at, "a string")
             if not isinstance(value, str) or not value:
