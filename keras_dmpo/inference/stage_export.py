@@ -62,7 +62,6 @@ def export(
     or subprocess.
     """
     directory = os.fspath(directory)
-    ee = _with_float32_model(ee)
     spec = export_spec(ee, class_names)
     mode = resolve_quantization(quantization)
     check_calibration_data(representative_data, spec.image_shape, mode)
@@ -73,6 +72,8 @@ def export(
             f"`web=True` is a TFLite option (LiteRT.js runs .tflite graphs); got format {fmt!r}."
         )
     bundle.check_output_directory(directory, overwrite)
+    # Only after every argument check: the copy costs a model's build.
+    ee = _with_float32_model(ee)
     if keras.backend.backend() != "tensorflow":
         return _in_tensorflow_subprocess(
             fmt, ee, directory, mode, representative_data, overwrite, class_names, web
