@@ -163,6 +163,12 @@ def parse_args(argv=None):
     )
     add("--latency-images", type=int, default=200, help="test images timed at batch 1")
     add(
+        "--save-models",
+        default=None,
+        metavar="DIR",
+        help="also save each run's EarlyExitModel (30%% thresholds) as DIR/DATASET_METHOD_seedN.keras",
+    )
+    add(
         "--results-dir",
         default=None,
         help="JSON folder (default benchmarks/results/dmpo_dinov2, toy: dmpo; their _quick twins with --quick)",
@@ -219,6 +225,7 @@ def run_settings(args, sizes, requested_shape, data):
         data_source=data.get("source"),
         latency=args.latency,
         latency_images=args.latency_images,
+        save_models_dir=args.save_models,
     )
 
 
@@ -262,6 +269,11 @@ def train_all(args, profile, results_dir):
             for m in methods
             if not os.path.isfile(result_path(results_dir, dataset, m, s))
         ]
+        if args.save_models:
+            for m, s in todo:
+                saved = os.path.join(args.save_models, f"{dataset}_{m}_seed{s}.keras")
+                if os.path.exists(saved):
+                    raise SystemExit(f"--save-models: {saved} exists; move it away or give another folder")
         log(f"== {dataset}: {len(todo)} runs to do, {len(methods) * len(seeds) - len(todo)} already done")
         if not todo:
             continue

@@ -506,3 +506,22 @@ def test_exit_policies_on_stored_outputs(tmp_path):
     text = exit_policies.markdown(summary_rows, [run], "cmd")
     assert text.startswith(exit_policies.BEGIN) and text.endswith(exit_policies.END)
     assert "| confidence | — |" in text  # 25% unreachable
+
+
+def test_a_saved_run_keeps_the_30_percent_policy(tmp_path, tiny_vit):
+    from dmpo_bench import runs
+
+    from keras_dmpo import DMPOClassifier, EarlyExitModel
+
+    ee = EarlyExitModel(DMPOClassifier(tiny_vit, num_classes=3, exits=[1, 2]))
+    k = ee.num_exits
+    rows = [
+        {"budget": 0.25, "reachable": False},
+        {"budget": 0.3, "reachable": True, "thresholds": [0.7] * (k - 1) + [0.0]},
+        {"budget": 0.5, "reachable": True, "thresholds": [0.9] * (k - 1) + [0.0]},
+    ]
+    path = str(tmp_path / "models" / "clothing_dmpo_seed0.keras")
+    runs.save_model(ee, rows, path)
+    assert list(EarlyExitModel.load(path, compile=False).thresholds) == [0.7] * (k - 1) + [0.0]
+    bench = load_script("dmpo_benchmark")
+    assert bench.parse_args(["--save-models", "/m"]).save_models == "/m"

@@ -32,6 +32,8 @@ class RunSettings:
         data_seed: seed of the splits; data_source: what was read (recorded).
         latency: also time the staged LiteRT model; latency_images: on how
             many test images.
+        save_models_dir: where to save each run's ``EarlyExitModel`` (with
+            the 30% budget's thresholds), or None.
     """
 
     epochs: int
@@ -44,6 +46,7 @@ class RunSettings:
     data_source: object
     latency: bool
     latency_images: int
+    save_models_dir: object = None
 
 
 def log(text=""):
@@ -218,6 +221,17 @@ def model_config(model, schedule, trainable, sizes, settings):
     }
 
 
+def save_model(ee, budgets, path):
+    """Save the run's model with the 30% budget's policy (or the model's
+    own when 30% is out of reach), for later export and quantization."""
+    row = next((r for r in budgets if round(r["budget"], 6) == 0.3 and r.get("reachable")), None)
+    if row is not None:
+        ee.thresholds = row["thresholds"]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    ee.save(path)
+    log(f"    saved {path} ({'30% thresholds' if row else 'no 30% thresholds: out of reach'})")
+
+
 def run_one(dataset, method, seed, data, settings, backbone, command):
     """Train ``method`` on ``data`` with run seed ``seed``.
 
@@ -261,6 +275,8 @@ def run_one(dataset, method, seed, data, settings, backbone, command):
         val_probs, y_val, test_probs, y_test, ee.flops_per_exit, ee.full_model_flops, ee.exits
     )
     eval_seconds = time.perf_counter() - eval_start
+    if settings.save_models_dir:
+        save_model(ee, budgets, os.path.join(settings.save_models_dir, f"{dataset}_{method}_seed{seed}.keras"))
 
     latency = None
     if settings.latency:
