@@ -276,7 +276,9 @@ def run_one(dataset, method, seed, data, settings, backbone, command):
     )
     eval_seconds = time.perf_counter() - eval_start
     if settings.save_models_dir:
-        save_model(ee, budgets, os.path.join(settings.save_models_dir, f"{dataset}_{method}_seed{seed}.keras"))
+        save_model(
+            ee, budgets, os.path.join(settings.save_models_dir, f"{dataset}_{method}_seed{seed}.keras")
+        )
 
     latency = None
     if settings.latency:
