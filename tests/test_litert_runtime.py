@@ -48,6 +48,22 @@ def test_matches_keras_early_exit(exported, batch_size):
     assert out["probabilities"].shape == (len(exit_index), 5)
 
 
+@pytest.mark.parametrize("batch_size", [None, 4])
+def test_every_exit_on_every_image_matches_keras(exported, web_exported, batch_size):
+    for directory, reference in (exported, web_exported):
+        runtime = StagedRuntime(directory)
+        probabilities = runtime.exit_probabilities(reference["images"], batch_size=batch_size)
+        keras_probabilities = np.stack([reference[f"exit_{k}"] for k in (1, 2, 3)])
+        assert probabilities.shape == keras_probabilities.shape
+        assert np.abs(probabilities - keras_probabilities).max() <= 1e-4
+        # The policy applied to them picks the exits the staged run picks.
+        np.testing.assert_array_equal(
+            runtime.policy.assign(probabilities), runtime.predict(reference["images"])["exit_index"]
+        )
+    with pytest.raises(ValueError, match=r"`batch_size` must be an integer >= 1 or None; got 0"):
+        runtime.exit_probabilities(reference["images"], batch_size=0)
+
+
 def test_monolithic_and_float_input(exported):
     directory, reference = exported
     runtime = StagedRuntime(directory)

@@ -330,10 +330,7 @@ class StagedRuntime(HoldsPolicy):
             (N, C) float32, ``exit_index`` (N,) int64 0-based position in
             ``exits``, ``flops`` (N,) float64 FLOPs spent per sample.
         """
-        if batch_size is not None and (
-            not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1
-        ):
-            raise ValueError(f"`batch_size` must be an integer >= 1 or None; got {batch_size!r}.")
+        batch_size = self._check_batch_size(batch_size)
         x = self.preprocess(images, allow_non_finite=allow_non_finite)
         num_samples = x.shape[0]
         batch_size = num_samples if batch_size is None else int(batch_size)
@@ -356,6 +353,37 @@ class StagedRuntime(HoldsPolicy):
             "exit_index": exit_index,
             "flops": self.flops_per_exit[exit_index],
         }
+
+    def exit_probabilities(self, images, batch_size=None, allow_non_finite=False):
+        """Every exit's probabilities for every image, ``(K, N, C)`` float32,
+        like ``EarlyExitModel.exit_probabilities``: every stage runs on every
+        image, so the exit policy can be calibrated on the graphs' own
+        outputs (``keras_dmpo.policy.calibrate``) and applied to them
+        (``ExitPolicy.assign``), for instance after quantization.
+
+        ``images``, ``batch_size`` and ``allow_non_finite`` as in ``predict``.
+        """
+        batch_size = self._check_batch_size(batch_size)
+        x = self.preprocess(images, allow_non_finite=allow_non_finite)
+        num_samples = x.shape[0]
+        batch_size = self.fixed_batch_size or batch_size or max(1, num_samples)
+        probabilities = np.zeros((self.num_exits, num_samples, self.num_classes), dtype=np.float32)
+        for start in range(0, num_samples, batch_size):
+            stop = min(start + batch_size, num_samples)
+            value = x[start:stop]
+            for k in range(self.num_exits):
+                outputs = self._stages[k](**{self._input_name(k): value})
+                probabilities[k, start:stop] = outputs["probabilities"]
+                value = outputs.get("tokens")
+        return probabilities
+
+    @staticmethod
+    def _check_batch_size(batch_size):
+        if batch_size is not None and (
+            not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1
+        ):
+            raise ValueError(f"`batch_size` must be an integer >= 1 or None; got {batch_size!r}.")
+        return batch_size
 
     def _predict_one(self, x):
         """One image ``(1, H, W, C)`` (what a phone does): each stage through
