@@ -58,7 +58,7 @@ from machine_peak import achieved_table, machine_peaks  # noqa: E402
 
 from keras_dmpo import policy  # noqa: E402
 from keras_dmpo.atomic_io import write_bytes_atomic, write_json_atomic  # noqa: E402
-from keras_dmpo.export import quantizer  # noqa: E402
+from keras_dmpo.export import quantization_report, quantizer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODES = (
@@ -181,6 +181,11 @@ def _measure(ee, mode, directory, data, representative, float_policies, keras_re
             test_p, y_test, own_policy, reference_exits, reference_labels, flops, full
         )
         row["budgets"].append({"budget": budget, "float_thresholds": with_float, "own_thresholds": with_own})
+    # Which ops XNNPACK runs at batch 1 (the rest are LiteRT's own kernels).
+    row["xnnpack"] = {}
+    for graph in ("stage_1", "monolithic"):
+        with open(os.path.join(directory, f"{graph}.tflite"), "rb") as handle:
+            row["xnnpack"][graph] = quantization_report.xnnpack_delegation(handle.read())
     row["latency"] = []
     for threads in args.threads:
         table = achieved_table(directory, mode, peaks, threads, repeats=args.repeats)
@@ -312,6 +317,23 @@ def markdown(result):
                 + " | ".join(f"{t['expected_ms_per_image'][str(b)]:.1f}" for b in budgets)
                 + f" | {t['monolithic_gflops_per_s']:.0f} | {min(rates):.0f} / {t['median_stage_gflops_per_s']:.0f}"
                 f" | {t['monolithic_fraction_of_float32_peak']:.2f} | {'—' if int8 is None else f'{int8:.2f}'} |"
+            )
+    lines += [
+        "",
+        "Ops that LiteRT's XNNPACK delegate leaves to LiteRT's own kernels (batch 1), per graph: "
+        "partitions, ops in XNNPACK / outside, and the op types outside (count):",
+        "",
+        "| mode | graph | partitions | in XNNPACK / outside | outside XNNPACK |",
+        "|---|---|---|---|---|",
+    ]
+    for row in result["modes"]:
+        for graph, report in row.get("xnnpack", {}).items():
+            outside = ", ".join(
+                f"{op} {n['not_delegated']}" for op, n in report["by_op"].items() if n["not_delegated"]
+            )
+            lines.append(
+                f"| {row['mode']} | {graph} | {report['partitions']} | {report['delegated']} / "
+                f"{report['not_delegated']} | {outside or '—'} |"
             )
     return "\n".join(lines) + "\n"
 

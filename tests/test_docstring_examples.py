@@ -69,6 +69,7 @@ ONLY_ON = {
     "keras_dmpo.export.quantization_report.tensor_errors": "tensorflow",
     "keras_dmpo.export.quantization_report.errors_by_op_type": "tensorflow",
     "keras_dmpo.export.quantization_report.op_type_sensitivity": "tensorflow",
+    "keras_dmpo.export.quantization_report.xnnpack_delegation": "tensorflow",
     # Builds its export in-process; the runtime itself is tested on every
     # backend against a TensorFlow-subprocess export (test_litert_runtime.py).
     "keras_dmpo.litert.runtime.StagedRuntime": "tensorflow",

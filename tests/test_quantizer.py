@@ -282,6 +282,39 @@ def test_the_report_sees_every_layer_norm_op(stage_models, calibration_images, t
     assert 0 <= rows["SOFTMAX"]["same_label"] <= 1 and "tokens_snr_db" in rows["SOFTMAX"]
 
 
+@needs_tf
+def test_the_delegation_report_finds_what_xnnpack_leaves_to_litert(
+    stage_models, cached_conversion, calibration_images, tmp_path
+):
+    from keras_dmpo.export import quantization_report as report
+    from keras_dmpo.export.tflite_convert import convert_to_tflite
+
+    float_graph = convert_to_tflite(stage_models[0])
+    counts = report.op_type_counts(float_graph)
+    # XNNPACK takes every float op that computes (what it leaves are the
+    # dynamic batch's shape computations).
+    at_one = report.xnnpack_delegation(float_graph, batch_size=1)
+    assert at_one["delegated"] + at_one["not_delegated"] == sum(counts.values())
+    for op in ("FULLY_CONNECTED", "BATCH_MATMUL", "SOFTMAX", "GELU", "RSQRT"):
+        if op in counts:
+            assert at_one["by_op"][op] == {"delegated": counts[op], "not_delegated": 0}
+    export_stage_graphs(
+        str(tmp_path / "s"),
+        stage_models,
+        SPEC,
+        quantization="static_int8",
+        representative_data=calibration_images,
+    )
+    with open(tmp_path / "s" / "stage_1.tflite", "rb") as handle:
+        int8 = report.xnnpack_delegation(handle.read(), batch_size=1)
+    # Measured with ai-edge-litert 2.3.0: the int8 attention products (two
+    # activations) are LiteRT kernels, and the graph falls apart into more
+    # partitions than the float one.
+    assert int8["by_op"]["BATCH_MATMUL"]["not_delegated"] == counts["BATCH_MATMUL"]
+    assert int8["by_op"]["FULLY_CONNECTED"]["delegated"] > 0
+    assert int8["partitions"] > at_one["partitions"]
+
+
 # -- the recipe in the manifest (schema, numpy only) --------------------------
 
 

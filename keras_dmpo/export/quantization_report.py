@@ -325,3 +325,71 @@ def op_type_sensitivity(float_flatbuffer, calibration_inputs, test_inputs, activ
         return row.get("probabilities_snr_db", next(v for k, v in row.items() if k.endswith("_snr_db")))
 
     return sorted(rows, key=badness)
+
+
+def xnnpack_delegation(flatbuffer, num_threads=1, batch_size=1):
+    """Which ops of a ``.tflite`` LiteRT's default XNNPACK delegate runs,
+    and which fall back to LiteRT's own kernels, per op type.
+
+    An op XNNPACK refuses splits the delegated graph in two; every
+    partition boundary and every fallback kernel costs time (the reason a
+    graph runs far from the machine's peak). Read from the interpreter's
+    node list after the delegate is applied: each delegate node's
+    partition is the set of original ops between its input and output
+    tensors. Uses LiteRT's private ``_get_ops_details`` (ai-edge-litert 2.x).
+
+    Args:
+        flatbuffer: the ``.tflite`` bytes.
+        num_threads: the interpreter's threads.
+        batch_size: the batch the input is resized to first. A graph
+            converted with a dynamic batch computes its reshapes at run time
+            (SHAPE, GATHER, PACK... ops that XNNPACK leaves out); a
+            fixed-batch export (``web=True``) has them folded away.
+
+    Returns:
+        ``{"partitions": n, "delegated": n, "not_delegated": n, "by_op":
+        {op: {"delegated": n, "not_delegated": n}}}``, ops with fallbacks
+        first.
+
+    Example (TensorFlow backend, for the graph):
+
+    >>> from keras_dmpo.export.tflite_convert import convert_to_tflite
+    >>> inputs = keras.Input((8,), name="x")
+    >>> model = keras.Model(inputs, {"y": keras.layers.Dense(4, activation="softmax")(inputs)})
+    >>> report = xnnpack_delegation(convert_to_tflite(model))
+    >>> report["partitions"], report["not_delegated"]
+    (1, 0)
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=bytes(flatbuffer), num_threads=num_threads)
+    for detail in interpreter.get_input_details():
+        shape = [batch_size] + [int(d) for d in detail["shape_signature"][1:]]
+        interpreter.resize_tensor_input(detail["index"], shape)
+    interpreter.allocate_tensors()
+    ops = interpreter._get_ops_details()
+    originals = [op for op in ops if op["op_name"] != "DELEGATE"]
+    delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
+    producer = {int(t): op["index"] for op in originals for t in op["outputs"]}
+    delegated = set()
+    for delegate in delegates:
+        boundary = {int(t) for t in delegate["inputs"]}
+        pending, seen = [int(t) for t in delegate["outputs"]], set()
+        while pending:
+            tensor = pending.pop()
+            if tensor in boundary or tensor in seen or tensor not in producer:
+                continue
+            seen.add(tensor)
+            index = producer[tensor]
+            delegated.add(index)
+            pending.extend(int(t) for t in ops[index]["inputs"] if t >= 0)
+    by_op = collections.defaultdict(lambda: {"delegated": 0, "not_delegated": 0})
+    for op in originals:
+        by_op[op["op_name"]]["delegated" if op["index"] in delegated else "not_delegated"] += 1
+    ordered = sorted(by_op.items(), key=lambda item: (-item[1]["not_delegated"], item[0]))
+    return {
+        "partitions": len(delegates),
+        "delegated": len(delegated),
+        "not_delegated": len(originals) - len(delegated),
+        "by_op": dict(ordered),
+    }
