@@ -17,8 +17,9 @@ photos): the representative images of the calibrating modes are
 validation photos, accuracy is measured on the test photos.
 
 Per mode (float32; the converter's float16, dynamic and int8; the LiteRT
-quantizer's recipes, and ``mixed_int16``: static int8 with the ops that break
-int8 in int16 instead of float, a recipe of rules), with
+quantizer's recipes; two recipes of rules: ``mixed_int16``, static int8 with
+the ops that break int8 in int16 instead of float, and ``int8_matmuls``,
+static int8 only for the fully connected layers and the patch embedding), with
 ``StagedRuntime.exit_probabilities`` on every validation and test photo:
 
 - at each budget (``--budgets``, default 30% and 50% of the full model's
@@ -63,7 +64,7 @@ from keras_dmpo.export import quantization_report, quantizer  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODES = (
     "float32,float16,dynamic,dynamic_int8,weight_only_int8,dynamic_int4_blockwise,"
-    "int8,static_int8,static_int16,mixed,mixed_int16"
+    "int8,static_int8,static_int16,mixed,mixed_int16,int8_matmuls"
 )
 # The ops that break static int8 in a ViT (docs/export.md): what "mixed"
 # keeps in float, given 16-bit activations instead, so every activation is
@@ -76,7 +77,11 @@ MIXED_INT16 = (
         quantizer.static_rule(16, regex=quantizer.COVARIANCE_SCOPE),
     ]
 )
-RECIPES_OF_RULES = {"mixed_int16": MIXED_INT16}
+# Static int8 for the ops that hold the weights (fully connected layers, the
+# patch embedding) and float for the rest: the int8 ops that XNNPACK runs
+# (quantization_report.xnnpack_delegation), and nothing it leaves out.
+INT8_MATMULS = [quantizer.static_rule(8, operation=op) for op in ("FULLY_CONNECTED", "CONV_2D")]
+RECIPES_OF_RULES = {"mixed_int16": MIXED_INT16, "int8_matmuls": INT8_MATMULS}
 
 
 def log(message):
