@@ -115,6 +115,8 @@ def analyse(args):
             start = time.perf_counter()
             ee.export_tflite(directory, web=web)
             log(f"exported {kind} graphs in {time.perf_counter() - start:.0f} s")
+        if args.export_only:
+            continue
         entry = {"graphs": kind, "delegation": [], "timing": []}
         for k in range(ee.num_exits):
             with open(os.path.join(directory, f"stage_{k + 1}.tflite"), "rb") as handle:
@@ -163,6 +165,11 @@ def main(argv=None):
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--work-dir", default=None, help="exports (re-used when there)")
+    parser.add_argument(
+        "--export-only",
+        action="store_true",
+        help="export into --work-dir and stop (time later, on an idle machine)",
+    )
     parser.add_argument("--name", default=None, help="results suffix (default: the config)")
     parser.add_argument("--markdown", metavar="JSON", help="print the table of an existing result and exit")
     args = parser.parse_args(argv)
@@ -171,7 +178,11 @@ def main(argv=None):
             print(markdown(json.load(handle)), end="")
         return 0
     args.threads = [int(t) for t in args.threads.split(",")]
+    if args.export_only and not args.work_dir:
+        parser.error("--export-only needs --work-dir (where a later run finds the exports)")
     result = analyse(args)
+    if args.export_only:
+        return 0
     name = args.name or (os.path.splitext(os.path.basename(args.model))[0] if args.model else args.config)
     stem = os.path.join(ROOT, "benchmarks", "results", f"stage_profile_{name}")
     write_json_atomic(stem + ".json", result)
