@@ -478,3 +478,23 @@ def test_early_exit_model_exports_mixed(early_exit, tmp_path):
     out = runtime.predict(images[:8])
     # Static int8 outside LayerNorm/softmax/GELU/covariance root, 3 classes, untrained: a sanity bound.
     assert np.abs(out["probabilities"] - expected).max() <= 0.3
+
+
+def test_a_fixed_batch_graph_keeps_its_float_tokens(early_exit, tmp_path):
+    """Static int8 on the fully connected layers alone, batch-1 graphs: the
+    tokens leave stage 1 and feed its bypass's int8 layer, and the quantizer
+    listed their int8 copy as the graph output (LiteRT: "Tensor data is
+    null"); quantize_flatbuffer points the output back at the float tokens."""
+    images = np.random.default_rng(1).uniform(size=(MIN_CALIBRATION_IMAGES, 32, 32, 3)).astype("float32")
+    manifest = early_exit.export_tflite(
+        str(tmp_path / "fc"),
+        quantization=[quantizer.static_rule(8, operation="FULLY_CONNECTED")],
+        representative_data=images,
+        web=True,
+    )
+    assert manifest["quantization"] == "custom"
+    runtime = StagedRuntime(str(tmp_path / "fc"))
+    runtime.thresholds = [1.0, 0.0]  # through both stages: stage 1's tokens are read
+    out = runtime.predict(images[:8])
+    assert (out["exit_index"] == 1).all()
+    assert np.abs(out["probabilities"] - early_exit.exit_probabilities(images[:8])[-1]).max() <= 0.3

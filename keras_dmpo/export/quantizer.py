@@ -493,6 +493,12 @@ def repair_signature(flatbuffer):
       is updated but the signature still names the int8 tensor (seen with
       "mixed": the tokens output feeds float LayerNorms and the output). The
       signature is pointed at the graph output its DEQUANTIZE writes.
+    - the other way round, the subgraph's output list names the int8 tensor
+      a QUANTIZE writes from a float graph output, while the signature names
+      the float one, which LiteRT then does not keep ("Tensor data is null";
+      seen at a fixed batch with only the fully connected layers in int8:
+      the tokens feed the next block's int8 layer and leave the graph). The
+      output list is pointed back at the float tensor.
 
     Returns the repaired flatbuffer (bytes); ``quantize_flatbuffer`` applies it.
 
@@ -514,6 +520,7 @@ def repair_signature(flatbuffer):
     changed = False
     for index, subgraph in enumerate(model.subgraphs):
         dequantized = {}  # input tensor -> the graph output a DEQUANTIZE writes from it
+        quantized = {}  # a graph output a QUANTIZE writes -> its float input
         for op in subgraph.operators:
             code = flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
             if code not in (schema.BuiltinOperator.QUANTIZE, schema.BuiltinOperator.DEQUANTIZE):
@@ -527,6 +534,15 @@ def repair_signature(flatbuffer):
                     changed = True
             if code == schema.BuiltinOperator.DEQUANTIZE and op.outputs[0] in list(subgraph.outputs):
                 dequantized[op.inputs[0]] = op.outputs[0]
+            if (
+                code == schema.BuiltinOperator.QUANTIZE
+                and op.outputs[0] in list(subgraph.outputs)
+                and source.type == schema.TensorType.FLOAT32
+            ):
+                quantized[op.outputs[0]] = op.inputs[0]
+        if quantized:
+            subgraph.outputs = [quantized.get(t, t) for t in subgraph.outputs]
+            changed = True
         for signature in model.signatureDefs or []:
             if signature.subgraphIndex != index:
                 continue
