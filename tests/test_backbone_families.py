@@ -200,3 +200,48 @@ def test_family_onnx_stage_graphs_match_keras(trained_family, tmp_path):
     diff = max(float(np.abs(p - k).max()) for p, k in zip(probabilities, keras_probabilities))
     print(f"[{BACKEND}] {family} onnxruntime vs Keras max |dp| over all exits: {diff:.2e}")
     assert diff <= 1e-4
+
+
+LOAD_ON_TENSORFLOW = """
+import sys
+import numpy as np
+import keras
+from keras_dmpo import DMPOClassifier  # noqa: F401 (registers the classifier)
+images = np.load(sys.argv[2])
+model = keras.models.load_model(sys.argv[1], compile=False)
+np.save(sys.argv[3], keras.ops.convert_to_numpy(model.predict_on_batch(images)["exit_2"]))
+"""
+
+
+def test_dinov2_loads_the_same_on_every_backend(images, tmp_path):
+    # Position embeddings of std 1 (a trained DINOv2's are O(1)) on a 6 x 6
+    # grid for a 4 x 4 image grid, so that interpolating them two ways
+    # shows in the outputs.
+    import keras_hub
+
+    source = build_tiny_backbone("dinov2")
+    layer = source.embeddings
+    layer.position_embeddings.assign(
+        np.random.default_rng(0).normal(size=tuple(layer.position_embeddings.shape))
+    )
+    source.save_to_preset(str(tmp_path / "preset"))
+    reference = keras_hub.models.Backbone.from_preset(str(tmp_path / "preset"))
+    backbone = load_vit_backbone(str(tmp_path / "preset"))
+    config = backbone.get_config()
+    assert tuple(config["position_embedding_shape"]) == tuple(config["image_shape"]) == (32, 32, 3)
+    assert backbone.count_params() < reference.count_params()  # a 4 x 4 grid, not 6 x 6
+    np.testing.assert_allclose(
+        _backbone_output(backbone, images), _backbone_output(reference, images), atol=1e-6
+    )
+    model = DMPOClassifier(backbone=backbone, num_classes=3, exits=[1, 2])
+    path, image_path, out_path = (str(tmp_path / n) for n in ("m.keras", "x.npy", "y.npy"))
+    model.save(path)
+    np.save(image_path, images)
+    expected = keras.ops.convert_to_numpy(model.predict_on_batch(images)["exit_2"])
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    subprocess.run(
+        [sys.executable, "-c", LOAD_ON_TENSORFLOW, path, image_path, out_path], check=True, env=env, cwd=ROOT
+    )
+    diff = np.abs(np.load(out_path) - expected).max()
+    print(f"[{BACKEND}] saved here, loaded on TensorFlow: max |logit diff| {diff:.2e}")
+    assert diff <= 1e-4

@@ -261,4 +261,38 @@ def load_vit_backbone(preset, image_shape=None):
             f"{preset!r} (built at {tuple(backbone.get_config()['image_shape'])}); "
             "only DINOv2 interpolates its position embeddings to a new size."
         )
+    if family == "dinov2":
+        backbone = with_position_embeddings_at_image_size(backbone)
     return backbone
+
+
+def with_position_embeddings_at_image_size(backbone):
+    """A DINOv2 backbone that stores its position embeddings at its own grid.
+
+    keras-hub keeps a DINOv2 preset's position grid (37 x 37 for 518 px) and
+    interpolates it to the image size every time the backbone is built or
+    loaded, with the loading backend's bicubic resize. PyTorch's bicubic is
+    not TensorFlow's or JAX's (0.22 apart on unit-normal embeddings, 37 -> 8):
+    a model tuned on torch changed when TensorFlow loaded it for export.
+    Stored at the image's grid (the embeddings this backend interpolated, as
+    the model was built), it loads the same on every backend.
+
+    Returns ``backbone`` itself when its grid is already the image's.
+    """
+    config = backbone.get_config()
+    image_shape = tuple(config["image_shape"])
+    if tuple(config["position_embedding_shape"]) == image_shape:
+        return backbone
+    baked = type(backbone).from_config({**config, "position_embedding_shape": image_shape})
+    embeddings = backbone.embeddings.interpolated_position_embeddings
+    for target, source in zip(baked.weights, backbone.weights, strict=True):
+        if source.path.endswith("embeddings/position_embeddings"):
+            target.assign(embeddings)
+        elif target.name != source.name or tuple(target.shape) != tuple(source.shape):
+            raise ValueError(  # a keras-hub whose DINOv2 builds its weights in another order
+                f"cannot store the position embeddings at the image grid: weight {source.path} "
+                f"{tuple(source.shape)} has no counterpart ({target.path} {tuple(target.shape)})."
+            )
+        else:
+            target.assign(source)
+    return baked
