@@ -17,9 +17,9 @@ photos): the representative images of the calibrating modes are
 validation photos, accuracy is measured on the test photos.
 
 Per mode (float32; the converter's float16, dynamic and int8; the LiteRT
-quantizer's recipes; two recipes of rules: ``mixed_int16``, static int8 with
-the ops that break int8 in int16 instead of float, and ``int8_matmuls``,
-static int8 only for the fully connected layers and the patch embedding), with
+quantizer's recipes, ``int8_matmuls`` among them; and ``mixed_int16``, a recipe
+of rules: static int8 with the ops that break int8 in int16 instead of
+float), with
 ``StagedRuntime.exit_probabilities`` on every validation and test photo:
 
 - at each budget (``--budgets``, default 30% and 50% of the full model's
@@ -79,11 +79,7 @@ MIXED_INT16 = (
         quantizer.static_rule(16, regex=quantizer.COVARIANCE_SCOPE),
     ]
 )
-# Static int8 for the ops that hold the weights (fully connected layers, the
-# patch embedding) and float for the rest: the int8 ops that XNNPACK runs
-# (quantization_report.xnnpack_delegation), and nothing it leaves out.
-INT8_MATMULS = [quantizer.static_rule(8, operation=op) for op in ("FULLY_CONNECTED", "CONV_2D")]
-RECIPES_OF_RULES = {"mixed_int16": MIXED_INT16, "int8_matmuls": INT8_MATMULS}
+RECIPES_OF_RULES = {"mixed_int16": MIXED_INT16}
 
 
 def log(message):

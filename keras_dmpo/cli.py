@@ -708,8 +708,9 @@ def _export_arguments(export):
         help="float32 (no quantization, the default); the TFLite converter's dynamic (int8 weights), "
         "float16 (fp16 weights) or int8 (integer ops; needs --representative-data); or a LiteRT "
         "quantizer recipe: weight_only_int8, weight_only_int4, dynamic_int8, dynamic_int4_blockwise, "
-        "static_int8, static_int16 or mixed (static int8, LayerNorm/softmax/GELU/covariance root in "
-        "float); the static ones need --representative-data (docs/export.md)",
+        "static_int8, static_int16, mixed (static int8, LayerNorm/softmax/GELU/covariance root in "
+        "float) or int8_matmuls (static int8 on the fully connected layers and the patch embedding "
+        "only: the fastest on x86); the static ones need --representative-data (docs/export.md)",
     )
     export.add_argument(
         "--quantization-recipe",

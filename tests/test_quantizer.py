@@ -65,6 +65,8 @@ TOLERANCES = {
     "static_int8": (0.3, 0.8),
     "static_int16": (0.15, 0.85),
     "mixed": (0.3, 0.75),
+    # Static int8 into the fully connected layers only: measured 0.08-0.12, agreement 1.00 / 0.91.
+    "int8_matmuls": (0.2, 0.85),
 }
 assert set(TOLERANCES) == set(QUANTIZER_RECIPES)
 
@@ -352,7 +354,7 @@ def test_the_schema_reads_recipes_and_old_manifests(stage_models, cached_convers
     [
         (
             {"quantization": "int4"},
-            r"`quantization` must be one of \(None, 'dynamic', 'float16', 'int8', 'weight_only_int8', .*'mixed'\) "
+            r"`quantization` must be one of \(None, 'dynamic', 'float16', 'int8', 'weight_only_int8', .*'int8_matmuls'\) "
             r"or a LiteRT quantizer recipe .*got 'int4'",
         ),
         (
@@ -402,7 +404,7 @@ def test_named_recipes_are_json_and_say_what_they_calibrate():
     for name in QUANTIZER_RECIPES:
         mode = resolve_quantization(name)
         assert json.loads(json.dumps(mode.recipe)) == mode.recipe
-        assert mode.needs_calibration == name.startswith(("static", "mixed"))
+        assert mode.needs_calibration == name.startswith(("static", "mixed", "int8_matmuls"))
     mixed = quantizer.named_recipe("mixed")
     kept = {(r["operation"], r["regex"]) for r in mixed if r["algorithm_key"] == "no_quantize"}
     assert {("SOFTMAX", ".*"), ("GELU", ".*"), ("RSQRT", ".*"), ("*", quantizer.LAYER_NORM_SCOPE)} <= kept

@@ -40,7 +40,7 @@ def resolve_quantization(quantization):
             (``keras_dmpo.export.quantizer.RECIPES``: ``"weight_only_int8"``,
             ``"weight_only_int4"``, ``"dynamic_int8"``,
             ``"dynamic_int4_blockwise"``, ``"static_int8"``,
-            ``"static_int16"``, ``"mixed"``); or a recipe of your own, a list
+            ``"static_int16"``, ``"mixed"``, ``"int8_matmuls"``); or a recipe of your own, a list
             of the quantizer's rules (see ``keras_dmpo.export.quantizer``).
 
     Returns:

@@ -138,6 +138,13 @@ RECIPES = {
         _keep_float(regex=LAYER_NORM_SCOPE),
         _keep_float(regex=COVARIANCE_SCOPE),
     ],
+    # Static int8 on the ops that hold the weights (fully connected layers,
+    # the patch embedding) and float everywhere else: every op it quantizes
+    # runs in XNNPACK's int8 kernels, while the attention products, softmax,
+    # LayerNorm, GELU and residual adds (which "mixed" and "static_int8" put
+    # in int8, outside XNNPACK) stay float. The fastest mode on an x86 CPU
+    # and within a point of float on the photo model (docs/export.md).
+    "int8_matmuls": [_rule(_static(8), operation="FULLY_CONNECTED"), _rule(_static(8), operation="CONV_2D")],
 }
 assert tuple(RECIPES) == QUANTIZER_RECIPES  # the manifest schema lists the same names
 

@@ -59,13 +59,15 @@ def export_stage_graphs(
             ``"dynamic"``, ``"float16"`` or ``"int8"``; a LiteRT quantizer
             recipe, by name (``"weight_only_int8"``, ``"weight_only_int4"``,
             ``"dynamic_int8"``, ``"dynamic_int4_blockwise"``,
-            ``"static_int8"``, ``"static_int16"``, ``"mixed"``) or a list of
+            ``"static_int8"``, ``"static_int16"``, ``"mixed"``,
+            ``"int8_matmuls"``) or a list of
             the quantizer's rules (``keras_dmpo.export.quantizer``; recorded
             as ``"custom"``). Post-training, applied to every graph; a recipe
             is written into the manifest (``quantization_recipe``) as
             applied.
         representative_data: for ``"int8"`` and the recipes with static
-            activations (``"static_int8"``, ``"static_int16"``, ``"mixed"``):
+            activations (``"static_int8"``, ``"static_int16"``, ``"mixed"``,
+            ``"int8_matmuls"``):
             a numpy array ``(N, H, W, C)`` of model-space images (a recipe
             takes at least 32); stage k > 1 is calibrated on the tokens the
             preceding Keras stages compute from them.

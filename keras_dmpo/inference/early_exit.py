@@ -461,7 +461,9 @@ class EarlyExitModel(HoldsPolicy):
                 ``"weight_only_int4"``, ``"dynamic_int8"``,
                 ``"dynamic_int4_blockwise"``, ``"static_int8"``,
                 ``"static_int16"``, ``"mixed"``: static int8 with LayerNorm,
-                softmax, GELU and the covariance root in float) or a list of
+                softmax, GELU and the covariance root in float;
+                ``"int8_matmuls"``: static int8 on the fully connected layers
+                and the patch embedding only) or a list of
                 the quantizer's rules (``keras_dmpo.export.quantizer``). The
                 manifest records a recipe as applied.
             representative_data: calibration images (in [0, 1], what

@@ -32,6 +32,7 @@ QUANTIZER_RECIPES = (
     "static_int8",
     "static_int16",
     "mixed",
+    "int8_matmuls",
 )
 CUSTOM_RECIPE = "custom"
 # Every value of manifest["quantization"]. A quantizer mode also writes the

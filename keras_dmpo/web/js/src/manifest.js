@@ -16,7 +16,7 @@ export const FORMAT_VERSION = 2;
 export const CONVERTER_QUANTIZATIONS = Object.freeze([null, 'dynamic', 'float16', 'int8']);
 export const QUANTIZER_RECIPES = Object.freeze([
   'weight_only_int8', 'weight_only_int4', 'dynamic_int8', 'dynamic_int4_blockwise', 'static_int8',
-  'static_int16', 'mixed',
+  'static_int16', 'mixed', 'int8_matmuls',
 ]);
 const CUSTOM_RECIPE = 'custom';
 export const QUANTIZATION_MODES = Object.freeze([...CONVERTER_QUANTIZATIONS, ...QUANTIZER_RECIPES, CUSTOM_RECIPE]);
