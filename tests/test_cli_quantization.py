@@ -161,3 +161,27 @@ def test_representative_images_takes_all_when_fewer(image_folder):
     assert images.shape == (20,) + IMAGE_SHAPE
     with pytest.raises(ValueError, match="at least 1"):
         cli.representative_images(image_folder, IMAGE_SHAPE, 0)
+
+
+def test_too_few_images_of_the_users_folder_is_a_one_line_error(
+    capsys, image_folder, tiny_vit_preset, tmp_path
+):
+    """The calibration images are the user's (--representative-data), never
+    random ones; 20 of them are too few for a quantizer recipe, and the real
+    model says so before converting anything."""
+    from keras_dmpo import DMPOClassifier, EarlyExitModel
+
+    model = DMPOClassifier.from_preset(tiny_vit_preset, num_classes=2, exits=[2, 4])
+    path = str(tmp_path / "m.keras")
+    EarlyExitModel(model).save(path)
+    out_dir = str(tmp_path / "out")
+    code = cli.main(
+        [
+            "export", "--model", path, "--output-dir", out_dir,
+            "--quantization", "int8_matmuls", "--representative-data", image_folder,
+        ]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "`representative_data` has 20 images; `quantization='int8_matmuls'` needs at least 32" in err
+    assert len(err.strip().splitlines()) == 1 and not os.path.exists(os.path.join(out_dir, "manifest.json"))
