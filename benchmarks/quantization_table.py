@@ -357,12 +357,9 @@ def markdown(result):
     ]
     for row in result["modes"]:
         for graph, report in row.get("xnnpack", {}).items():
-            outside = ", ".join(
-                f"{op} {n['not_delegated']}" for op, n in report["by_op"].items() if n["not_delegated"]
-            )
             lines.append(
                 f"| {row['mode']} | {graph} | {report['partitions']} | {report['delegated']} / "
-                f"{report['not_delegated']} | {outside or '—'} |"
+                f"{report['not_delegated']} | {quantization_report.fallback_summary(report)} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -147,12 +147,10 @@ def markdown(result):
     for entry in result["exports"]:
         for timing in entry["timing"]:
             for s, d in zip(timing["stages"], entry["delegation"]):
-                outside = ", ".join(
-                    f"{op} {n['not_delegated']}" for op, n in d["by_op"].items() if n["not_delegated"]
-                )
+                outside = quantization_report.fallback_summary(d)
                 lines.append(
                     f"| {entry['graphs']} | {timing['num_threads']} | {s['stage']} | {s['gflop']:.3f} | {s['ms']:.2f} | "
-                    f"{s['gflops_per_s']:.0f} | {s['fraction_of_median_stage']:.2f} | {d['partitions']} | {outside or '—'} |"
+                    f"{s['gflops_per_s']:.0f} | {s['fraction_of_median_stage']:.2f} | {d['partitions']} | {outside} |"
                 )
     return "\n".join(lines) + "\n"
 

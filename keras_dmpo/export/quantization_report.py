@@ -393,3 +393,15 @@ def xnnpack_delegation(flatbuffer, num_threads=1, batch_size=1):
         "not_delegated": len(originals) - len(delegated),
         "by_op": dict(ordered),
     }
+
+
+def fallback_summary(delegation):
+    """The op types an ``xnnpack_delegation`` report leaves to LiteRT's own
+    kernels, as ``"BATCH_MATMUL 16, SOFTMAX 3"`` (most first), or ``"—"``.
+
+    >>> fallback_summary({"by_op": {"SOFTMAX": {"delegated": 0, "not_delegated": 3},
+    ...                             "ADD": {"delegated": 4, "not_delegated": 0}}})
+    'SOFTMAX 3'
+    """
+    parts = [f"{op} {n['not_delegated']}" for op, n in delegation["by_op"].items() if n["not_delegated"]]
+    return ", ".join(parts) or "—"
