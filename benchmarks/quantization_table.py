@@ -121,15 +121,32 @@ def budget_result(probabilities, labels, chosen_policy, reference_exits, referen
     return result, exit_index
 
 
-def export(ee, mode, directory, representative):
+def export(ee, mode, directory, representative, args):
+    """The mode's export, re-used when ``export.json`` says it was made from
+    the same model, recipe and calibration images; made again otherwise."""
     from keras_dmpo.litert import StagedRuntime
 
-    if os.path.isfile(os.path.join(directory, "manifest.json")):
-        log(f"{mode}: re-using {directory}")
-        return StagedRuntime(directory).manifest, None
     quantization = RECIPES_OF_RULES.get(mode, None if mode == "float32" else mode)
+    made_from = {
+        "model": os.path.abspath(args.model),
+        "quantization": quantization,
+        "dataset": args.dataset,
+        "data_seed": args.data_seed,
+        "calibration_images": args.calibration_images,
+    }
+    record = os.path.join(directory, "export.json")
+    if os.path.isfile(record):
+        with open(record) as handle:
+            if json.load(handle) == made_from:
+                log(f"{mode}: re-using {directory}")
+                return StagedRuntime(directory).manifest, None
+    elif os.path.exists(directory) and os.listdir(directory):
+        raise SystemExit(f"{directory} holds files this script did not write; give another --work-dir")
     start = time.perf_counter()
-    manifest = ee.export_tflite(directory, quantization=quantization, representative_data=representative)
+    manifest = ee.export_tflite(
+        directory, quantization=quantization, representative_data=representative, overwrite=True
+    )
+    write_json_atomic(record, made_from)
     return manifest, time.perf_counter() - start
 
 
@@ -140,7 +157,7 @@ def measure(ee, mode, directory, data, representative, float_policies, keras_ref
     if os.path.isfile(saved):
         with open(saved) as handle:
             row = json.load(handle)
-        if row.get("settings") == _settings(args):
+        if row.get("settings") == _settings(args, mode):
             log(f"{mode}: measured before ({saved})")
             if args.retime:
                 row["latency"] = latency(directory, mode, row["budgets"], args, peaks)
@@ -148,7 +165,7 @@ def measure(ee, mode, directory, data, representative, float_policies, keras_ref
                 log(f"{mode}: timed again")
             return row
     row = _measure(ee, mode, directory, data, representative, float_policies, keras_reference, args, peaks)
-    row["settings"] = _settings(args)
+    row["settings"] = _settings(args, mode)
     write_json_atomic(saved, row)
     return row
 
@@ -168,7 +185,7 @@ def latency(directory, mode, budgets, args, peaks):
     return tables
 
 
-def _settings(args):
+def _settings(args, mode):
     return {
         "model": os.path.abspath(args.model),
         "dataset": args.dataset,
@@ -177,13 +194,15 @@ def _settings(args):
         "threads": args.threads,
         "calibration_images": args.calibration_images,
         "test_images": args.test_images,
+        "repeats": args.repeats,
+        "recipe": RECIPES_OF_RULES.get(mode),
     }
 
 
 def _measure(ee, mode, directory, data, representative, float_policies, keras_reference, args, peaks):
     from keras_dmpo.litert import StagedRuntime
 
-    manifest, export_s = export(ee, mode, directory, representative)
+    manifest, export_s = export(ee, mode, directory, representative, args)
     (x_val, y_val), (x_test, y_test) = data["validation"], data["test"]
     runtime = StagedRuntime(directory, num_threads=args.threads[-1])
     flops, full = runtime.flops_per_exit, runtime.full_model_flops
@@ -249,6 +268,11 @@ def analyse(args):
     test_k = ee.exit_probabilities(x_test)
     flops, full = ee.flops_per_exit, ee.full_model_flops
     float_policies = calibrated(val_k, y_val, flops, full, args.budgets)
+    for budget, float_policy in zip(args.budgets, float_policies):
+        if float_policy is None:
+            raise SystemExit(
+                f"--budgets {budget}: below the first exit's cost ({flops[0] / full:.1%} of the full model's FLOPs)"
+            )
     keras_rows, keras_reference = [], {}
     for budget, float_policy in zip(args.budgets, float_policies):
         result, exit_index = budget_result(test_k, y_test, float_policy, None, None, flops, full)
@@ -328,7 +352,8 @@ def markdown(result):
         "",
         "Batch-1 LiteRT per mode and thread count: monolithic ms and GFLOP/s, the expected ms per photo at "
         "each budget (own thresholds), the stages' GFLOP/s (slowest / median) and the monolithic graph's "
-        f"fraction of this machine's peak (float32 {', '.join(f'{v:.0f}' for v in peaks['float32'].values())} "
+        "rate over this machine's matmul rate measured in the same run (numpy's BLAS and torch's int8 matmul "
+        f"at 2048², a library's rate, not an upper bound: float32 {', '.join(f'{v:.0f}' for v in peaks['float32'].values())} "
         f"GFLOP/s, int8 {', '.join(f'{v:.0f}' for v in peaks['int8'].values() if v)} GOP/s on "
         f"{', '.join(peaks['float32'])} threads):",
         "",

@@ -107,6 +107,18 @@ def analyse(args):
     ee, note = build(args)
     log(f"model: {note}")
     work_dir = args.work_dir or tempfile.mkdtemp(prefix="keras_dmpo_stage_profile_")
+    # Exports are re-used only for the same model.
+    note_path = os.path.join(work_dir, "model.txt")
+    if os.path.isfile(note_path):
+        with open(note_path) as handle:
+            if handle.read() != note:
+                raise SystemExit(
+                    f"--work-dir {work_dir} holds the exports of another model; give another one"
+                )
+    else:
+        os.makedirs(work_dir, exist_ok=True)
+        with open(note_path, "w") as handle:
+            handle.write(note)
     kinds = [("dynamic batch", False)] + ([("batch 1", True)] if args.fixed_batch else [])
     result = {"model": note, "load_average_start": list(os.getloadavg()), "exports": []}
     for kind, web in kinds:

@@ -142,8 +142,9 @@ RECIPES = {
     # the patch embedding) and float everywhere else: every op it quantizes
     # runs in XNNPACK's int8 kernels, while the attention products, softmax,
     # LayerNorm, GELU and residual adds (which "mixed" and "static_int8" put
-    # in int8, outside XNNPACK) stay float. The fastest mode on an x86 CPU
-    # and within a point of float on the photo model (docs/export.md).
+    # in int8, outside XNNPACK) stay float. On the photo model (docs/export.md)
+    # the fastest mode on 2 threads (on 1 as fast as dynamic_int8), and
+    # within a point of float with thresholds calibrated on its outputs.
     "int8_matmuls": [_rule(_static(8), operation="FULLY_CONNECTED"), _rule(_static(8), operation="CONV_2D")],
 }
 assert tuple(RECIPES) == QUANTIZER_RECIPES  # the manifest schema lists the same names
@@ -547,12 +548,19 @@ def repair_signature(flatbuffer):
                 and source.type == schema.TensorType.FLOAT32
             ):
                 quantized[op.outputs[0]] = op.inputs[0]
+        signatures = [s for s in model.signatureDefs or [] if s.subgraphIndex == index]
+        named = {output.tensorIndex for s in signatures for output in s.outputs}
+        # Only where the signature names the float tensor and not its int8 copy.
+        quantized = {t: f for t, f in quantized.items() if f in named and t not in named}
         if quantized:
-            subgraph.outputs = [quantized.get(t, t) for t in subgraph.outputs]
+            outputs = []
+            for tensor in subgraph.outputs:
+                tensor = quantized.get(tensor, tensor)
+                if tensor not in outputs:
+                    outputs.append(tensor)
+            subgraph.outputs = outputs
             changed = True
-        for signature in model.signatureDefs or []:
-            if signature.subgraphIndex != index:
-                continue
+        for signature in signatures:
             for output in signature.outputs:
                 if output.tensorIndex in dequantized:
                     output.tensorIndex = dequantized[output.tensorIndex]

@@ -283,7 +283,12 @@ def with_position_embeddings_at_image_size(backbone):
     image_shape = tuple(config["image_shape"])
     if tuple(config["position_embedding_shape"]) == image_shape:
         return backbone
-    baked = type(backbone).from_config({**config, "position_embedding_shape": image_shape})
+    changes = {"position_embedding_shape": image_shape}
+    if backbone.embeddings.name == "embeddings":
+        # Built without a name (the Hugging Face loader): keras-hub prefixes
+        # its layers with a given name, so keep none and the same layer names.
+        changes["name"] = None
+    baked = type(backbone).from_config({**config, **changes})
     embeddings = backbone.embeddings.interpolated_position_embeddings
     for target, source in zip(baked.weights, backbone.weights, strict=True):
         if source.path.endswith("embeddings/position_embeddings"):
