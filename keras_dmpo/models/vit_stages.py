@@ -289,15 +289,19 @@ def with_position_embeddings_at_image_size(backbone):
         # its layers with a given name, so keep none and the same layer names.
         changes["name"] = None
     baked = type(backbone).from_config({**config, **changes})
-    embeddings = backbone.embeddings.interpolated_position_embeddings
+    import keras
+
+    # numpy copies: on JAX two variables assigned one array share its buffer,
+    # and a jitted train step that donates both fails.
+    embeddings = keras.ops.convert_to_numpy(backbone.embeddings.interpolated_position_embeddings)
     for target, source in zip(baked.weights, backbone.weights, strict=True):
         if source.path.endswith("embeddings/position_embeddings"):
-            target.assign(embeddings)
+            target.assign(embeddings.copy())
         elif target.name != source.name or tuple(target.shape) != tuple(source.shape):
             raise ValueError(  # a keras-hub whose DINOv2 builds its weights in another order
                 f"cannot store the position embeddings at the image grid: weight {source.path} "
                 f"{tuple(source.shape)} has no counterpart ({target.path} {tuple(target.shape)})."
             )
         else:
-            target.assign(source)
+            target.assign(keras.ops.convert_to_numpy(source).copy())
     return baked
