@@ -60,6 +60,7 @@ from machine_peak import achieved_table, machine_peaks  # noqa: E402
 from keras_dmpo import policy  # noqa: E402
 from keras_dmpo.atomic_io import write_bytes_atomic, write_json_atomic  # noqa: E402
 from keras_dmpo.export import quantization_report, quantizer  # noqa: E402
+from keras_dmpo.policy import record  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The int16 modes run LiteRT's int16 kernels, ~20x slower than float32 on
@@ -110,11 +111,10 @@ def budget_result(probabilities, labels, chosen_policy, reference_exits, referen
     predicted = probabilities[exit_index, np.arange(len(labels))].argmax(-1)
     result = {
         "test_accuracy": float(np.mean(predicted == labels)),
-        "test_fraction": float(np.mean(np.asarray(flops)[exit_index]) / full),
-        "exit_fractions": np.bincount(exit_index, minlength=len(flops)).astype(float).tolist(),
+        "test_fraction": record.expected_flops(exit_index, flops) / full,
+        "exit_fractions": record.exit_fractions(exit_index, len(flops)),
         "thresholds": list(chosen_policy.thresholds),
     }
-    result["exit_fractions"] = [c / len(labels) for c in result["exit_fractions"]]
     if reference_exits is not None:
         result["same_exit"] = float(np.mean(exit_index == reference_exits))
         result["same_label"] = float(np.mean(predicted == reference_labels))
