@@ -525,3 +525,15 @@ def test_a_saved_run_keeps_the_30_percent_policy(tmp_path, tiny_vit):
     assert list(EarlyExitModel.load(path, compile=False).thresholds) == [0.7] * (k - 1) + [0.0]
     bench = load_script("dmpo_benchmark")
     assert bench.parse_args(["--save-models", "/m"]).save_models == "/m"
+
+
+def test_save_models_refuses_to_overwrite_a_model(tmp_path):
+    bench = load_script("dmpo_benchmark")
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "digits_dmpo_seed0.keras").write_bytes(b"a user's model")
+    argv = ["--profile", "toy", "--datasets", "digits", "--methods", "dmpo", "--seeds", "0"]
+    argv += ["--results-dir", str(tmp_path / "results"), "--save-models", str(models)]
+    with pytest.raises(SystemExit, match=r"--save-models: .*digits_dmpo_seed0\.keras exists"):
+        bench.main(argv)
+    assert (models / "digits_dmpo_seed0.keras").read_bytes() == b"a user's model"
