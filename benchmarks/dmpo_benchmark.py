@@ -169,6 +169,12 @@ def parse_args(argv=None):
         help="also save each run's EarlyExitModel (30%% thresholds) as DIR/DATASET_METHOD_seedN.keras",
     )
     add(
+        "--dtype-policy",
+        default="float32",
+        help="Keras dtype policy of the models (e.g. mixed_bfloat16); other than float32, the default "
+        "results folder gets the policy's name as a suffix",
+    )
+    add(
         "--results-dir",
         default=None,
         help="JSON folder (default benchmarks/results/dmpo_dinov2, toy: dmpo; their _quick twins with --quick)",
@@ -226,6 +232,7 @@ def run_settings(args, sizes, requested_shape, data):
         latency=args.latency,
         latency_images=args.latency_images,
         save_models_dir=args.save_models,
+        dtype_policy=args.dtype_policy,
     )
 
 
@@ -309,6 +316,14 @@ def main(argv=None):
     args.schedule = args.schedule or profile.schedule
     args.image_size = args.image_size or profile.image_size
     results_dir = args.results_dir or profile.results_dir(quick=args.quick)
+    try:
+        import keras
+
+        keras.DTypePolicy(args.dtype_policy)
+    except ValueError as error:
+        raise SystemExit(f"--dtype-policy {args.dtype_policy!r}: {error}") from None
+    if args.dtype_policy != "float32" and not args.results_dir:
+        results_dir = f"{results_dir}_{args.dtype_policy}"
     if args.report:
         report(args, profile, results_dir)
     elif args.recalibrate:

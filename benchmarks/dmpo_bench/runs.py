@@ -34,6 +34,8 @@ class RunSettings:
             many test images.
         save_models_dir: where to save each run's ``EarlyExitModel`` (with
             the 30% budget's thresholds), or None.
+        dtype_policy: the Keras dtype policy the model is built and trained
+            under (``"float32"``, ``"mixed_bfloat16"``, ...; recorded).
     """
 
     epochs: int
@@ -47,6 +49,7 @@ class RunSettings:
     latency: bool
     latency_images: int
     save_models_dir: object = None
+    dtype_policy: str = "float32"
 
 
 def log(text=""):
@@ -218,6 +221,7 @@ def model_config(model, schedule, trainable, sizes, settings):
         "phase_schedule": None if schedule is None else schedule.get_config(),
         "loss_weights": [1.0] * model.num_exits if schedule is None else None,
         "trainable_parameters": trainable,
+        "dtype_policy": settings.dtype_policy,
     }
 
 
@@ -254,9 +258,16 @@ def run_one(dataset, method, seed, data, settings, backbone, command):
     start = time.time()
     env = environment()
     keras.utils.set_random_seed(seed)
-    trunk, common = load_preset_backbone(preset_dir, image_shape=settings.image_shape)
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = data["train"], data["validation"], data["test"]
-    model = build_model(method, trunk, len(data["class_names"]), settings.exits, common)
+    # The backbone is loaded under the policy too (a float preset loads under
+    # the current one); the global policy is put back at once, the model keeps its.
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(settings.dtype_policy)
+    try:
+        trunk, common = load_preset_backbone(preset_dir, image_shape=settings.image_shape)
+        model = build_model(method, trunk, len(data["class_names"]), settings.exits, common)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
     schedule = phase_schedule(method)
     compile_for(model, schedule, len(x_train), settings)
     trainable = trainable_parameters(model)
