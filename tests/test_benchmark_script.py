@@ -16,7 +16,7 @@ BENCHMARKS = os.path.join(ROOT, "benchmarks")
 # folder first on sys.path); the tests import it the same way.
 sys.path.insert(0, BENCHMARKS)
 
-from dmpo_bench import budgets, data, estimate, outputs, profiles, recalibrate, report, summary  # noqa: E402
+from dmpo_bench import budgets, data, estimate, outputs, profiles, recalibrate, report, report_tables, summary  # noqa: E402
 from dmpo_bench.records import load_results, write_record  # noqa: E402
 
 from keras_dmpo import policy  # noqa: E402
@@ -147,6 +147,22 @@ def test_claim_fail_and_missing(tmp_path):
     del agg["fashion_mnist"]["plain"]
     claim = summary.claim_check(agg)
     assert claim["checks"][1]["passed"] is None and claim["passed"] is None
+
+
+def test_an_adopted_variant_is_checked_on_its_own_numbers(tmp_path):
+    results = _results(tmp_path, dmpo30=(0.89, 0.90))  # dmpo fails both checks
+    for seed, acc in enumerate((0.91, 0.91)):
+        variant = _record("dmpo_cov_all", seed, {0.25: 0.85, 0.3: acc, 0.5: 0.93, 1.0: 0.94})
+        variant["single_exits"][0]["test_accuracy"] = 0.70
+        _write(results, variant)
+    agg = summary.aggregate(load_results(results))
+    assert summary.claim_check(agg)["passed"] is False
+    claim = summary.claim_check(agg, method="dmpo_cov_all")
+    assert claim["method"] == "dmpo_cov_all" and claim["dmpo_30"][0] == pytest.approx(91.0)
+    assert claim["passed"] is True
+    assert claim["regime"][1]["exit1"][0] == pytest.approx(70.0)
+    assert claim["budget"]["accuracy_25"][0] == pytest.approx(85.0)
+    assert "DMPO = `dmpo_cov_all`" in report_tables.claim_lines(claim, quick=False)[0]
 
 
 def test_regime_and_budget_checks(tmp_path):

@@ -209,7 +209,9 @@ def latency_table(methods, order):
 
 def claim_lines(claim, quick):
     """The claim, regime and budget bars of one data set."""
-    lines = [f"### Claim check ({claim['dataset']}, means over seeds)", ""]
+    method = claim.get("method", "dmpo")
+    named = "" if method == "dmpo" else f", DMPO = `{method}`"
+    lines = [f"### Claim check ({claim['dataset']}{named}, means over seeds)", ""]
     lines.append(
         f"DMPO@30% = {fmt(claim['dmpo_30'])}, single_exit@100% = {fmt(claim['single_exit_100'])}, "
         f"plain@30% = {fmt(claim['plain_30'])} (accuracy %)."
