@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from keras_dmpo import DMPOClassifier, EarlyExitModel
+from keras_dmpo.inference import early_exit
 from keras_dmpo.policy import rule as exit_rule
 
 NUM_CLASSES = 3
@@ -56,6 +57,23 @@ def test_batched_early_exit_equals_all_exits_reference(dmpo_model, data, criteri
         np.testing.assert_allclose(out["probabilities"], probabilities[:n], atol=1e-5)
         np.testing.assert_array_equal(out["labels"], probabilities[:n].argmax(-1))
         np.testing.assert_allclose(out["flops"], np.asarray(ee.flops_per_exit)[index[:n]])
+
+
+def test_survivors_pooled_over_batches_equal_the_reference(dmpo_model, data, monkeypatch):
+    # 40 images in batches of 3, pooled up to 10 images: blocks of 4 batches
+    # and a shorter last block; every batch still comes back as its own part.
+    monkeypatch.setattr(early_exit, "SURVIVOR_POOL_IMAGES", 10)
+    blocks = list(early_exit._pooled((np.zeros((n, 1)), None) for n in [3] * 13 + [1]))
+    assert [sum(len(images) for images, _ in block) for block in blocks] == [12, 12, 12, 4]
+    x, _ = data
+    ee = EarlyExitModel(dmpo_model)
+    scores = exit_rule.exit_scores(ee.exit_probabilities(x), ee.criterion)
+    ee.thresholds = [float(np.median(s)) for s in scores[:-1]] + [0.0]
+    index, probabilities = reference_predictions(ee, x, ee.thresholds)
+    parts = list(ee.iter_predict(x, batch_size=3))
+    assert [len(p["labels"]) for p in parts] == [3] * 13 + [1]
+    np.testing.assert_array_equal(np.concatenate([p["exit_index"] for p in parts]), index)
+    np.testing.assert_allclose(np.concatenate([p["probabilities"] for p in parts]), probabilities, atol=1e-5)
 
 
 def test_default_thresholds_answer_at_the_last_exit(cheap_model, data):

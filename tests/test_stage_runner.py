@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from keras_dmpo import DMPOClassifier
-from keras_dmpo.inference.stage_runner import StageRunner, bucket_size, chunk_sizes
+from keras_dmpo.inference.stage_runner import MAX_JAX_CPU_CALL_ROWS, StageRunner, bucket_size, chunk_sizes
 
 
 @pytest.fixture(scope="module")
@@ -112,5 +112,40 @@ def test_jax_compiles_one_shape_per_bucket(stages):
         # 17 and 40 rows run as two chunks, put back together in order
         np.testing.assert_allclose(out["probabilities"], expected["probabilities"][:n], atol=1e-5)
     assert runner(tokens[:0], batch_size=64)["probabilities"].shape == (0, 4)
-    # 0..8 share the floor bucket of 8; then 16, 32 (40 = 32 + 8) and 64.
-    assert runner._function.jitted._cache_size() == 4
+    # 0..8 share the floor bucket of 8; then 16, 32 (40 = 32 + 8) and 64, which
+    # on a CPU runs as 32 + 32 (MAX_JAX_CPU_CALL_ROWS).
+    assert runner._function.jitted._cache_size() == (3 if runner._max_rows == 32 else 4)
+
+
+def _rows_per_call(stage, n, batch_size, seed):
+    """Runs ``n`` random images through a ``StageRunner`` of ``stage``; checks
+    its outputs against ``stage.predict`` and returns the rows of each call."""
+    runner = StageRunner(stage)
+    rows_per_call = []
+    function = runner._function
+
+    def counting(x):
+        rows_per_call.append(len(x))
+        return function(x)
+
+    runner._function = counting
+    images = np.random.default_rng(seed).uniform(size=(n, 32, 32, 3)).astype("float32")
+    out = runner(images, batch_size=batch_size)
+    assert out["probabilities"].shape[0] == n
+    np.testing.assert_allclose(
+        out["probabilities"], stage.predict(images, verbose=0)["probabilities"], atol=1e-5
+    )
+    return rows_per_call
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the JAX call-size limit")
+def test_jax_on_a_cpu_calls_at_most_32_rows(stages):
+    assert _rows_per_call(stages[0], 64, 64, seed=5) == [MAX_JAX_CPU_CALL_ROWS] * 2 == [32, 32]
+
+
+def test_pooled_survivors_run_in_calls_of_at_most_batch_size_rows(stages):
+    # EarlyExitModel.predict pools the survivors of several batches: a stage
+    # then gets more rows than batch_size and must still call in batches.
+    rows_per_call = _rows_per_call(stages[0], 23, 8, seed=4)
+    assert max(rows_per_call) == 8 and sum(rows_per_call) >= 23
+    assert rows_per_call[:2] == [8, 8]

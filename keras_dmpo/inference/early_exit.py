@@ -177,8 +177,12 @@ class EarlyExitModel(HoldsPolicy):
         Args:
             x: images ``(N, H, W, C)``, or a ``tf.data.Dataset`` /
                 ``keras.utils.PyDataset`` of batches (read one at a time).
-            batch_size: samples entering stage 1 together (arrays; a stream
-                brings its own batches).
+            batch_size: the most samples one stage call runs (arrays are
+                read in batches of this size; a stream brings its own).
+                The survivors of consecutive batches (up to
+                ``SURVIVOR_POOL_IMAGES`` images) go through each deeper stage
+                together, so that deep stages run full calls rather than a
+                few rows per batch.
             verbose: 1 shows a progress bar.
             allow_non_finite: let images with NaN or inf pixels through
                 (their outputs are meaningless: NaN probabilities, answered
@@ -211,18 +215,23 @@ class EarlyExitModel(HoldsPolicy):
             return out["probabilities"], out.get("tokens")
 
         done = 0
-        for images, labels in self._batches(x, None, batch_size, allow_non_finite, hint):
+        for block in _pooled(self._batches(x, None, batch_size, allow_non_finite, hint)):
+            images = np.concatenate([images for images, _ in block]) if len(block) > 1 else block[0][0]
             index, answers = exit_policy.route(self._policy, images, run_stage)
-            done += len(images)
-            if progbar:
-                progbar.update(done)
-            yield {
-                "labels": answers.argmax(-1),
-                "probabilities": answers.astype("float32"),
-                "exit_index": index.astype("int64"),
-                "flops": np.asarray(self.flops_per_exit)[index],
-                "y": labels,
-            }
+            start = 0
+            for batch_images, labels in block:
+                rows = slice(start, start + len(batch_images))
+                start = rows.stop
+                done += len(batch_images)
+                if progbar:
+                    progbar.update(done)
+                yield {
+                    "labels": answers[rows].argmax(-1),
+                    "probabilities": answers[rows].astype("float32"),
+                    "exit_index": index[rows].astype("int64"),
+                    "flops": np.asarray(self.flops_per_exit)[index[rows]],
+                    "y": labels,
+                }
 
     # --- calibration -------------------------------------------------------
     def _validation_arrays(self, x, y, batch_size):
@@ -500,3 +509,26 @@ class EarlyExitModel(HoldsPolicy):
         """The ``keras_dmpo.export.spec.ExportSpec`` of this model as it stands
         (exits, thresholds, criterion, FLOPs, image shape, preprocessing)."""
         return stage_export.export_spec(self, class_names)
+
+
+# Consecutive batches are pooled up to this many images, and their survivors
+# go through each deeper stage together, in calls of ``batch_size`` rows.
+# Batch by batch, a deep stage sees a few survivors per call: on JAX each call
+# pads them to a compiled shape, and every backend pays the call's fixed cost
+# for a few rows. Memory holds this many images and their tokens.
+SURVIVOR_POOL_IMAGES = 512
+
+
+def _pooled(batches, images=None):
+    """Lists of consecutive ``(images, labels)`` batches, each list closed
+    once it holds ``images`` (default ``SURVIVOR_POOL_IMAGES``) or more."""
+    images = images or SURVIVOR_POOL_IMAGES
+    block, held = [], 0
+    for batch in batches:
+        block.append(batch)
+        held += len(batch[0])
+        if held >= images:
+            yield block
+            block, held = [], 0
+    if block:
+        yield block

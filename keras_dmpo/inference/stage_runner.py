@@ -18,7 +18,9 @@ handles variable batch sizes best:
   power-of-two bucket wasted up to half of a deep stage's work, which on
   DINOv2-S cost a third of the early-exit speed-up; and on XLA's CPU backend
   a chunk of 16-32 rows costs less per row than one of 64 (measured in
-  docs/early_exit.md), so the extra calls are not a loss. The floor matters:
+  docs/early_exit.md), so the extra calls are not a loss; on a CPU no call
+  holds more than ``MAX_JAX_CPU_CALL_ROWS`` (32) rows, whole batches
+  included. The floor matters:
   with most samples leaving at the first exit, the deep stages see 1-8
   survivors, and one XLA compilation (about a second per stage on a laptop
   CPU) costs more than running 8 rows instead of 3.
@@ -33,6 +35,10 @@ import numpy as np
 # Measured in the JAX demo (8 stages, batch 64, one padded bucket per call):
 # 28 stage compilations (36 s) without a floor, 9 (15 s) with a floor of 16.
 MIN_JAX_BUCKET = 8
+# XLA's CPU backend runs a DINOv2-S stage cheaper per row in calls of 16-32
+# rows than of 64 (docs/early_exit.md), so on a CPU a JAX call holds at most
+# this many rows; accelerators keep whole batches.
+MAX_JAX_CPU_CALL_ROWS = 32
 
 
 def pad_rows(array, size):
@@ -100,12 +106,17 @@ class StageRunner:
         self.backend = keras.backend.backend()
         self._pads = self.backend == "jax"
         self._min_bucket = MIN_JAX_BUCKET if self._pads else 1
+        self._max_rows = _max_call_rows(self.backend)
         self._function = getattr(self, f"_build_{self.backend}", self._build_generic)()
 
     def __call__(self, inputs, batch_size):
+        n, batch_size = len(inputs), min(batch_size, self._max_rows)
+        if n > batch_size:  # survivors pooled over several batches: whole batches, then the rest
+            parts = [self(inputs[i : i + batch_size], batch_size) for i in range(0, n, batch_size)]
+            return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
         if not self._pads:
             return self._run(inputs)
-        n, start, parts = len(inputs), 0, []
+        start, parts = 0, []
         for size in chunk_sizes(n, batch_size, self._min_bucket):
             chunk = inputs[start : start + size]
             parts.append(self._run(pad_rows(chunk, size), rows=len(chunk)))
@@ -171,3 +182,14 @@ class StageRunner:
         self._pads = True
         self._min_bucket = MIN_JAX_BUCKET
         return self.stage.predict_on_batch
+
+
+def _max_call_rows(backend):
+    """The most rows one compiled call runs (``MAX_JAX_CPU_CALL_ROWS`` for
+    JAX on a CPU; otherwise no limit beyond the caller's batch size)."""
+    if backend == "jax":
+        import jax
+
+        if jax.default_backend() == "cpu":
+            return MAX_JAX_CPU_CALL_ROWS
+    return float("inf")
