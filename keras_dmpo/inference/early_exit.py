@@ -214,7 +214,7 @@ class EarlyExitModel(HoldsPolicy):
             out = stages[k](inputs, batch_size)
             return out["probabilities"], out.get("tokens")
 
-        done = 0
+        done, flops_per_exit = 0, np.asarray(self.flops_per_exit)
         for block in _pooled(self._batches(x, None, batch_size, allow_non_finite, hint)):
             images = np.concatenate([images for images, _ in block]) if len(block) > 1 else block[0][0]
             index, answers = exit_policy.route(self._policy, images, run_stage)
@@ -229,7 +229,7 @@ class EarlyExitModel(HoldsPolicy):
                     "labels": answers[rows].argmax(-1),
                     "probabilities": answers[rows].astype("float32"),
                     "exit_index": index[rows].astype("int64"),
-                    "flops": np.asarray(self.flops_per_exit)[index[rows]],
+                    "flops": flops_per_exit[index[rows]],
                     "y": labels,
                 }
 
